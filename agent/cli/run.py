@@ -1,0 +1,41 @@
+"""`edge-agent run` and `edge-agent demo`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from agent.cli.common import add_config_arg, load
+from agent.logs import setup_logging
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run the agent in the foreground (what the systemd unit starts)")
+    add_config_arg(p)
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log_level")
+    p.set_defaults(func=run)
+    d = sub.add_parser("demo", help="simulated devices + local broker + live view, no hardware needed")
+    d.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    d.add_argument("--dir", help="working folder (default: a temporary one)")
+    d.add_argument("--json", action="store_true", help="print received messages as JSON lines")
+    d.set_defaults(func=demo)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load(args)  # exits 78 before touching anything
+    setup_logging(args.log_level or cfg.log_level)
+    from agent.runtime import Agent, install_signal_handlers
+
+    async def main() -> None:
+        agent = Agent(cfg)
+        install_signal_handlers(agent)
+        await agent.run_until_stopped()
+
+    asyncio.run(main())
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    return run_demo(seconds=args.seconds, workdir=args.dir, as_json=args.json)

@@ -1,0 +1,338 @@
+"""Configuration: TOML file -> validated, immutable pydantic models.
+
+Every problem is reported at once, each naming its key (``devices[0].driver: ...``)
+and, where it can be found, the line in the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from agent.errors import ConfigError
+from agent.units import parse_duration, parse_size
+
+DEFAULT_CONFIG_PATH = "/etc/edge-agent/agent.toml"
+CONFIG_ENV = "EDGE_AGENT_CONFIG"
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+
+GATEWAY_ID = r"^[a-z0-9][a-z0-9-]{0,63}$"
+DEVICE_ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewayConfig(_Section):
+    id: str = Field(pattern=GATEWAY_ID)
+    health_interval: Duration = 60.0
+
+
+class BufferConfig(_Section):
+    path: Path = Path("buffer.db")
+    max_bytes: Size = 256 * 1000 * 1000
+    max_age: Duration = 14 * 86400.0
+    on_full: Literal["drop_oldest", "reject_new"] = "drop_oldest"
+    # Readings wait in memory at most this long before one batched commit (power-loss window).
+    commit_interval: Duration = Field(default=0.5, le=60)
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    queue_size: int = Field(default=100_000, ge=100)
+
+
+class TlsConfig(_Section):
+    ca_file: Path | None = None  # None: the system trust store
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+class UplinkConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    topic_prefix: str | None = None  # default edge/<gateway.id>
+    qos: Literal[1] = 1
+    client_id: str | None = None  # default edge-agent-<gateway.id>
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    username: str | None = None
+    password_file: Path | None = None
+    tls: TlsConfig | None = None
+    keepalive: int = Field(default=30, ge=5, le=3600)
+    batch_max_readings: int = Field(default=500, ge=1, le=10_000)
+    batch_max_bytes: int = Field(default=128 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_inflight: int = Field(default=16, ge=1, le=1000)
+    backoff_initial: Duration = 0.5
+    backoff_max: Duration = 60.0
+    health_interval: Duration | None = None  # alias of gateway.health_interval
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str | None) -> str | None:
+        if v is not None and (not v or v.endswith("/") or any(c in v for c in "#+\0")):
+            raise ValueError("must be non-empty, without '#', '+' or a trailing '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _creds(self) -> UplinkConfig:
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file needs username")
+        return self
+
+
+class ControlConfig(_Section):
+    socket: Path = Path("/run/edge-agent/control.sock")
+    group: str | None = None
+    mode: int = 0o660
+
+
+class DeviceConfig(BaseModel):
+    """Keys common to every device; driver-specific keys are checked by the driver's Options."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    id: str = Field(pattern=DEVICE_ID)
+    driver: str
+    enabled: bool = True
+    port: str | None = None
+    baud: int | None = Field(default=None, ge=50, le=4_000_000)
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    address: str | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+    # Silent for longer than this -> offline (event, status). Default: per driver.
+    expected_interval: Duration | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _addr(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"(?:[0-9A-Fa-f]{2}:){5}[0-9A-Fa-f]{2}", v):
+            raise ValueError("must be a Bluetooth address like C7:F5:2A:A1:B2:C3")
+        return v.upper() if v else v
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class AgentConfig(_Section):
+    gateway: GatewayConfig
+    buffer: BufferConfig = BufferConfig()
+    uplink: UplinkConfig = UplinkConfig()
+    control: ControlConfig = ControlConfig()
+    devices: list[DeviceConfig] = Field(default_factory=list)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    source_path: Path | None = Field(default=None, exclude=True)
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.uplink.topic_prefix or f"edge/{self.gateway.id}"
+
+    @property
+    def health_interval(self) -> float:
+        return self.uplink.health_interval or self.gateway.health_interval
+
+    @property
+    def client_id(self) -> str:
+        return self.uplink.client_id or f"edge-agent-{self.gateway.id}"
+
+    def digest(self) -> str:
+        """Short stable digest of the effective config (for birth messages)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def device(self, device_id: str) -> DeviceConfig:
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise KeyError(device_id)
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.startswith(("function-", "literal[")) or part in ("constrained-str", "lax-or-strict"):
+            continue
+        else:
+            out += ("." if out else "") + part
+    return out or "(top level)"
+
+
+def _line_of(text: str, key: str) -> int | None:
+    """Best-effort line number for a dotted key (tomllib keeps no positions)."""
+    parts = re.split(r"\.|\[(\d+)\]", key)
+    parts = [p for p in parts if p]
+    lines = text.splitlines()
+    section_line = 0
+    idx = 0
+    if parts and parts[0] == "devices":
+        n = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        seen = -1
+        for i, line in enumerate(lines):
+            if re.match(r"^\s*\[\[\s*devices\s*\]\]", line):
+                seen += 1
+                if seen == n:
+                    section_line = i
+                    break
+        else:
+            return None
+        idx = section_line
+        leaf = parts[2] if len(parts) > 2 else None
+    else:
+        if len(parts) >= 2:
+            for i, line in enumerate(lines):
+                if re.match(rf"^\s*\[\s*{re.escape(parts[0])}\s*\]", line):
+                    idx = i
+                    break
+            leaf = parts[1]
+        else:
+            leaf = parts[0] if parts else None
+    if leaf is None:
+        return idx + 1
+    for i in range(idx, len(lines)):
+        if i > idx and re.match(r"^\s*\[", lines[i]):
+            break
+        if re.match(rf"^\s*{re.escape(leaf)}\s*=", lines[i]):
+            return i + 1
+    return idx + 1 if idx else None
+
+
+def _resolve(base: Path, p: Path | None) -> Path | None:
+    if p is None:
+        return None
+    p = p.expanduser()
+    return p if p.is_absolute() else (base / p)
+
+
+def parse_config(data: dict[str, Any], *, source: Path | None = None, text: str = "") -> AgentConfig:
+    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+    problems: list[str] = []
+
+    def add(key: str, msg: str) -> None:
+        line = _line_of(text, key) if text else None
+        problems.append(f"{key}: {msg}" + (f" (line {line})" if line else ""))
+
+    try:
+        cfg = AgentConfig.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            add(_loc(err["loc"]), msg)
+        raise ConfigError(problems, str(source) if source else None) from None
+
+    from drivers import KNOWN_DRIVERS, driver_class
+
+    seen: dict[str, int] = {}
+    for i, dev in enumerate(cfg.devices):
+        if dev.id in seen:
+            add(f"devices[{i}].id", f"duplicate device id {dev.id!r} (also devices[{seen[dev.id]}])")
+        seen.setdefault(dev.id, i)
+        if dev.driver not in KNOWN_DRIVERS:
+            add(f"devices[{i}].driver", f"unknown driver {dev.driver!r} (known: {', '.join(sorted(KNOWN_DRIVERS))})")
+            continue
+        try:
+            cls = driver_class(dev.driver)
+        except ImportError as e:
+            add(f"devices[{i}].driver", f"driver {dev.driver!r} cannot be loaded: {e}")
+            continue
+        for key, msg in cls.check_config(dev):
+            add(f"devices[{i}]" + (f".{key}" if key else ""), msg)
+    if problems:
+        raise ConfigError(problems, str(source) if source else None)
+
+    if source is not None:
+        base = source.resolve().parent
+        buf = cfg.buffer.model_copy(update={"path": _resolve(base, cfg.buffer.path)})
+        up_upd: dict[str, Any] = {"password_file": _resolve(base, cfg.uplink.password_file)}
+        if cfg.uplink.tls is not None:
+            t = cfg.uplink.tls
+            up_upd["tls"] = t.model_copy(
+                update={k: _resolve(base, getattr(t, k)) for k in ("ca_file", "cert_file", "key_file")}
+            )
+        ctl = cfg.control.model_copy(update={"socket": _resolve(base, cfg.control.socket)})
+        cfg = cfg.model_copy(
+            update={
+                "buffer": buf,
+                "uplink": cfg.uplink.model_copy(update=up_upd),
+                "control": ctl,
+                "source_path": source.resolve(),
+            }
+        )
+    return cfg
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
+    """Read and validate a config file; ConfigError on any problem."""
+    p = Path(path) if path is not None else default_config_path()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"file not found: {p}"], str(p)) from None
+    except OSError as e:
+        raise ConfigError([f"cannot read: {e.strerror}"], str(p)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(["file is not UTF-8 text"], str(p)) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"TOML syntax error: {e}"], str(p)) from None
+    return parse_config(data, source=p, text=text)
+
+
+SECRET_KEYS = frozenset({"password", "key", "bindkey", "secret", "token", "psk"})
+
+
+def masked_dump(cfg: AgentConfig) -> dict[str, Any]:
+    """Effective config as plain data with secrets masked (for `config show`)."""
+    data = cfg.model_dump(mode="json", exclude_none=False)
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {
+                k: ("***" if (k.lower() in SECRET_KEYS or k.lower().endswith(("_key", "password"))) and isinstance(v, str) and not k.endswith("_file") else walk(v))
+                for k, v in node.items()
+            }
+        if isinstance(node, list):
+            return [walk(x) for x in node]
+        return node
+
+    return walk(data)  # type: ignore[no-any-return]
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the config file."""
+    schema = AgentConfig.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "edge-agent configuration"
+    schema.get("properties", {}).pop("source_path", None)
+    return schema

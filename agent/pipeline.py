@@ -1,0 +1,166 @@
+"""The async side of the buffer: in-memory queue -> batched commits on one dedicated thread."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from agent.buffer import CommitResult, Outbox
+from agent.model import Reading
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+AcceptListener = Callable[[int, Reading], None]
+
+
+class Pipeline:
+    """Owns the outbox thread: drivers `submit`, the writer commits, the uplink reads and acks."""
+
+    def __init__(self, outbox: Outbox, *, commit_interval: float = 0.5, queue_size: int = 100_000,
+                 batch_max: int = 5000) -> None:
+        self.outbox = outbox
+        self.commit_interval = commit_interval
+        self.queue_size = queue_size
+        self.batch_max = batch_max
+        self._queue: collections.deque[Reading] = collections.deque()
+        self._acks: list[tuple[int, int]] = []
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
+        self._wake = asyncio.Event()
+        self.new_data = asyncio.Event()  # set after every commit that accepted readings
+        self.new_events = asyncio.Event()
+        self.listeners: list[AcceptListener] = []
+        self.gap_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.accepted = 0
+        self.overflow = 0  # readings refused because the in-memory queue was full
+        self.rejected = 0
+        self.commits = 0
+        self.last_commit = time.monotonic()  # progress marker for the watchdog
+        self.last_commit_duration = 0.0
+        self.busy_since: float | None = None
+        self._closed = False
+
+    # -- thread helpers -----------------------------------------------------------------
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run fn(*args) on the buffer thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    @classmethod
+    async def open(cls, outbox: Outbox, **kw: Any) -> Pipeline:
+        self = cls(outbox, **kw)
+        await self.call(outbox.open)
+        return self
+
+    # -- producers ------------------------------------------------------------------------
+    def submit(self, reading: Reading) -> None:
+        """Queue one reading (never blocks); refused and counted when the queue is full."""
+        if len(self._queue) >= self.queue_size:
+            self.overflow += 1
+            if self.overflow in (1, 10, 100) or self.overflow % 10_000 == 0:
+                log.error("in-memory queue full (%d): %d readings refused so far", self.queue_size, self.overflow)
+            return
+        self._queue.append(reading)
+        if len(self._queue) == 1 or len(self._queue) >= self.batch_max:
+            self._wake.set()
+
+    def ack(self, lo: int, hi: int) -> None:
+        """The broker acknowledged seqs lo..hi: delete them at the next commit."""
+        self._acks.append((lo, hi))
+        self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- the writer -------------------------------------------------------------------------
+    async def run_writer(self) -> None:
+        """Commit every `commit_interval` (or sooner when a batch fills) until cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if len(self._queue) < self.batch_max:
+                try:
+                    async with asyncio.timeout(self.commit_interval):
+                        while len(self._queue) < self.batch_max:
+                            await self._wake.wait()
+                            self._wake.clear()
+                except TimeoutError:
+                    pass
+            await self.flush()
+
+    async def flush(self) -> CommitResult | None:
+        """Commit everything queued and every pending ack now."""
+        if not self._queue and not self._acks:
+            return None
+        total: CommitResult | None = None
+        while self._queue or self._acks:
+            n = min(len(self._queue), self.batch_max)
+            batch = [self._queue.popleft() for _ in range(n)]
+            acks, self._acks = self._acks, []
+            t0 = time.monotonic()
+            self.busy_since = t0
+            try:
+                res = await self.call(self.outbox.commit, batch, acks)
+            except Exception:
+                log.exception("buffer commit failed; %d readings kept in memory for retry", len(batch))
+                self._queue.extendleft(reversed(batch))
+                self._acks[:0] = acks
+                self.busy_since = None
+                raise
+            self.busy_since = None
+            self.last_commit = time.monotonic()
+            self.last_commit_duration = self.last_commit - t0
+            self.commits += 1
+            self._after_commit(res)
+            total = res
+        return total
+
+    def _after_commit(self, res: CommitResult) -> None:
+        if res.accepted:
+            self.accepted += len(res.accepted)
+            self.new_data.set()
+            for seq, r in res.accepted:
+                for fn in self.listeners:
+                    try:
+                        fn(seq, r)
+                    except Exception:  # a listener (tail client) must not break ingestion
+                        log.exception("accept listener failed")
+        self.rejected += res.rejected
+        if res.gaps:
+            self.new_events.set()
+            for gap in res.gaps:
+                for g in self.gap_listeners:
+                    g(gap)
+
+    async def expire(self) -> None:
+        gaps = await self.call(self.outbox.expire)
+        if gaps:
+            self.new_events.set()
+            for gap in gaps:
+                for g in self.gap_listeners:
+                    g(gap)
+
+    async def add_event(self, type_: str, body: dict[str, Any]) -> None:
+        """Store a durable event for P/events (committed at once)."""
+        await self.call(self._add_event_txn, type_, body)
+        self.new_events.set()
+
+    def _add_event_txn(self, type_: str, body: dict[str, Any]) -> None:
+        self.outbox.add_event(type_, body)  # autocommit: isolation_level=None
+
+    async def close(self) -> None:
+        """Flush what is queued, then close the database and the thread."""
+        if self._closed:
+            return
+        try:
+            await self.flush()
+        finally:
+            self._closed = True
+            await self.call(self.outbox.close)
+            self._executor.shutdown(wait=True)

@@ -1,0 +1,285 @@
+"""The supervisor: owns every task of a running agent (drivers, writer, uplink, upkeep)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import resource
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent import __version__
+from agent.backoff import Backoff
+from agent.buffer import Outbox
+from agent.clock import ClockMonitor
+from agent.config import AgentConfig, DeviceConfig
+from agent.pipeline import Pipeline
+from agent.uplink import Uplink
+from drivers import driver_class
+from drivers.base import DeviceContext, Driver
+
+log = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 8.0  # SIGTERM must end within 10 s
+
+
+class DeviceRunner:
+    """One configured device: its driver, restarted with backoff whenever it crashes."""
+
+    def __init__(self, agent: Agent, device: DeviceConfig) -> None:
+        self.agent = agent
+        self.device = device
+        self.cls: type[Driver] = driver_class(device.driver)
+        self.ctx = DeviceContext(device, agent.pipeline.submit, agent.clock.state, agent.services)
+        self.ctx.on_link_change = agent._on_link_change
+        self.online: bool | None = None  # liveness as last reported on P/events
+        self.started = time.monotonic()
+        self.task: asyncio.Task[None] | None = None
+        self.last_error = ""
+
+    @property
+    def expected_interval(self) -> float:
+        return self.device.expected_interval or self.cls.default_expected_interval
+
+    async def run(self) -> None:
+        backoff = Backoff(0.5, 30.0)
+        while True:
+            driver = self.cls(self.device, self.ctx)
+            started = time.monotonic()
+            try:
+                await driver.run()
+                raise RuntimeError("driver returned")
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.ctx.restarts += 1
+                self.last_error = f"{type(e).__name__}: {e}"
+                self.ctx.set_link("failed", self.last_error)
+                log.error("device %s (%s) crashed: %s; restarting", self.device.id, self.device.driver,
+                          self.last_error, exc_info=not isinstance(e, OSError))
+            if time.monotonic() - started > 60:
+                backoff.reset()
+            await asyncio.sleep(backoff.next())
+
+
+class Agent:
+    """A running gateway agent."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+        self.clock = ClockMonitor()
+        self.services: dict[str, Any] = {}
+        self.started = time.time()
+        self.pipeline: Pipeline = None  # type: ignore[assignment]  # set by start()
+        self.uplink: Uplink = None  # type: ignore[assignment]
+        self.devices: dict[str, DeviceRunner] = {}
+        self.stop_event = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.ready = asyncio.Event()
+        self.on_ready: list[Callable[[], None]] = []
+        self._cpu0 = (time.process_time(), time.monotonic())
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        b = self.cfg.buffer
+        outbox = Outbox(b.path, max_bytes=b.max_bytes, max_age=b.max_age, on_full=b.on_full,
+                        synchronous=b.synchronous, gateway=self.cfg.gateway.id)
+        self.pipeline = await Pipeline.open(outbox, commit_interval=b.commit_interval, queue_size=b.queue_size)
+        if outbox.quarantined:
+            self.pipeline.new_events.set()
+        log.info("buffer %s: epoch %s, %d readings waiting, next seq %d",
+                 b.path, outbox.epoch, outbox.depth, outbox.next_seq)
+        self.uplink = Uplink(self.cfg, self.pipeline, health=self.health)
+        self._spawn(self.pipeline.run_writer(), "writer")
+        self._spawn(self.uplink.run(), "uplink")
+        self._spawn(self._upkeep(), "upkeep")
+        for dev in self.cfg.devices:
+            if dev.enabled:
+                self.add_device(dev)
+        self.ready.set()
+        for fn in self.on_ready:
+            fn()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        t = asyncio.create_task(coro, name=name)
+        self._tasks.append(t)
+        t.add_done_callback(self._task_done)
+        return t
+
+    def _task_done(self, t: asyncio.Task[Any]) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            log.critical("core task %s died: %r; stopping", t.get_name(), t.exception())
+            self.stop_event.set()
+
+    def add_device(self, dev: DeviceConfig) -> DeviceRunner:
+        runner = DeviceRunner(self, dev)
+        self.devices[dev.id] = runner
+        runner.task = asyncio.create_task(runner.run(), name=f"device:{dev.id}")
+        return runner
+
+    async def remove_device(self, device_id: str) -> None:
+        runner = self.devices.pop(device_id)
+        if runner.task is not None:
+            runner.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner.task
+
+    async def stop(self) -> None:
+        """Stop drivers, flush memory to SQLite, say goodbye on MQTT, close. Bounded in time."""
+        log.info("stopping: flushing %d queued readings", self.pipeline.queued if self.pipeline else 0)
+        for dev_id in list(self.devices):
+            await self.remove_device(dev_id)
+        if self.pipeline is not None:
+            try:
+                async with asyncio.timeout(STOP_TIMEOUT / 2):
+                    await self.pipeline.flush()
+            except Exception:
+                log.exception("final flush failed")
+        if self.uplink is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self.uplink.publish_offline()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.pipeline is not None:
+            await self.pipeline.close()
+        log.info("stopped")
+
+    async def run_until_stopped(self) -> None:
+        await self.start()
+        try:
+            await self.stop_event.wait()
+        finally:
+            await asyncio.shield(self.stop())
+
+    # -- upkeep ---------------------------------------------------------------------------
+    async def _upkeep(self) -> None:
+        """Max-age expiry and device liveness."""
+        expire_every = max(1.0, min(60.0, self.cfg.buffer.max_age / 20))
+        last_expire = 0.0
+        while True:
+            now = time.monotonic()
+            if now - last_expire >= expire_every:
+                last_expire = now
+                await self.pipeline.expire()
+            for runner in list(self.devices.values()):
+                await self._check_liveness(runner, now)
+            await asyncio.sleep(1.0)
+
+    async def _check_liveness(self, runner: DeviceRunner, now: float) -> None:
+        ctx = runner.ctx
+        last = ctx.last_reading_mono
+        alive = last is not None and now - last <= runner.expected_interval
+        if runner.online is None and not alive and now - runner.started < runner.expected_interval:
+            return  # still starting
+        if alive != runner.online:
+            runner.online = alive
+            state = "online" if alive else "offline"
+            log.log(logging.INFO if alive else logging.WARNING, "device %s is %s", runner.device.id, state)
+            await self.pipeline.add_event("device", {
+                "device": runner.device.id, "driver": runner.device.driver, "state": state,
+                "link": ctx.link, "detail": ctx.link_detail[:200],
+            })
+
+    def _on_link_change(self, ctx: DeviceContext) -> None:
+        log.info("device %s: link %s %s", ctx.device.id, ctx.link, ctx.link_detail)
+
+    # -- views ----------------------------------------------------------------------------
+    def device_view(self, runner: DeviceRunner) -> dict[str, Any]:
+        ctx = runner.ctx
+        now = time.time()
+        age = None if ctx.last_reading is None else round(now - ctx.last_reading, 3)
+        up = max(1e-9, time.monotonic() - runner.started)
+        return {
+            "id": runner.device.id, "driver": runner.device.driver,
+            "online": bool(runner.online), "link": ctx.link, "link_detail": ctx.link_detail,
+            "readings": ctx.readings, "last_reading_age": age,
+            "rate": round(ctx.readings / up, 3), "errors": dict(ctx.errors),
+            "restarts": ctx.restarts, "last_error": runner.last_error,
+            "last_values": dict(ctx.last_values),
+        }
+
+    async def health(self) -> dict[str, Any]:
+        """The `P/health` body (also the core of `status`)."""
+        from agent.model import format_ts
+
+        st = await self.pipeline.call(self.pipeline.outbox.stats)
+        now = time.time()
+        cpu_t, wall_t = time.process_time(), time.monotonic()
+        cpu = (cpu_t - self._cpu0[0]) / max(1e-9, wall_t - self._cpu0[1]) * 100
+        self._cpu0 = (cpu_t, wall_t)
+        try:
+            disk_free = shutil.disk_usage(self.cfg.buffer.path.parent).free
+        except OSError:
+            disk_free = None
+        rate = self._accept_rate()
+        room = max(0, st.max_bytes - st.bytes)
+        per = st.bytes / st.depth if st.depth else 200
+        ttf = None if rate <= 0 else round(room / per / rate, 1)
+        u = self.uplink.stats
+        return {
+            "v": 1,
+            "gateway": self.cfg.gateway.id,
+            "ts": format_ts(now),
+            "version": __version__,
+            "uptime": round(now - self.started, 1),
+            "clock": self.clock.state(),
+            "buffer": {
+                "epoch": st.epoch, "depth": st.depth, "bytes": st.bytes, "max_bytes": st.max_bytes,
+                "oldest_age": None if st.oldest_ts is None else round(now - st.oldest_ts, 1),
+                "time_to_full": ttf, "next_seq": st.next_seq, "dropped": st.dropped,
+                "rejected": st.rejected, "queue_overflow": self.pipeline.overflow,
+                "queued": self.pipeline.queued, "file_bytes": st.file_bytes,
+                "accept_rate": round(rate, 2),
+            },
+            "uplink": {
+                "state": u.state, "connected_since": u.connected_since and format_ts(u.connected_since),
+                "last_error": u.last_error, "published": u.published, "acked": u.acked,
+                "readings_acked": u.readings_acked, "reconnects": u.reconnects,
+                "last_puback": u.last_puback and format_ts(u.last_puback), "inflight": u.inflight,
+                "backoff_until": u.backoff_until and format_ts(u.backoff_until),
+            },
+            "devices": {r.device.id: {
+                "online": bool(r.online), "link": r.ctx.link,
+                "last_seen": r.ctx.last_reading and format_ts(r.ctx.last_reading),
+                "readings": r.ctx.readings, "errors": sum(r.ctx.errors.values()),
+            } for r in self.devices.values()},
+            "process": {
+                "cpu_percent": round(cpu, 2),
+                "rss_bytes": _rss(),
+                "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "pid": os.getpid(),
+            },
+            "disk_free": disk_free,
+        }
+
+    def _accept_rate(self) -> float:
+        now = time.monotonic()
+        hist = getattr(self, "_rate_hist", None)
+        if hist is None:
+            hist = self._rate_hist = [(now, self.pipeline.accepted)]
+        hist.append((now, self.pipeline.accepted))
+        while len(hist) > 2 and now - hist[0][0] > 300:
+            hist.pop(0)
+        t0, n0 = hist[0]
+        return (self.pipeline.accepted - n0) / (now - t0) if now - t0 > 0.5 else 0.0
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def install_signal_handlers(agent: Agent) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, agent.stop_event.set)

@@ -1,0 +1,292 @@
+"""MQTT uplink: SQLite outbox -> `P/telemetry` batches, QoS 1, pipelined, delete on PUBACK.
+
+One connection at a time, reconnecting with jittered exponential backoff forever. After a
+reconnect everything not yet acknowledged is sent again from the outbox, byte-identical
+(the platform dedupes on (gateway, epoch, seq)). TLS, when configured, is never downgraded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiomqtt
+
+from agent import __version__
+from agent.backoff import Backoff
+from agent.config import AgentConfig
+from agent.errors import ConfigError
+from agent.model import format_ts
+from agent.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class UplinkStats:
+    state: str = "starting"  # connecting, connected, backoff
+    connected_since: float | None = None
+    last_error: str = ""
+    backoff_until: float | None = None
+    connects: int = 0
+    reconnects: int = 0
+    published: int = 0  # telemetry messages
+    acked: int = 0
+    readings_published: int = 0
+    readings_acked: int = 0
+    events_published: int = 0
+    last_puback: float | None = None
+    inflight: int = 0
+
+
+def build_tls_context(cfg: AgentConfig) -> ssl.SSLContext | None:
+    """SSLContext for the configured TLS (server verification always on), or None for plain TCP."""
+    tls = cfg.uplink.tls
+    if tls is None:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        if tls.cert_file and tls.key_file:
+            ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    except (OSError, ssl.SSLError) as e:
+        raise ConfigError([f"uplink.tls: {e}"]) from e
+    return ctx
+
+
+def read_password(cfg: AgentConfig) -> str | None:
+    pf = cfg.uplink.password_file
+    if pf is None:
+        return None
+    try:
+        return pf.read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as e:
+        raise ConfigError([f"uplink.password_file: cannot read {pf}: {e.strerror}"]) from e
+
+
+def _first(eg: BaseExceptionGroup[BaseException]) -> BaseException:
+    e: BaseException = eg
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return e
+
+
+class Uplink:
+    """Publishes the outbox to the broker until cancelled."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        pipeline: Pipeline,
+        *,
+        health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.prefix = cfg.topic_prefix
+        self.health = health
+        self.stats = UplinkStats()
+        self._client: aiomqtt.Client | None = None
+        self._tls = build_tls_context(cfg)
+        self._password = read_password(cfg)
+        self.connected = asyncio.Event()
+        self._head = (
+            '{"v":1,"gateway":' + json.dumps(cfg.gateway.id) + ',"epoch":'
+            + json.dumps(pipeline.outbox.epoch) + ',"readings":['
+        ).encode()
+
+    # -- payloads -----------------------------------------------------------------------
+    def _status(self, state: str) -> bytes:
+        body: dict[str, Any] = {
+            "v": 1, "state": state, "gateway": self.cfg.gateway.id, "ts": format_ts(time.time()),
+        }
+        if state == "online":
+            body.update(version=__version__, config_digest=self.cfg.digest(),
+                        epoch=self.pipeline.outbox.epoch)
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def _client_for_session(self) -> aiomqtt.Client:
+        up = self.cfg.uplink
+        will = aiomqtt.Will(f"{self.prefix}/status", self._status("offline"), qos=1, retain=True)
+        return aiomqtt.Client(
+            up.host,
+            up.port,
+            username=up.username,
+            password=self._password,
+            identifier=self.cfg.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if up.protocol == "5" else aiomqtt.ProtocolVersion.V311,
+            will=will,
+            clean_session=True if up.protocol != "5" else None,
+            keepalive=up.keepalive,
+            timeout=10,
+            max_inflight_messages=up.max_inflight + 4,
+            tls_context=self._tls,
+        )
+
+    # -- main loop ----------------------------------------------------------------------
+    async def run(self) -> None:
+        up = self.cfg.uplink
+        backoff = Backoff(up.backoff_initial, up.backoff_max)
+        while True:
+            self.stats.state = "connecting"
+            client = self._client_for_session()
+            try:
+                async with client:
+                    self._client = client
+                    backoff.reset()
+                    await self._session(client)
+            except* ssl.SSLError as eg:
+                self._lost(f"TLS: {_first(eg)}")
+            except* (aiomqtt.MqttError, OSError, TimeoutError) as eg:
+                self._lost(str(_first(eg)))
+            finally:
+                self._client = None
+                self.connected.clear()
+                self.stats.inflight = 0
+                self.pipeline.outbox.protect_upto = 0
+                await self.pipeline.call(self.pipeline.outbox.release_events)
+            delay = backoff.next()
+            self.stats.state = "backoff"
+            self.stats.backoff_until = time.time() + delay
+            await asyncio.sleep(delay)
+
+    def _lost(self, why: str) -> None:
+        was = self.stats.connected_since is not None
+        self.stats.connected_since = None
+        self.stats.last_error = why
+        level = logging.WARNING if was or self.stats.connects == 0 else logging.INFO
+        log.log(level, "uplink: %s %s:%d: %s", "lost" if was else "cannot reach",
+                self.cfg.uplink.host, self.cfg.uplink.port, why)
+
+    async def _session(self, client: aiomqtt.Client) -> None:
+        st = self.stats
+        if st.connects:
+            st.reconnects += 1
+        st.connects += 1
+        st.state = "connected"
+        st.connected_since = time.time()
+        st.backoff_until = None
+        st.last_error = ""
+        log.info("uplink: connected to %s:%d", self.cfg.uplink.host, self.cfg.uplink.port)
+        await client.publish(f"{self.prefix}/status", self._status("online"), qos=1, retain=True)
+        self.connected.set()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._send_telemetry(client))
+            tg.create_task(self._send_events(client))
+            if self.health is not None:
+                tg.create_task(self._send_health(client))
+
+    async def _send_telemetry(self, client: aiomqtt.Client) -> None:
+        up = self.cfg.uplink
+        pipe = self.pipeline
+        window = asyncio.Semaphore(up.max_inflight)
+        topic = f"{self.prefix}/telemetry"
+        cursor = 0  # everything still in the outbox is unacknowledged: send from the start
+        failure: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def publish(payload: bytes, lo: int, hi: int, n: int) -> None:
+            try:
+                await client.publish(topic, payload, qos=1, timeout=60)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if not failure.done():
+                    failure.set_exception(e)
+                return
+            finally:
+                window.release()
+                self.stats.inflight -= 1
+            pipe.ack(lo, hi)
+            self.stats.acked += 1
+            self.stats.readings_acked += n
+            self.stats.last_puback = time.time()
+
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                pipe.new_data.clear()
+                rows = await pipe.call(pipe.outbox.fetch, cursor, up.batch_max_readings * 4)
+                if not rows:
+                    waiter = asyncio.ensure_future(pipe.new_data.wait())
+                    await asyncio.wait([waiter, failure], return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    if failure.done():
+                        failure.result()
+                    continue
+                for chunk in self._batches(rows):
+                    await window.acquire()
+                    if failure.done():
+                        failure.result()
+                    lo, hi = chunk[0][0], chunk[-1][0]
+                    payload = self._head + b",".join(p for _, p in chunk) + b"]}"
+                    pipe.outbox.protect_upto = max(pipe.outbox.protect_upto, hi)
+                    self.stats.inflight += 1
+                    self.stats.published += 1
+                    self.stats.readings_published += len(chunk)
+                    t = asyncio.create_task(publish(payload, lo, hi, len(chunk)))
+                    tasks.add(t)
+                    t.add_done_callback(tasks.discard)
+                    cursor = hi
+        finally:
+            for t in tasks:
+                t.cancel()
+            if not failure.done():
+                failure.cancel()
+            else:
+                failure.exception()  # retrieved: no "never retrieved" warning
+
+    def _batches(self, rows: list[tuple[int, str]]) -> list[list[tuple[int, bytes]]]:
+        up = self.cfg.uplink
+        limit = up.batch_max_bytes - len(self._head) - 2
+        out: list[list[tuple[int, bytes]]] = []
+        cur: list[tuple[int, bytes]] = []
+        size = 0
+        for seq, text in rows:
+            b = text.encode()
+            if cur and (len(cur) >= up.batch_max_readings or size + len(b) + 1 > limit):
+                out.append(cur)
+                cur, size = [], 0
+            cur.append((seq, b))
+            size += len(b) + 1
+        if cur:
+            out.append(cur)
+        return out
+
+    async def _send_events(self, client: aiomqtt.Client) -> None:
+        pipe = self.pipeline
+        topic = f"{self.prefix}/events"
+        while True:
+            pipe.new_events.clear()
+            rows = await pipe.call(pipe.outbox.fetch_events, 100)
+            if not rows:
+                await pipe.new_events.wait()
+                continue
+            for eid, payload in rows:
+                await client.publish(topic, payload.encode(), qos=1, timeout=60)
+                await pipe.call(pipe.outbox.ack_event, eid)
+                self.stats.events_published += 1
+
+    async def _send_health(self, client: aiomqtt.Client) -> None:
+        assert self.health is not None
+        topic = f"{self.prefix}/health"
+        interval = self.cfg.health_interval
+        while True:
+            body = await self.health()
+            await client.publish(topic, json.dumps(body, separators=(",", ":")).encode(), qos=0)
+            await asyncio.sleep(interval)
+
+    async def publish_offline(self) -> None:
+        """Clean shutdown: retained offline status, best effort."""
+        c = self._client
+        if c is None:
+            return
+        try:
+            await c.publish(f"{self.prefix}/status", self._status("offline"), qos=1, retain=True, timeout=2)
+        except (aiomqtt.MqttError, TimeoutError, OSError):
+            pass

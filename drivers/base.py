@@ -1,0 +1,148 @@
+"""The contract between drivers and the core: Driver, DeviceContext, StreamProtocol."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agent.model import Reading, Value
+
+if TYPE_CHECKING:
+    from agent.config import DeviceConfig
+
+LinkState = Literal["starting", "connected", "disconnected", "failed"]
+
+
+class NoOptions(BaseModel):
+    """A driver without driver-specific keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DeviceContext:
+    """A driver's only window to the core: emit readings, report link state and errors."""
+
+    def __init__(
+        self,
+        device: DeviceConfig,
+        sink: Callable[[Reading], None],
+        clock_state: Callable[[], Literal["synced", "unsynced"]] = lambda: "synced",
+        services: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.device = device
+        self._sink = sink
+        self._clock_state = clock_state
+        self.services: Mapping[str, Any] = services or {}
+        self.link: LinkState = "starting"
+        self.link_detail = ""
+        self.link_changed = time.time()
+        self.readings = 0
+        self.errors: Counter[str] = Counter()
+        self.last_reading: float | None = None  # wall clock
+        self.last_reading_mono: float | None = None
+        self.last_values: Mapping[str, Value] = {}
+        self.restarts = 0
+        self.on_link_change: Callable[[DeviceContext], None] | None = None
+
+    def emit(self, values: Mapping[str, Value], ts: float | None = None, driver: str | None = None) -> None:
+        """Hand one decoded sample to the pipeline (never blocks)."""
+        if not values:
+            return
+        now = time.time()
+        r = Reading(
+            device=self.device.id,
+            driver=driver or self.device.driver,
+            values=dict(values),
+            ts=ts if ts is not None else now,
+            clock=self._clock_state(),
+            tags=self.device.tags,
+        )
+        self.readings += 1
+        self.last_reading = now
+        self.last_reading_mono = time.monotonic()
+        self.last_values = r.values
+        self._sink(r)
+
+    def count_error(self, kind: str, n: int = 1) -> None:
+        """Count a recoverable problem (bad checksum, timeout, ...)."""
+        if n:
+            self.errors[kind] += n
+
+    def set_link(self, state: LinkState, detail: str = "") -> None:
+        """Report the transport's state (connected, disconnected, ...)."""
+        if state != self.link or detail != self.link_detail:
+            changed = state != self.link
+            self.link, self.link_detail = state, detail
+            if changed:
+                self.link_changed = time.time()
+                if self.on_link_change is not None:
+                    self.on_link_change(self)
+
+
+class Driver(ABC):
+    """Base of every driver; `run` runs until cancelled and may raise (the supervisor restarts it)."""
+
+    name: ClassVar[str]
+    transport: ClassVar[Literal["serial", "ble", "none"]]
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    # Used for liveness when the device config gives no expected_interval.
+    default_expected_interval: ClassVar[float] = 60.0
+
+    def __init__(self, device: DeviceConfig, ctx: DeviceContext) -> None:
+        self.device = device
+        self.ctx = ctx
+        self.options: Any = self.Options.model_validate(device.options)
+
+    @classmethod
+    def check_config(cls, device: DeviceConfig) -> list[tuple[str, str]]:
+        """Problems as (key relative to the device, message); empty when valid."""
+        problems: list[tuple[str, str]] = []
+        if cls.transport == "serial" and not device.port:
+            problems.append(("port", f"required by driver {device.driver!r}"))
+        if cls.transport == "ble" and not device.address and cls.requires_address():
+            problems.append(("address", f"required by driver {device.driver!r}"))
+        try:
+            cls.Options.model_validate(device.options)
+        except ValidationError as e:
+            from agent.config import _loc
+
+            for err in e.errors():
+                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+                problems.append((_loc(err["loc"]), msg.removeprefix("Value error, ")))
+        return problems
+
+    @classmethod
+    def requires_address(cls) -> bool:
+        return True
+
+    @property
+    def expected_interval(self) -> float:
+        return self.device.expected_interval or self.default_expected_interval
+
+    @abstractmethod
+    async def run(self) -> None:
+        """Read from the device and emit readings until cancelled."""
+
+
+class StreamProtocol(ABC):
+    """Incremental byte-stream decoder: feed bytes, get decoded value dicts; pure, no I/O.
+
+    Errors are counted in `errors` (e.g. "checksum", "noise", "truncated") and skipped.
+    """
+
+    def __init__(self) -> None:
+        self.errors: Counter[str] = Counter()
+        self.frames = 0
+
+    @abstractmethod
+    def feed(self, data: bytes) -> list[dict[str, Value]]:
+        """Consume bytes; return the values of every complete valid frame, in order."""
+
+    def flush(self) -> list[dict[str, Value]]:
+        """Values held back waiting for more input (called when the line goes quiet)."""
+        return []

@@ -1,0 +1,83 @@
+"""Serial transport shared by every serial driver (pyserial-asyncio-fast).
+
+Opens the port, yields chunks of bytes, and turns every way a USB adapter can vanish
+(EOF, EIO, ENXIO, port gone) into `TransportClosed` so the driver can reopen with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import serial
+import serial_asyncio_fast
+
+from agent.errors import TransportClosed
+
+log = logging.getLogger(__name__)
+
+_PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_ODD}
+
+
+@dataclass(frozen=True, slots=True)
+class SerialSettings:
+    port: str
+    baud: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+
+
+class SerialPort:
+    """One open serial port: read chunks, write bytes, close."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, settings: SerialSettings) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.settings = settings
+
+    @classmethod
+    async def open(cls, settings: SerialSettings) -> SerialPort:
+        """Open the port; TransportClosed if it is absent or busy."""
+        try:
+            reader, writer = await serial_asyncio_fast.open_serial_connection(
+                url=settings.port,
+                baudrate=settings.baud,
+                parity=_PARITY[settings.parity],
+                stopbits=settings.stopbits,
+                bytesize=settings.bytesize,
+                exclusive=True,
+            )
+        except (serial.SerialException, OSError, ValueError) as e:
+            raise TransportClosed(f"cannot open {settings.port}: {e}") from e
+        return cls(reader, writer, settings)
+
+    async def read(self, n: int = 4096) -> bytes:
+        """Next chunk of bytes (at least one); TransportClosed when the port goes away."""
+        try:
+            data = await self._reader.read(n)
+        except (serial.SerialException, OSError) as e:
+            raise TransportClosed(f"{self.settings.port}: {e}") from e
+        if not data:
+            raise TransportClosed(f"{self.settings.port}: end of stream")
+        return data
+
+    async def write(self, data: bytes) -> None:
+        """Write and drain; TransportClosed on failure."""
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except (serial.SerialException, OSError) as e:
+            raise TransportClosed(f"{self.settings.port}: {e}") from e
+
+    async def close(self) -> None:
+        self._writer.close()
+        with contextlib.suppress(Exception):
+            await self._writer.wait_closed()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            yield await self.read()
