@@ -2,100 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
+from agent.mosquitto import LocalBroker, free_port, mosquitto_path, wait_port
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["Broker", "free_port", "mosquitto_path", "wait_port"]
 
 
-def wait_port(port: int, timeout: float = 10.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection((host, port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+class Broker(LocalBroker):
+    """LocalBroker that fails the test (not errors) when mosquitto is missing."""
 
-
-def mosquitto_path() -> str | None:
-    return shutil.which("mosquitto") or next(
-        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
-    )
-
-
-class Broker:
-    """mosquitto -c <generated conf>; `extra` lines are appended to the listener config."""
-
-    def __init__(self, port: int | None = None, extra: str = "") -> None:
-        exe = mosquitto_path()
-        if exe is None:
+    def __init__(self, port: int | None = None, extra: str = "", workdir: Path | None = None) -> None:
+        if mosquitto_path() is None:
             pytest.fail("mosquitto is not installed (scripts/test installs the Debian package)")
-        self.exe = exe
-        self.port = port or free_port()
-        self.host = "127.0.0.1"
-        self.dir = Path(tempfile.mkdtemp(prefix="mosq-"))
-        self.extra = extra
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def write_conf(self) -> Path:
-        conf = self.dir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence false\n"
-            f"log_dest file {self.dir / 'mosquitto.log'}\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
-            "max_inflight_messages 0\nmax_queued_messages 0\n"
-            + self.extra
-        )
-        return conf
-
-    def start(self) -> Broker:
-        conf = self.write_conf()
-        self.proc = subprocess.Popen([self.exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            wait_port(self.port)
-        except TimeoutError:
-            self.proc.kill()
-            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-            raise RuntimeError(f"mosquitto did not start: {err}") from None
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        # The port can linger briefly in TIME_WAIT; mosquitto sets SO_REUSEADDR.
-        self.start()
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        super().__init__(port, extra, workdir)
