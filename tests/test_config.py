@@ -1,0 +1,156 @@
+"""Configuration: every problem named by key (and line), paths, defaults, masking, schema."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.config import load_config, masked_dump
+from agent.errors import ConfigError
+from agent.units import parse_duration, parse_size
+
+GOOD = """\
+[gateway]
+id = "gw-parken-01"
+
+[buffer]
+path = "state/buffer.db"
+max_bytes = "10MB"
+max_age = "2d"
+
+[uplink]
+host = "broker.example"
+port = 8883
+username = "gw"
+password_file = "secret.txt"
+tls = { ca_file = "ca.pem" }
+
+[[devices]]
+id = "van-gnss"
+driver = "nmea"
+port = "/dev/ttyUSB0"
+tags = { vehicle = "van-3" }
+"""
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_good_config_resolves_relative_paths_against_its_folder(tmp_path: Path) -> None:
+    (tmp_path / "agent.toml").write_text(GOOD)
+    cfg = load_config(tmp_path / "agent.toml")
+    assert cfg.buffer.path == tmp_path / "state/buffer.db"
+    assert cfg.buffer.max_bytes == 10_000_000
+    assert cfg.buffer.max_age == 2 * 86400
+    assert cfg.uplink.tls is not None and cfg.uplink.tls.ca_file == tmp_path / "ca.pem"
+    assert cfg.uplink.password_file == tmp_path / "secret.txt"
+    assert cfg.topic_prefix == "edge/gw-parken-01"
+    assert cfg.devices[0].baud is None and cfg.devices[0].tags == {"vehicle": "van-3"}
+
+
+def test_every_problem_is_listed_with_key_and_line(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text(
+        '[gateway]\nid = "Bad Id"\n\n[uplink]\nport = 70000\nqos = 2\n\n[buffer]\non_full = "explode"\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "a.toml")
+    probs = e.value.problems
+    assert any(p.startswith("gateway.id:") and "(line 2)" in p for p in probs)
+    assert any(p.startswith("uplink.port:") and "(line 5)" in p for p in probs)
+    assert any(p.startswith("uplink.qos:") for p in probs)
+    assert any(p.startswith("buffer.on_full:") and "(line 9)" in p for p in probs)
+
+
+def test_device_problems(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text(
+        '[gateway]\nid = "gw"\n[[devices]]\nid = "a"\ndriver = "nope"\n'
+        '[[devices]]\nid = "a"\ndriver = "nmea"\n[[devices]]\nid = "c"\ndriver = "nmea"\nport = "/dev/x"\nbogus = 1\n'
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "a.toml")
+    text = "\n".join(e.value.problems)
+    assert "devices[0].driver: unknown driver 'nope' (known: " in text
+    assert "devices[1].id: duplicate device id 'a'" in text
+    assert "devices[1].port: required by driver 'nmea'" in text
+    assert "devices[2].bogus: unknown key" in text
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[gateway]\nid = "gw"\n[uplink]\ntopic_prefix = "a/#"\n', "uplink.topic_prefix"),
+        ('[gateway]\nid = "gw"\n[uplink]\npassword_file = "p"\n', "uplink"),
+        ('[gateway]\nid = "gw"\n[buffer]\nmax_age = "forever"\n', "buffer.max_age"),
+        ('[gateway]\nid = "gw"\n[buffer]\nmax_bytes = -5\n', "buffer.max_bytes"),
+        ('[gateway]\nid = "gw"\nsurprise = true\n', "gateway.surprise"),
+        ('[gateway]\nid = "gw"\n[uplink]\ntls = { cert_file = "c.pem" }\n', "uplink.tls"),
+        ('[[devices]]\nid = "x"\n', "gateway"),
+        ('[gateway]\nid = "gw"\n[[devices]]\nid = "x"\ndriver = "ruuvi"\naddress = "zz"\n', "devices[0].address"),
+    ],
+)
+def test_bad_values_name_their_key(tmp_path: Path, text: str, key: str) -> None:
+    (tmp_path / "a.toml").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "a.toml")
+    assert any(p.startswith(key + ":") for p in e.value.problems), e.value.problems
+
+
+def test_syntax_error_and_missing_file(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text("[gateway\n")
+    with pytest.raises(ConfigError, match="TOML syntax error"):
+        load_config(tmp_path / "a.toml")
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+def test_units() -> None:
+    assert parse_size("256MB") == 256_000_000
+    assert parse_size("1GiB") == 1024**3
+    assert parse_size(4096) == 4096
+    assert parse_duration("14d") == 14 * 86400
+    assert parse_duration("500ms") == 0.5
+    assert parse_duration("90") == 90
+    for bad in ("12XB", "", "-1MB"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_cli_check_show_schema(tmp_path: Path) -> None:
+    (tmp_path / "agent.toml").write_text(GOOD.replace('username = "gw"', 'username = "gw"\nclient_id = "x"'))
+    r = cli("config", "check", str(tmp_path / "agent.toml"))
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
+    r = cli("config", "show", "--json", "--config", str(tmp_path / "agent.toml"))
+    shown = json.loads(r.stdout)
+    assert shown["uplink"]["topic_prefix"] == "edge/gw-parken-01"
+    assert shown["buffer"]["max_bytes"] == 10_000_000
+    r = cli("config", "schema")
+    schema = json.loads(r.stdout)
+    assert schema["title"] == "edge-agent configuration" and "gateway" in schema["properties"]
+    (tmp_path / "bad.toml").write_text('[gateway]\nid = "gw"\n[uplink]\nport = "x"\n')
+    r = cli("config", "check", str(tmp_path / "bad.toml"))
+    assert r.returncode == 78
+    assert "uplink.port:" in r.stderr and "Traceback" not in r.stderr
+    r = cli("config", "check", "--config", str(tmp_path / "nope.toml"))
+    assert r.returncode == 78 and "file not found" in r.stderr
+
+
+def test_show_masks_secrets() -> None:
+    from agent.config import AgentConfig
+
+    cfg = AgentConfig.model_validate({
+        "gateway": {"id": "gw"},
+        "uplink": {"username": "u", "password_file": "/etc/edge-agent/pw"},
+        "devices": [{"id": "t", "driver": "bthome", "address": "AA:BB:CC:DD:EE:FF",
+                     "key": "231d39c1d7cc1ab1aee224cd096db932"}],
+    })
+    data = masked_dump(cfg)
+    assert data["devices"][0]["key"] == "***"
+    assert "231d39c1" not in json.dumps(data)
+    assert data["uplink"]["password_file"] == "/etc/edge-agent/pw", "a path is not a secret"
+    assert data["uplink"]["username"] == "u"
