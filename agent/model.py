@@ -27,11 +27,17 @@ class Reading:
     mono: float = field(default_factory=time.monotonic)
 
 
+_sec_cache: tuple[int, str] = (-1, "")
+
+
 def format_ts(ts: float) -> str:
     """RFC 3339 UTC with millisecond precision, e.g. 2026-11-27T07:24:31.123Z."""
+    global _sec_cache
     ms = int(round(ts * 1000))
-    dt = datetime.fromtimestamp(ms // 1000, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+    sec = ms // 1000
+    if _sec_cache[0] != sec:  # readings come in bursts within one second: format it once
+        _sec_cache = (sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_sec_cache[1]}.{ms % 1000:03d}Z"
 
 
 def parse_ts(text: str) -> float:
@@ -46,18 +52,18 @@ def clean_values(values: Mapping[str, Value]) -> dict[str, Value]:
     }
 
 
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def encode_reading(seq: int, r: Reading) -> str:
     """The reading's wire form `R` (compact JSON); fixed once the seq is assigned."""
-    return json.dumps(
-        {
-            "seq": seq,
-            "device": r.device,
-            "driver": r.driver,
-            "ts": format_ts(r.ts),
-            "clock": r.clock,
-            "values": clean_values(r.values),
-            "tags": dict(r.tags),
-        },
-        separators=(",", ":"),
-        ensure_ascii=False,
+    values = r.values
+    for v in values.values():
+        if isinstance(v, float) and not math.isfinite(v):
+            values = clean_values(values)
+            break
+    return (
+        f'{{"seq":{seq},"device":{_dumps(r.device)},"driver":{_dumps(r.driver)},'
+        f'"ts":"{format_ts(r.ts)}","clock":"{r.clock}","values":{_dumps(values)},'
+        f'"tags":{_dumps(r.tags) if r.tags else "{}"}}}'
     )

@@ -1,0 +1,76 @@
+"""Shared benchmark helpers: machine description, process memory, a counting subscriber."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+
+def machine() -> str:
+    cpu = "unknown cpu"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.machine()}, {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}"
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS / VmHWM in bytes of a process."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS", "VmHWM")):
+                k, v = line.split(":")
+                out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+class CountingSubscriber:
+    """Counts readings (and distinct seqs) on P/telemetry."""
+
+    def __init__(self, host: str, port: int, topic: str) -> None:
+        self.readings = 0
+        self.seqs: set[int] = set()
+        self.first: float | None = None
+        self.last: float | None = None
+        self._ok = threading.Event()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-sub-{os.getpid()}")
+        self.c.on_connect = lambda c, *a: c.subscribe(topic, qos=1)
+        self.c.on_subscribe = lambda *a: self._ok.set()
+        self.c.on_message = self._msg
+        self.c.connect(host, port)
+        self.c.loop_start()
+        self._ok.wait(10)
+
+    def _msg(self, c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
+        body = json.loads(m.payload)
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        self.last = now
+        for r in body.get("readings", ()):
+            self.readings += 1
+            self.seqs.add(r["seq"])
+
+    def wait(self, n: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(self.seqs) >= n:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self) -> None:
+        self.c.loop_stop()
+        self.c.disconnect()
