@@ -1,0 +1,90 @@
+"""The supervisor in-process: crash isolation, restart with backoff, SIGTERM-style stop flushes."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import drivers
+from agent.config import parse_config
+from agent.runtime import Agent
+from tests.support.broker import Broker
+from tests.support.mqtt import Subscriber
+
+
+@pytest.fixture
+def counter_driver() -> Iterator[None]:
+    drivers._REGISTRY["counter"] = "tests.support.crashy:CounterDriver"
+    old = drivers.KNOWN_DRIVERS
+    drivers.KNOWN_DRIVERS = frozenset(drivers._REGISTRY)
+    yield
+    del drivers._REGISTRY["counter"]
+    drivers.KNOWN_DRIVERS = old
+
+
+async def wait_for(pred, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.02)
+
+
+def agent_config(tmp_path: Path, port: int, devices: list[dict[str, object]]):  # type: ignore[no-untyped-def]
+    return parse_config({
+        "gateway": {"id": "gw-rt"},
+        "buffer": {"path": str(tmp_path / "b.db"), "commit_interval": 0.05},
+        "uplink": {"port": port, "backoff_initial": 0.05, "backoff_max": 0.5},
+        "control": {"socket": str(tmp_path / "c.sock")},
+        "devices": devices,
+    })
+
+
+async def test_crashing_driver_is_restarted_and_never_stops_the_others(
+    tmp_path: Path, broker: Broker, counter_driver: None
+) -> None:
+    cfg = agent_config(tmp_path, broker.port, [
+        {"id": "good", "driver": "counter", "interval": 0.01},
+        {"id": "bad", "driver": "counter", "interval": 0.01, "crash_after": 3},
+    ])
+    sub = Subscriber(broker.host, broker.port, "edge/gw-rt/telemetry")
+    agent = Agent(cfg)
+    await agent.start()
+    try:
+        bad = agent.devices["bad"].ctx
+        await wait_for(lambda: bad.restarts >= 2)
+        good_before = agent.devices["good"].ctx.readings
+        await wait_for(lambda: agent.devices["good"].ctx.readings > good_before + 20)
+        await wait_for(lambda: agent.uplink.stats.readings_acked >= 30)
+        assert bad.link in ("failed", "connected")
+        assert "simulated driver bug" in agent.devices["bad"].last_error
+    finally:
+        await agent.stop()
+    await asyncio.to_thread(sub.wait_for, lambda: any(r["device"] == "bad" for r in sub.readings()), 10, "bad readings")
+    got = sub.readings()
+    bad_runs = {r["values"]["run"] for r in got if r["device"] == "bad"}
+    assert len(bad_runs) >= 2, "the crashed driver came back"
+    good = [r["values"]["n"] for r in got if r["device"] == "good"]
+    assert good == list(range(len(good))), "the healthy device's stream is complete and in order"
+    sub.close()
+
+
+async def test_stop_flushes_memory_to_sqlite_without_broker(tmp_path: Path, counter_driver: None) -> None:
+    from tests.support.broker import free_port
+
+    cfg = agent_config(tmp_path, free_port(), [{"id": "c", "driver": "counter", "interval": 0.001}])
+    cfg = cfg.model_copy(update={"buffer": cfg.buffer.model_copy(update={"commit_interval": 30.0})})
+    agent = Agent(cfg)
+    await agent.start()
+    await wait_for(lambda: agent.devices["c"].ctx.readings >= 50)
+    ctx = agent.devices["c"].ctx
+    await agent.stop()
+    db = sqlite3.connect(tmp_path / "b.db")
+    n, lo, hi = db.execute("SELECT count(*), min(seq), max(seq) FROM outbox").fetchone()
+    assert n == ctx.readings >= 50, "every reading emitted before the stop is committed"
+    assert (lo, hi) == (1, n)
