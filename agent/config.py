@@ -42,8 +42,15 @@ class _Section(BaseModel):
 
 
 class GatewayConfig(_Section):
-    id: str = Field(pattern=GATEWAY_ID)
-    health_interval: Duration = 60.0
+    id: str
+    health_interval: Duration = Field(default=60.0, gt=0)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not re.fullmatch(GATEWAY_ID, v):
+            raise ValueError(f"{v!r} is not a gateway id: 1-64 of a-z 0-9 '-', starting with a letter or digit")
+        return v
 
 
 class BufferConfig(_Section):
@@ -112,7 +119,7 @@ class DeviceConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    id: str = Field(pattern=DEVICE_ID)
+    id: str
     driver: str
     enabled: bool = True
     port: str | None = None
@@ -124,6 +131,13 @@ class DeviceConfig(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
     # Silent for longer than this -> offline (event, status). Default: per driver.
     expected_interval: Duration | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not re.fullmatch(DEVICE_ID, v):
+            raise ValueError(f"{v!r} is not a device id: 1-64 of a-z 0-9 '_' '.' '-', starting with a letter or digit")
+        return v
 
     @field_validator("address")
     @classmethod
@@ -240,6 +254,7 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, text: str 
         line = _line_of(text, key) if text else None
         problems.append(f"{key}: {msg}" + (f" (line {line})" if line else ""))
 
+    cfg: AgentConfig | None = None
     try:
         cfg = AgentConfig.model_validate(data)
     except ValidationError as e:
@@ -248,26 +263,9 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, text: str 
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             add(_loc(err["loc"]), msg)
-        raise ConfigError(problems, str(source) if source else None) from None
-
-    from drivers import KNOWN_DRIVERS, driver_class
-
-    seen: dict[str, int] = {}
-    for i, dev in enumerate(cfg.devices):
-        if dev.id in seen:
-            add(f"devices[{i}].id", f"duplicate device id {dev.id!r} (also devices[{seen[dev.id]}])")
-        seen.setdefault(dev.id, i)
-        if dev.driver not in KNOWN_DRIVERS:
-            add(f"devices[{i}].driver", f"unknown driver {dev.driver!r} (known: {', '.join(sorted(KNOWN_DRIVERS))})")
-            continue
-        try:
-            cls = driver_class(dev.driver)
-        except ImportError as e:
-            add(f"devices[{i}].driver", f"driver {dev.driver!r} cannot be loaded: {e}")
-            continue
-        for key, msg in cls.check_config(dev):
-            add(f"devices[{i}]" + (f".{key}" if key else ""), msg)
-    if problems:
+    devices = cfg.devices if cfg is not None else _lenient_devices(data)
+    _check_devices(devices, add)
+    if problems or cfg is None:
         raise ConfigError(problems, str(source) if source else None)
 
     if source is not None:
@@ -289,6 +287,40 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, text: str 
             }
         )
     return cfg
+
+
+def _lenient_devices(data: dict[str, Any]) -> list[DeviceConfig | None]:
+    """Devices that validate on their own (so their driver keys are checked too)."""
+    raw = data.get("devices")
+    out: list[DeviceConfig | None] = []
+    for d in raw if isinstance(raw, list) else []:
+        try:
+            out.append(DeviceConfig.model_validate(d))
+        except ValidationError:
+            out.append(None)
+    return out
+
+
+def _check_devices(devices: list[DeviceConfig] | list[DeviceConfig | None], add: Any) -> None:
+    from drivers import KNOWN_DRIVERS, driver_class
+
+    seen: dict[str, int] = {}
+    for i, dev in enumerate(devices):
+        if dev is None:
+            continue
+        if dev.id in seen:
+            add(f"devices[{i}].id", f"duplicate device id {dev.id!r} (also devices[{seen[dev.id]}])")
+        seen.setdefault(dev.id, i)
+        if dev.driver not in KNOWN_DRIVERS:
+            add(f"devices[{i}].driver", f"unknown driver {dev.driver!r} (known: {', '.join(sorted(KNOWN_DRIVERS))})")
+            continue
+        try:
+            cls = driver_class(dev.driver)
+        except ImportError as e:
+            add(f"devices[{i}].driver", f"driver {dev.driver!r} cannot be loaded: {e}")
+            continue
+        for key, msg in cls.check_config(dev):
+            add(f"devices[{i}]" + (f".{key}" if key else ""), msg)
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
