@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.errors import BufferCorrupt, BufferError_
+from agent.errors import BufferCorrupt, BufferError_, BufferFull
 from agent.model import Reading, encode_reading
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class Outbox:
         on_full: Literal["drop_oldest", "reject_new"] = "drop_oldest",
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         gateway: str = "",
+        min_free_disk: int = 8_000_000,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
@@ -108,6 +109,8 @@ class Outbox:
         self.on_full = on_full
         self.synchronous = synchronous
         self.gateway = gateway
+        self.min_free_disk = min_free_disk
+        self._page_size = 4096
         self.quarantined: Path | None = None
         self._db: sqlite3.Connection | None = None
         self.epoch = ""
@@ -120,6 +123,13 @@ class Outbox:
         self.protect_upto = 0
         self._events_inflight: set[int] = set()
         self._open_gap: tuple[int, str] | None = None  # (event id, reason) still mergeable
+        # Set when the disk filled up: the buffer behaves as if max_bytes were this.
+        self.full_cap: int | None = None
+        self._full_since = 0.0
+        self.disk_full_count = 0
+        self.full_retry = FULL_RETRY
+        self._unlogged: dict[str, int] = {}
+        self._last_drop_log = -1e18
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self) -> Outbox:
@@ -143,6 +153,9 @@ class Outbox:
             if mode.lower() != "wal":
                 log.warning("buffer: WAL not available (%s), using %s", self.path, mode)
             db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+            self._page_size = db.execute("PRAGMA page_size").fetchone()[0]
+            db.execute(f"PRAGMA journal_size_limit={WAL_PAGES * self._page_size}")
             ok = db.execute("PRAGMA quick_check").fetchone()[0]
             if ok != "ok":
                 raise BufferCorrupt(f"quick_check: {ok}")
@@ -206,8 +219,37 @@ class Outbox:
 
     # -- write path -----------------------------------------------------------------------
     def commit(self, readings: Sequence[Reading], acks: Iterable[tuple[int, int]] = (), now: float | None = None) -> CommitResult:
-        """One transaction: accept readings (assign seqs), apply acks, enforce limits."""
+        """One transaction: accept readings (assign seqs), apply acks, enforce limits.
+
+        A full disk lowers the effective size limit to what fits (dropping or rejecting per
+        `on_full`) and raises BufferFull only if even that cannot be written.
+        """
         now = time.time() if now is None else now
+        acks = list(acks)
+        if self.full_cap is not None and now - self._full_since > self.full_retry:
+            self.full_cap = None  # space may have come back: try the configured limit again
+        try:
+            return self._commit(readings, acks, now)
+        except sqlite3.OperationalError as e:
+            if not _is_full(e):
+                raise
+        self.disk_full_count += 1
+        self._full_since = now
+        log.error("buffer: disk full at %d stored bytes; limiting the buffer to what fits", self.bytes)
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.DatabaseError:
+            pass
+        batch = sum(len(r.values) * 16 + 160 for r in readings)
+        self.full_cap = max(0, min(self.bytes, self.max_bytes) - batch)
+        try:
+            return self._commit(readings, acks, now)
+        except sqlite3.OperationalError as e:
+            if _is_full(e):
+                raise BufferFull(f"{self.path}: disk full") from e
+            raise
+
+    def _commit(self, readings: Sequence[Reading], acks: list[tuple[int, int]], now: float) -> CommitResult:
         res = CommitResult()
         db = self.db
         db.execute("BEGIN IMMEDIATE")
@@ -229,7 +271,40 @@ class Outbox:
         except BaseException:
             self._rollback_state()
             raise
+        self._log_drops(res.gaps, now)
         return res
+
+    def _log_drops(self, gaps: list[dict[str, Any]], now: float) -> None:
+        """Log drops at most every DROP_LOG_EVERY seconds (a full buffer drops on every commit)."""
+        for g in gaps:
+            self._unlogged[g["reason"]] = self._unlogged.get(g["reason"], 0) + g["count"]
+        if self._unlogged and now - self._last_drop_log >= DROP_LOG_EVERY:
+            for reason, n in self._unlogged.items():
+                log.warning("buffer: dropped %d readings (%s); %d dropped in total; gap events report the seqs",
+                            n, reason, self.dropped.get(reason, 0))
+            self._unlogged.clear()
+            self._last_drop_log = now
+
+    @property
+    def limit(self) -> int:
+        """Effective size bound: max_bytes, lowered while the disk is (nearly) full."""
+        cap = self.max_bytes if self.full_cap is None else min(self.max_bytes, self.full_cap)
+        room = self._disk_room()
+        return cap if room is None else min(cap, self.bytes + room)
+
+    def _disk_room(self) -> int | None:
+        """Stored bytes that can still be added while keeping `min_free_disk` free on the filesystem."""
+        try:
+            st = os.statvfs(self.path.parent)
+            wal = Path(str(self.path) + "-wal")
+            wal_size = wal.stat().st_size if wal.exists() else 0
+        except OSError:
+            return None
+        free = st.f_bavail * st.f_frsize
+        free_pages = self.db.execute("PRAGMA freelist_count").fetchone()[0] * self._page_size
+        wal_growth = max(0, WAL_PAGES * self._page_size - wal_size)
+        usable = free + free_pages - self.min_free_disk - wal_growth
+        return max(0, int(usable / PAGE_FILL))
 
     def _insert(self, readings: Sequence[Reading], now: float, res: CommitResult) -> None:
         db = self.db
@@ -242,11 +317,12 @@ class Outbox:
             res.accepted.append((seq, r))
             added += len(payload) + ROW_OVERHEAD
             seq += 1
-        over = self.bytes + added - self.max_bytes
+        limit = self.limit
+        over = self.bytes + added - limit
         if over > 0:
             if self.on_full == "reject_new":
                 # Keep the oldest that fit; the rest are refused (never accepted, no seq).
-                keep, room = [], self.max_bytes - self.bytes
+                keep, room = [], limit - self.bytes
                 for row in rows:
                     size = len(row[5]) + ROW_OVERHEAD
                     if size > room:
@@ -264,9 +340,9 @@ class Outbox:
                 gap = self._drop_oldest(over, "buffer_full", now)
                 if gap:
                     res.gaps.append(gap)
-                if self.bytes + added > self.max_bytes:
+                if self.bytes + added > limit:
                     # Even an empty buffer cannot hold the batch: keep the newest that fit.
-                    room = self.max_bytes - self.bytes
+                    room = limit - self.bytes
                     keep_from = len(rows)
                     while keep_from > 0 and len(rows[keep_from - 1][5]) + ROW_OVERHEAD <= room:
                         keep_from -= 1
@@ -336,6 +412,7 @@ class Outbox:
         except BaseException:
             self._rollback_state()
             raise
+        self._log_drops(gaps, now)
         return gaps
 
     def _record_drop(self, first: int, last: int, count: int, reason: DropReason, now: float) -> dict[str, Any]:
@@ -345,7 +422,6 @@ class Outbox:
             (now, reason, first, last, count),
         )
         self.dropped[reason] = self.dropped.get(reason, 0) + count
-        log.warning("buffer: dropped %d readings (seq %d-%d, %s)", count, first, last, reason)
         gap = {"v": 1, "type": "gap", "epoch": self.epoch, "from_seq": first, "to_seq": last,
                "count": count, "reason": reason}
         # Merge into the previous undelivered gap of the same reason: an outage of days
@@ -435,6 +511,16 @@ class Outbox:
             oldest_ts=self.oldest_ts(), next_seq=self.next_seq, dropped=dict(self.dropped),
             rejected=self.rejected, events_pending=pending, file_bytes=file_bytes,
         )
+
+
+FULL_RETRY = 10.0  # seconds before a full disk is probed again
+DROP_LOG_EVERY = 30.0
+WAL_PAGES = 256  # checkpoint (and cap the WAL file) at 1 MiB with 4 KiB pages
+PAGE_FILL = 1.4  # file bytes per stored byte (b-tree page fill, WAL copy)
+
+
+def _is_full(e: sqlite3.OperationalError) -> bool:
+    return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
 
 
 def _iso(ts: float) -> str:

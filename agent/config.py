@@ -62,6 +62,9 @@ class BufferConfig(_Section):
     commit_interval: Duration = Field(default=0.5, le=60)
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
     queue_size: int = Field(default=100_000, ge=100)
+    # Keep this much free on the filesystem (the OS and logs need it too); the buffer
+    # drops or rejects per on_full instead of filling the card.
+    min_free_disk: Size = 8_000_000
 
 
 class TlsConfig(_Section):

@@ -25,6 +25,10 @@ class BufferCorrupt(BufferError_):
     """The buffer database failed its integrity check."""
 
 
+class BufferFull(BufferError_):
+    """The disk is full and not even the reduced batch could be written."""
+
+
 class UplinkError(EdgeAgentError):
     """The MQTT uplink failed."""
 

@@ -39,7 +39,8 @@ def mosquitto_path() -> str | None:
 class LocalBroker:
     """`mosquitto -c <generated conf>`; `extra` lines are appended to the config."""
 
-    def __init__(self, port: int | None = None, extra: str = "", workdir: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, extra: str = "", workdir: Path | None = None,
+                 persistent: bool = False) -> None:
         exe = mosquitto_path()
         if exe is None:
             raise FileNotFoundError("mosquitto is not installed (Debian: apt-get install mosquitto)")
@@ -48,7 +49,11 @@ class LocalBroker:
         self.host = "127.0.0.1"
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="mosq-"))
         self.dir.mkdir(parents=True, exist_ok=True)
+        # Started as root, mosquitto drops to its own user: it must be able to write its log and
+        # persistence file here.
+        os.chmod(self.dir, 0o1777)
         self.extra = extra
+        self.persistent = persistent
         self.proc: subprocess.Popen[bytes] | None = None
 
     def write_conf(self) -> Path:
@@ -56,7 +61,8 @@ class LocalBroker:
         conf.write_text(
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
-            "persistence false\n"
+            + (f"persistence true\npersistence_location {self.dir}/\n" if self.persistent else "persistence false\n")
+            +
             f"log_dest file {self.dir / 'mosquitto.log'}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
             "max_inflight_messages 0\nmax_queued_messages 0\n"

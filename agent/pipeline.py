@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from agent.buffer import CommitResult, Outbox
+from agent.errors import BufferFull
 from agent.model import Reading
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class Pipeline:
         self.last_commit_duration = 0.0
         self.busy_since: float | None = None
         self._closed = False
+        self.disk_full = False
+        self._full_batch = 0
 
     # -- thread helpers -----------------------------------------------------------------
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -82,7 +85,8 @@ class Pipeline:
     async def run_writer(self) -> None:
         """Commit every `commit_interval` (or sooner when a batch fills) until cancelled."""
         while True:
-            await self._wake.wait()
+            if not self._queue and not self._acks:
+                await self._wake.wait()
             self._wake.clear()
             if len(self._queue) < self.batch_max:
                 try:
@@ -93,6 +97,8 @@ class Pipeline:
                 except TimeoutError:
                     pass
             await self.flush()
+            if self.disk_full:
+                await asyncio.sleep(1.0)
 
     async def flush(self) -> CommitResult | None:
         """Commit everything queued and every pending ack now."""
@@ -100,13 +106,23 @@ class Pipeline:
             return None
         total: CommitResult | None = None
         while self._queue or self._acks:
-            n = min(len(self._queue), self.batch_max)
+            n = min(len(self._queue), self._full_batch or self.batch_max)
             batch = [self._queue.popleft() for _ in range(n)]
             acks, self._acks = self._acks, []
             t0 = time.monotonic()
             self.busy_since = t0
             try:
                 res = await self.call(self.outbox.commit, batch, acks)
+            except BufferFull:
+                # Keep them in memory (bounded by queue_size) and try again later.
+                self._queue.extendleft(reversed(batch))
+                self._acks[:0] = acks
+                self.busy_since = None
+                if not self.disk_full:
+                    log.error("buffer: disk full; %d readings wait in memory", len(self._queue))
+                self.disk_full = True
+                self._full_batch = max(10, n // 4)  # smaller transactions need less WAL space
+                return total
             except Exception:
                 log.exception("buffer commit failed; %d readings kept in memory for retry", len(batch))
                 self._queue.extendleft(reversed(batch))
@@ -114,6 +130,10 @@ class Pipeline:
                 self.busy_since = None
                 raise
             self.busy_since = None
+            if self.disk_full:
+                log.warning("buffer: writing again after a full disk")
+            self.disk_full = False
+            self._full_batch = 0
             self.last_commit = time.monotonic()
             self.last_commit_duration = self.last_commit - t0
             self.commits += 1

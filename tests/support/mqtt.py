@@ -24,11 +24,13 @@ class Msg:
 
 
 class Subscriber:
-    def __init__(self, host: str, port: int, topic: str = "#") -> None:
+    def __init__(self, host: str, port: int, topic: str = "#", persistent: bool = False) -> None:
         self.messages: list[Msg] = []
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{id(self)}")
+        # persistent: a platform consumer with a durable session gets what was queued while it was away
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"test-sub-{id(self)}",
+                             clean_session=not persistent)
         self.c.on_message = self._on_message
         self.c.on_connect = lambda c, u, f, rc, p=None: c.subscribe(topic, qos=1)
         self.c.on_subscribe = lambda *a: self._subscribed.set()

@@ -1,0 +1,226 @@
+"""Fault injection: disk full, broker bounced under load, SIGKILL under load, corrupt database."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import drivers
+from agent.config import parse_config
+from agent.runtime import Agent
+from drivers.nmea.simulator import epoch_bytes, fixes
+from tests.support.agentproc import AgentProcess, write_config
+from tests.support.broker import Broker, free_port
+from tests.support.mqtt import Subscriber
+from tests.support.pty import PtyDevice
+
+
+@pytest.fixture
+def counter_driver() -> Iterator[None]:
+    drivers._REGISTRY["counter"] = "tests.support.crashy:CounterDriver"
+    old = drivers.KNOWN_DRIVERS
+    drivers.KNOWN_DRIVERS = frozenset(drivers._REGISTRY)
+    yield
+    del drivers._REGISTRY["counter"]
+    drivers.KNOWN_DRIVERS = old
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {r.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def until(pred, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def account(sub: Subscriber, gateway_epoch: str) -> tuple[set[int], int, list[dict[str, object]]]:
+    seen: dict[int, dict[str, object]] = {}
+    for r in sub.readings():
+        prev = seen.setdefault(r["seq"], r)
+        assert prev == r, "redelivery must be identical"
+    gaps = [m.json() for m in sub.on("/events") if m.json()["type"] == "gap"]
+    assert all(g["epoch"] == gateway_epoch for g in gaps)
+    return set(seen), sum(int(g["count"]) for g in gaps), gaps  # type: ignore[arg-type]
+
+
+async def test_disk_full_drops_per_policy_reports_gap_and_recovers(
+    tmp_path: Path, small_fs: Path, counter_driver: None
+) -> None:
+    filler = small_fs / "filler"
+    filler.write_bytes(b"\0" * 5_000_000)  # the card is nearly full from the start
+    port = free_port()
+    cfg = parse_config({
+        "gateway": {"id": "gw-full"},
+        "buffer": {"path": str(small_fs / "b.db"), "commit_interval": 0.02, "max_bytes": "100MB",
+                   "min_free_disk": "512KB"},
+        "uplink": {"port": port, "backoff_initial": 0.05, "backoff_max": 0.2},
+        "devices": [{"id": "c", "driver": "counter", "interval": 0.0005}],
+    })
+    agent = Agent(cfg)
+    await agent.start()
+    ob = agent.pipeline.outbox
+    ob.full_retry = 0.3
+    try:
+        await until(lambda: ob.dropped.get("buffer_full", 0) > 0, 60, "drops on a nearly full disk")
+        capped_at = ob.bytes
+        assert agent.pipeline.outbox.depth > 0
+        assert not agent.stop_event.is_set(), "the agent keeps running on a full disk"
+        filler.unlink()  # space comes back
+        await until(lambda: ob.bytes > capped_at + 100_000, 60, "buffer growing again after space returned")
+        await agent.remove_device("c")
+        await agent.pipeline.flush()
+        next_seq = ob.next_seq
+        epoch = ob.epoch
+        check = sqlite3.connect(f"file:{small_fs / 'b.db'}?mode=ro", uri=True)
+        assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        check.close()
+        broker = Broker(port=port).start()
+        sub = Subscriber(broker.host, broker.port, "edge/gw-full/#")
+        try:
+            await until(lambda: ob.depth == 0 and agent.uplink.stats.events_published >= 1, 60, "drain")
+            await until(lambda: agent.uplink.stats.inflight == 0 and agent.uplink.stats.readings_acked
+                        >= len({r["seq"] for r in sub.readings()}), 30, "all acknowledged messages received")
+            seqs, gap_total, _ = await asyncio.to_thread(account, sub, epoch)
+        finally:
+            sub.close()
+            broker.close()
+        assert gap_total > 0
+        assert len(seqs) + gap_total == next_seq - 1, "gaps account exactly for every seq never delivered"
+    finally:
+        await agent.stop()
+
+
+def _pump(dev: PtyDevice, stop: threading.Event, written: list[int], rate: float = 300.0) -> None:
+    it = fixes(start=1_790_000_000)
+    while not stop.is_set():
+        try:
+            dev.write(epoch_bytes(next(it)))
+        except OSError:
+            return
+        written[0] += 1
+        time.sleep(1 / rate)
+
+
+def test_broker_bounced_repeatedly_under_load_loses_nothing(tmp_path: Path, pty_factory) -> None:  # type: ignore[no-untyped-def]
+    # A durable broker and a durable platform session: whatever the broker acknowledged survives.
+    broker = Broker(persistent=True).start()
+    dev = pty_factory()
+    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=f"""
+        [[devices]]
+        id = "gnss"
+        driver = "nmea"
+        port = "{dev.port}"
+        """)
+    sub = Subscriber(broker.host, broker.port, "edge/gw-test/telemetry", persistent=True)
+    agent = AgentProcess(cfg).start_and_wait_port("gnss")
+    stop, written = threading.Event(), [0]
+    pump = threading.Thread(target=_pump, args=(dev, stop, written), daemon=True)
+    pump.start()
+    try:
+        for _ in range(4):
+            sub.wait_for(lambda: len(sub.readings()) > 0, 20, "traffic")
+            time.sleep(random.uniform(0.2, 0.6))  # load runs while the broker is up; not a synchronisation
+            broker.stop()
+            time.sleep(random.uniform(0.3, 1.0))  # outage length
+            broker.start()
+        stop.set()
+        pump.join(5)
+        total = written[0]
+        try:
+            sub.wait_for(lambda: len({r["seq"] for r in sub.readings()}) >= total, 60, f"all {total} readings")
+        except AssertionError:
+            got = {r["seq"] for r in sub.readings()}
+            missing = sorted(set(range(1, total + 1)) - got)
+            raise AssertionError(f"missing {len(missing)}: {missing[:5]}..{missing[-5:]}; max got {max(got)}") from None
+        by_seq: dict[int, dict[str, object]] = {}
+        for r in sub.readings():
+            assert by_seq.setdefault(r["seq"], r) == r
+        assert sorted(by_seq) == list(range(1, total + 1)), "0 lost, 0 holes"
+        assert agent.terminate() == 0
+    finally:
+        stop.set()
+        agent.close()
+        sub.close()
+        broker.close()
+
+
+def test_sigkill_ten_times_under_load_keeps_seq_and_epoch(tmp_path: Path, broker: Broker, pty_factory) -> None:  # type: ignore[no-untyped-def]
+    dev = pty_factory()
+    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=f"""
+        [[devices]]
+        id = "gnss"
+        driver = "nmea"
+        port = "{dev.port}"
+        """)
+    sub = Subscriber(broker.host, broker.port, "edge/gw-test/#")
+    agent = AgentProcess(cfg)
+    stop, written = threading.Event(), [0]
+    pump = threading.Thread(target=_pump, args=(dev, stop, written), daemon=True)
+    pump.start()
+    try:
+        for i in range(10):
+            agent.start_and_wait_port("gnss", count=i + 1)
+            time.sleep(random.uniform(0.1, 0.8))  # a random point under load
+            agent.kill()
+        stop.set()
+        pump.join(5)
+        db = sqlite3.connect(tmp_path / "buffer.db")
+        top = int(db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()[0]) - 1
+        db.close()
+        agent.start_and_wait_port("gnss", count=11)
+        sub.wait_for(lambda: len({r["seq"] for r in sub.readings()}) >= top, 60, f"{top} readings")
+        seqs = sorted({r["seq"] for r in sub.readings()})
+        assert seqs == list(range(1, len(seqs) + 1)), "no seq holes across 10 kills"
+        assert len({m.json()["epoch"] for m in sub.on("/telemetry")}) == 1, "epoch stable"
+        wills = [m.json() for m in sub.on("/status") if m.json()["state"] == "offline"]
+        assert len(wills) >= 10, "the last will announced every kill"
+        assert agent.terminate() == 0
+    finally:
+        stop.set()
+        agent.close()
+        sub.close()
+
+
+def test_corrupt_database_at_start_is_quarantined_and_reported(tmp_path: Path, broker: Broker) -> None:
+    (tmp_path / "buffer.db").write_bytes(b"SQLite format 3\x00" + bytes(range(256)) * 64)
+    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port)
+    sub = Subscriber(broker.host, broker.port, "edge/gw-test/#")
+    agent = AgentProcess(cfg).start()
+    try:
+        sub.wait_for(lambda: any(m.json()["type"] == "buffer_quarantined" for m in sub.on("/events")), 30, "event")
+        ev = next(m.json() for m in sub.on("/events") if m.json()["type"] == "buffer_quarantined")
+        kept = Path(ev["quarantined_as"])
+        assert kept.exists() and kept.parent == tmp_path
+        assert kept.read_bytes().startswith(b"SQLite format 3\x00")
+        assert agent.proc is not None and agent.proc.poll() is None, "the agent runs on"
+        db = sqlite3.connect(tmp_path / "buffer.db")
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert agent.terminate() == 0
+    finally:
+        agent.close()
+        sub.close()
+    with contextlib.suppress(Exception):
+        json.dumps(ev)
+    assert os.path.exists(tmp_path / "buffer.db")
