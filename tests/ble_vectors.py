@@ -171,7 +171,7 @@ VECTORS: list[Vector] = [
     # --- Stock MiBeacon (xiaomi-ble / ble_monitor tests): service data after the 0xFE95 UUID
     Vector("xiaomi-mibeacon-v3-lywsd03mmc", "xiaomi",
            sd_adv(0xFE95, "50305b05034c94b438c1a40d10041001ea01", "A4:C1:38:B4:94:4C"), None,
-           dict(temperature=27.2, humidity=49, packet_id=3)),
+           dict(temperature=27.2, humidity=49.0, packet_id=3)),
     Vector("xiaomi-mibeacon-v3-cgc1", "xiaomi",
            sd_adv(0xFE95, b"P0<\x0c\x03L\x94\xb48\xc1\xa4\r\x10\x04\x10\x01\xea\x01", "A4:C1:38:B4:94:4C"), None,
            dict(temperature=27.2, humidity=49.0, packet_id=3)),

@@ -20,7 +20,8 @@ associated data 0x11. Legacy v2/v3 encryption (no MIC) is refused with DecodeErr
 Values: temperature (°C), humidity (%RH), battery (%), battery_voltage (V, custom formats),
 packet_id (frame counter), and from MiBeacon objects also illuminance (lx), moisture (%),
 conductivity (µS/cm), formaldehyde (mg/m³). As xiaomi-ble does, MiBeacon humidity from
-LYWSD03MMC and MHO-C401 is truncated to whole percent (their tenths are noise).
+LYWSD03MMC and MHO-C401 (object 0x1006) is truncated to whole percent (their tenths are
+noise).
 
 Encoder:
     encode(address: str, values: Mapping[str, float | int | bool], *, fmt: str = "pvvx",
@@ -184,7 +185,7 @@ def _objects(payload: bytes, product_id: int) -> Values:
             out["humidity"] = _humidity(int.from_bytes(obj, "little"), product_id)
         elif typ == 0x100D and length == 4:
             out["temperature"] = int.from_bytes(obj[:2], "little", signed=True) / 10
-            out["humidity"] = _humidity(int.from_bytes(obj[2:], "little"), product_id)
+            out["humidity"] = int.from_bytes(obj[2:], "little") / 10
         elif typ in (0x100A, 0x4803, 0x4C03) and length >= 1:
             out["battery"] = obj[0]
         elif typ == 0x1007 and length == 3:
