@@ -66,12 +66,23 @@ def _close(a: Values, b: Values, tol: dict[str, float] | None = None) -> None:
 
 # ---------------------------------------------------------------- ruuvi
 
-_RUUVI_KEYS = {"temperature": "temperature", "humidity": "humidity", "pressure": "pressure",
-               "tx_power": "tx_power", "movement_counter": "movement_counter",
-               "measurement_sequence_number": "measurement_sequence", "pm_1": "pm1_0",
-               "pm_2_5": "pm2_5", "pm_4": "pm4_0", "pm_10": "pm10", "co2": "co2", "voc": "voc_index",
-               "nox": "nox_index", "luminosity": "illuminance",
-               "calibration_in_progress": "calibration_in_progress"}
+_RUUVI_KEYS = {
+    "temperature": "temperature",
+    "humidity": "humidity",
+    "pressure": "pressure",
+    "tx_power": "tx_power",
+    "movement_counter": "movement_counter",
+    "measurement_sequence_number": "measurement_sequence",
+    "pm_1": "pm1_0",
+    "pm_2_5": "pm2_5",
+    "pm_4": "pm4_0",
+    "pm_10": "pm10",
+    "co2": "co2",
+    "voc": "voc_index",
+    "nox": "nox_index",
+    "luminosity": "illuminance",
+    "calibration_in_progress": "calibration_in_progress",
+}
 
 
 def ruuvi_oracle(payload: bytes) -> Values | None:
@@ -117,28 +128,76 @@ def test_ruuvi_vectors_match_ruuvitag_sensor(v: Vector) -> None:
 
 def _with_sentinels(size: int, offsets: list[tuple[int, bytes]]) -> st.SearchStrategy[bytes]:
     """Random payload bodies where each sentinel field is 'not available' half of the time."""
+
     def build(body: bytes, flags: list[bool]) -> bytes:
         b = bytearray(body)
         for (off, sentinel), on in zip(offsets, flags, strict=True):
             if on:
-                b[off:off + len(sentinel)] = sentinel
+                b[off : off + len(sentinel)] = sentinel
         return bytes(b)
-    return st.builds(build, st.binary(min_size=size, max_size=size),
-                     st.lists(st.booleans(), min_size=len(offsets), max_size=len(offsets)))
+
+    return st.builds(
+        build,
+        st.binary(min_size=size, max_size=size),
+        st.lists(st.booleans(), min_size=len(offsets), max_size=len(offsets)),
+    )
 
 
-_DF5 = st.tuples(st.just(b"\x05"), _with_sentinels(23, [
-    (0, b"\x80\x00"), (2, b"\xff\xff"), (4, b"\xff\xff"), (6, b"\x80\x00"), (8, b"\x80\x00"),
-    (10, b"\x80\x00"), (12, b"\xff\xe0"), (14, b"\xff"), (15, b"\xff\xff")])).map(b"".join)
-_DF3 = st.tuples(st.just(b"\x03"), st.binary(min_size=2, max_size=2), st.integers(0, 99).map(lambda x: bytes([x])),
-                 st.binary(min_size=10, max_size=10)).map(b"".join)
-_DF6 = st.tuples(st.just(b"\x06"), _with_sentinels(19, [
-    (0, b"\x80\x00"), (2, b"\xff\xff"), (4, b"\xff\xff"), (6, b"\xff\xff"), (8, b"\xff\xff"),
-    (12, b"\xff")])).map(b"".join)
-_E1 = st.tuples(st.just(b"\xe1"), _with_sentinels(39, [
-    (0, b"\x80\x00"), (2, b"\xff\xff"), (4, b"\xff\xff"), (6, b"\xff\xff"), (8, b"\xff\xff"),
-    (10, b"\xff\xff"), (12, b"\xff\xff"), (14, b"\xff\xff"), (18, b"\xff\xff\xff"),
-    (24, b"\xff\xff\xff")])).map(b"".join)
+_DF5 = st.tuples(
+    st.just(b"\x05"),
+    _with_sentinels(
+        23,
+        [
+            (0, b"\x80\x00"),
+            (2, b"\xff\xff"),
+            (4, b"\xff\xff"),
+            (6, b"\x80\x00"),
+            (8, b"\x80\x00"),
+            (10, b"\x80\x00"),
+            (12, b"\xff\xe0"),
+            (14, b"\xff"),
+            (15, b"\xff\xff"),
+        ],
+    ),
+).map(b"".join)
+_DF3 = st.tuples(
+    st.just(b"\x03"),
+    st.binary(min_size=2, max_size=2),
+    st.integers(0, 99).map(lambda x: bytes([x])),
+    st.binary(min_size=10, max_size=10),
+).map(b"".join)
+_DF6 = st.tuples(
+    st.just(b"\x06"),
+    _with_sentinels(
+        19,
+        [
+            (0, b"\x80\x00"),
+            (2, b"\xff\xff"),
+            (4, b"\xff\xff"),
+            (6, b"\xff\xff"),
+            (8, b"\xff\xff"),
+            (12, b"\xff"),
+        ],
+    ),
+).map(b"".join)
+_E1 = st.tuples(
+    st.just(b"\xe1"),
+    _with_sentinels(
+        39,
+        [
+            (0, b"\x80\x00"),
+            (2, b"\xff\xff"),
+            (4, b"\xff\xff"),
+            (6, b"\xff\xff"),
+            (8, b"\xff\xff"),
+            (10, b"\xff\xff"),
+            (12, b"\xff\xff"),
+            (14, b"\xff\xff"),
+            (18, b"\xff\xff\xff"),
+            (24, b"\xff\xff\xff"),
+        ],
+    ),
+).map(b"".join)
 
 
 @SETTINGS
@@ -150,22 +209,47 @@ def test_ruuvi_random_frames_match_ruuvitag_sensor(payload: bytes) -> None:
 # ---------------------------------------------------------------- bthome
 
 # our name -> bthome-ble's key where they differ
-_BTHOME_KEYS = {"pm2_5": "pm25", "co2": "carbon_dioxide", "tvoc": "volatile_organic_compounds",
-                "power_on": "power", "battery_low": "battery", "moisture_detected": "moisture",
-                "gas_detected": "gas", "mass_lb": "mass", "distance_mm": "distance", "volume_ml": "volume"}
+_BTHOME_KEYS = {
+    "pm2_5": "pm25",
+    "co2": "carbon_dioxide",
+    "tvoc": "volatile_organic_compounds",
+    "power_on": "power",
+    "battery_low": "battery",
+    "moisture_detected": "moisture",
+    "gas_detected": "gas",
+    "mass_lb": "mass",
+    "distance_mm": "distance",
+    "volume_ml": "volume",
+}
 
 
-def _service_info(address: str, name: str | None, service_data: dict[str, bytes],
-                  manufacturer_data: dict[int, bytes] | None = None) -> Any:
+def _service_info(
+    address: str,
+    name: str | None,
+    service_data: dict[str, bytes],
+    manufacturer_data: dict[int, bytes] | None = None,
+) -> Any:
     return habluetooth.BluetoothServiceInfoBleak(
-        name or address, address, -60, manufacturer_data or {}, service_data,
-        list(service_data), "", None, None, False, 1_700_000_000.0, None)
+        name or address,
+        address,
+        -60,
+        manufacturer_data or {},
+        service_data,
+        list(service_data),
+        "",
+        None,
+        None,
+        False,
+        1_700_000_000.0,
+        None,
+    )
 
 
 def bthome_oracle(adv: Advert, key: bytes | None) -> Values:
     """bthome-ble's values (sensors, binary sensors, events), keyed as bthome-ble keys them."""
     update = bthome_parser.BTHomeBluetoothDeviceData(bindkey=key).update(
-        _service_info(adv.address, adv.name, dict(adv.service_data)))
+        _service_info(adv.address, adv.name, dict(adv.service_data))
+    )
     out: Values = {k.key: v.native_value for k, v in update.entity_values.items()}
     out.pop("signal_strength", None)
     out.update({k.key: v.native_value for k, v in update.binary_entity_values.items()})
@@ -201,10 +285,65 @@ def test_bthome_vectors_match_bthome_ble(v: Vector) -> None:
 
 
 # object ids whose bthome-ble keys are unique within this pool (no sensor/binary key clash)
-_POOL = [0x00, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x0E, 0x0F, 0x11,
-         0x12, 0x13, 0x14, 0x16, 0x17, 0x18, 0x19, 0x1A, 0x1B, 0x1D, 0x1E, 0x1F, 0x21, 0x22, 0x23, 0x24,
-         0x25, 0x26, 0x27, 0x28, 0x29, 0x2A, 0x2B, 0x2C, 0x2D, 0x3A, 0x3C, 0x3F, 0x41, 0x42, 0x43, 0x44,
-         0x46, 0x49, 0x51, 0x52, 0x56, 0x5E, 0x5F, 0x60, 0x61]
+_POOL = [
+    0x00,
+    0x01,
+    0x02,
+    0x03,
+    0x04,
+    0x05,
+    0x06,
+    0x08,
+    0x09,
+    0x0A,
+    0x0B,
+    0x0C,
+    0x0D,
+    0x0E,
+    0x0F,
+    0x11,
+    0x12,
+    0x13,
+    0x14,
+    0x16,
+    0x17,
+    0x18,
+    0x19,
+    0x1A,
+    0x1B,
+    0x1D,
+    0x1E,
+    0x1F,
+    0x21,
+    0x22,
+    0x23,
+    0x24,
+    0x25,
+    0x26,
+    0x27,
+    0x28,
+    0x29,
+    0x2A,
+    0x2B,
+    0x2C,
+    0x2D,
+    0x3A,
+    0x3C,
+    0x3F,
+    0x41,
+    0x42,
+    0x43,
+    0x44,
+    0x46,
+    0x49,
+    0x51,
+    0x52,
+    0x56,
+    0x5E,
+    0x5F,
+    0x60,
+    0x61,
+]
 
 
 @st.composite
@@ -229,7 +368,9 @@ def bthome_frames(draw: st.DrawFn) -> tuple[Advert, bytes | None]:
     head = bytes([info]) + (mac[::-1] if mac_included else b"")
     if key:
         counter = draw(st.binary(min_size=4, max_size=4))
-        sealed = AESCCM(key, tag_length=4).encrypt(mac + b"\xd2\xfc" + bytes([info]) + counter, body, None)
+        sealed = AESCCM(key, tag_length=4).encrypt(
+            mac + b"\xd2\xfc" + bytes([info]) + counter, body, None
+        )
         data = head + sealed[:-4] + counter + sealed[-4:]
     else:
         data = head + body
@@ -249,7 +390,8 @@ def test_bthome_random_frames_match_bthome_ble(frame: tuple[Advert, bytes | None
 def xiaomi_oracle(adv: Advert, key: bytes | None) -> Values:
     """xiaomi-ble's sensor values (without its estimated voltage)."""
     update = xiaomi_parser.XiaomiBluetoothDeviceData(bindkey=key).update(
-        _service_info(adv.address, adv.name, dict(adv.service_data)))
+        _service_info(adv.address, adv.name, dict(adv.service_data))
+    )
     out: Values = {k.key: v.native_value for k, v in update.entity_values.items()}
     for k in ("signal_strength", "voltage"):
         out.pop(k, None)
@@ -263,8 +405,11 @@ def _xiaomi_ours(adv: Advert, key: bytes | None) -> Values:
     return ours
 
 
-@pytest.mark.parametrize("v", [v for v in VECTORS if v.family == "xiaomi" and v.id.startswith("xiaomi-mibeacon")],
-                         ids=lambda v: v.id)
+@pytest.mark.parametrize(
+    "v",
+    [v for v in VECTORS if v.family == "xiaomi" and v.id.startswith("xiaomi-mibeacon")],
+    ids=lambda v: v.id,
+)
 def test_xiaomi_mibeacon_vectors_match_xiaomi_ble(v: Vector) -> None:
     _close(_xiaomi_ours(v.advert, v.key), xiaomi_oracle(v.advert, v.key))
 
@@ -307,8 +452,15 @@ def test_xiaomi_random_mibeacon_frames_match_xiaomi_ble(frame: tuple[Advert, byt
 
 def test_xiaomi_encoder_output_decodes_in_xiaomi_ble() -> None:
     key = bytes(range(16))
-    adv = xiaomi.encode(ADDR, {"temperature": 21.3, "humidity": 45.6, "battery": 77}, fmt="mibeacon",
-                        key=key, packet_id=9, product_id=0x0347, ext_counter=5)
+    adv = xiaomi.encode(
+        ADDR,
+        {"temperature": 21.3, "humidity": 45.6, "battery": 77},
+        fmt="mibeacon",
+        key=key,
+        packet_id=9,
+        product_id=0x0347,
+        ext_counter=5,
+    )
     assert xiaomi_oracle(adv, key) == {"temperature": 21.3, "humidity": 45.6, "battery": 77}
 
 
@@ -317,16 +469,30 @@ def test_xiaomi_encoder_output_decodes_in_xiaomi_ble() -> None:
 
 def aranet_oracle(adv: Advert) -> Values | None:
     """The aranet4 package's advertisement decoding, mapped to our names."""
-    ad = AdvertisementData(local_name=adv.name, manufacturer_data=dict(adv.manufacturer_data),
-                           service_data={}, service_uuids=[], rssi=-60, tx_power=-127, platform_data=())
+    ad = AdvertisementData(
+        local_name=adv.name,
+        manufacturer_data=dict(adv.manufacturer_data),
+        service_data={},
+        service_uuids=[],
+        rssi=-60,
+        tx_power=-127,
+        platform_data=(),
+    )
     parsed = aranet4_client.Aranet4Advertisement(BLEDevice(adv.address, adv.name, None), ad)
     r = parsed.readings
     if r is None:
         return None
     out: Values = {}
-    for ours, theirs in (("co2", r.co2), ("temperature", r.temperature), ("pressure", r.pressure),
-                         ("humidity", r.humidity), ("battery", r.battery), ("interval", r.interval),
-                         ("age", r.ago), ("radon", r.radon_concentration)):
+    for ours, theirs in (
+        ("co2", r.co2),
+        ("temperature", r.temperature),
+        ("pressure", r.pressure),
+        ("humidity", r.humidity),
+        ("battery", r.battery),
+        ("interval", r.interval),
+        ("age", r.ago),
+        ("radon", r.radon_concentration),
+    ):
         if theirs != -1:
             out[ours] = theirs
     if r.type == aranet4_client.AranetType.ARANET2:
@@ -361,10 +527,18 @@ def aranet4_frames(draw: st.DrawFn) -> Advert:
     """Random Aranet4 22-byte manufacturer data with integrations on (any field value)."""
     flags = draw(st.integers(0, 255)) | 0x20
     head = bytes([flags]) + draw(st.binary(min_size=7, max_size=7))
-    body = struct.pack("<HHHBBBHHB", draw(st.integers(0, 0xFFFF)), draw(st.integers(0, 0xFFFF)),
-                       draw(st.integers(0, 0xFFFF)), draw(st.integers(0, 255)), draw(st.integers(0, 255)),
-                       draw(st.integers(0, 3)), draw(st.integers(0, 0xFFFF)), draw(st.integers(0, 0xFFFF)),
-                       draw(st.integers(0, 255)))
+    body = struct.pack(
+        "<HHHBBBHHB",
+        draw(st.integers(0, 0xFFFF)),
+        draw(st.integers(0, 0xFFFF)),
+        draw(st.integers(0, 0xFFFF)),
+        draw(st.integers(0, 255)),
+        draw(st.integers(0, 255)),
+        draw(st.integers(0, 3)),
+        draw(st.integers(0, 0xFFFF)),
+        draw(st.integers(0, 0xFFFF)),
+        draw(st.integers(0, 255)),
+    )
     name = draw(st.sampled_from(["Aranet4 1A2B3", None]))
     return Advert("00:11:22:33:44:55", name, -60, {0x0702: head + body}, {})
 
@@ -377,14 +551,32 @@ def test_aranet4_random_frames_match_aranet4_package(adv: Advert) -> None:
 
 def test_encoders_feed_the_libraries() -> None:
     """Our encoders' wire bytes decode to the same values in the maintained libraries."""
-    b = bthome.encode(ADDR, {"temperature": 21.5, "humidity": 40.25, "co2": 812}, key=bytes(16), counter=3)
-    assert bthome_oracle(b, bytes(16)) == {"temperature": 21.5, "humidity": 40.25, "carbon_dioxide": 812}
-    r = ruuvi.encode("CB:B8:33:4C:88:4F", {"temperature": 21.5, "humidity": 40.25, "pressure": 1013.25})
+    b = bthome.encode(
+        ADDR, {"temperature": 21.5, "humidity": 40.25, "co2": 812}, key=bytes(16), counter=3
+    )
+    assert bthome_oracle(b, bytes(16)) == {
+        "temperature": 21.5,
+        "humidity": 40.25,
+        "carbon_dioxide": 812,
+    }
+    r = ruuvi.encode(
+        "CB:B8:33:4C:88:4F", {"temperature": 21.5, "humidity": 40.25, "pressure": 1013.25}
+    )
     lib = ruuvi_oracle(r.manufacturer_data[0x0499])
     assert lib is not None
     assert (lib["temperature"], lib["humidity"], lib["pressure"]) == (21.5, 40.25, 1013.25)
-    a = aranet4.encode("00:11:22:33:44:55", {"co2": 950, "temperature": 22.0, "pressure": 1001.5,
-                                            "humidity": 41, "battery": 88})
-    assert aranet_oracle(a) == {"co2": 950, "temperature": 22.0, "pressure": 1001.5, "humidity": 41,
-                                "battery": 88, "interval": 60, "age": 0, "status": "green"}
+    a = aranet4.encode(
+        "00:11:22:33:44:55",
+        {"co2": 950, "temperature": 22.0, "pressure": 1001.5, "humidity": 41, "battery": 88},
+    )
+    assert aranet_oracle(a) == {
+        "co2": 950,
+        "temperature": 22.0,
+        "pressure": 1001.5,
+        "humidity": 41,
+        "battery": 88,
+        "interval": 60,
+        "age": 0,
+        "status": "green",
+    }
     assert mac_bytes(r.address) == bytes.fromhex("CBB8334C884F")

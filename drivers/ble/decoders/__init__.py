@@ -18,9 +18,12 @@ Contract of every family module:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
+
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 from agent.errors import DriverError
 
@@ -76,6 +79,12 @@ def mac_bytes(address: str) -> bytes:
     return raw
 
 
+@functools.lru_cache(maxsize=128)
+def aes_ccm(key: bytes) -> AESCCM:
+    """AES-CCM with a 4-byte tag for `key` (cached: one cipher object per device key)."""
+    return AESCCM(key, tag_length=4)
+
+
 def mac_str(raw: bytes) -> str:
     """6 bytes in display order -> 'AA:BB:CC:DD:EE:FF'."""
     return ":".join(f"{b:02X}" for b in raw)
@@ -105,6 +114,7 @@ __all__ = [
     "DecodeError",
     "KeyRequired",
     "Values",
+    "aes_ccm",
     "identify",
     "mac_bytes",
     "mac_str",

@@ -16,8 +16,9 @@ status_humidity (off/under/over/dash); Aranet Radon adds radon (Bq/m³). Without
 integrations the advert carries no measurement: None. Aranet Radiation: None.
 
 Encoder (Aranet4 only, 22 bytes):
-    encode(address: str, values: Mapping[str, float | int | str], *, name: str | None = "Aranet4 12345",
-           version: tuple[int, int, int] = (1, 4, 19), rssi: int | None = -60) -> Advert
+    encode(address: str, values: Mapping[str, float | int | str], *,
+           name: str | None = "Aranet4 12345", version: tuple[int, int, int] = (1, 4, 19),
+           rssi: int | None = -60) -> Advert
 """
 
 from __future__ import annotations
@@ -67,7 +68,9 @@ def _aranet4(data: bytes) -> Values | None:
     if len(data) == 8:
         return None  # old firmware: integrations flag without measurements
     if len(data) not in (22, 23):
-        raise DecodeError(f"aranet4: manufacturer data of {len(data) - 1} bytes (expected 7, 21 or 22)")
+        raise DecodeError(
+            f"aranet4: manufacturer data of {len(data) - 1} bytes (expected 7, 21 or 22)"
+        )
     co2, t, p, h, batt, status, interval, age = _A4.unpack_from(data, 9)
     out: Values = {}
     if not co2 >> 15:
@@ -89,7 +92,9 @@ def _aranet4(data: bytes) -> Values | None:
 
 def _aranet2_radon(data: bytes, kind: int) -> Values:
     if len(data) < 8 + _A2.size:
-        raise DecodeError(f"aranet: type {kind} manufacturer data of {len(data)} bytes (expected 24)")
+        raise DecodeError(
+            f"aranet: type {kind} manufacturer data of {len(data)} bytes (expected 24)"
+        )
     v0, t, p, h, _, batt, status, interval, age, counter = _A2.unpack_from(data, 8)
     out: Values = {}
     if not t >> 14 & 1 and not (kind == 3 and t == 0):
@@ -113,27 +118,44 @@ def _aranet2_radon(data: bytes, kind: int) -> Values:
     return out
 
 
-def encode_payload(values: Mapping[str, float | int | str],
-                   version: tuple[int, int, int] = (1, 4, 19)) -> bytes:
+def encode_payload(
+    values: Mapping[str, float | int | str], version: tuple[int, int, int] = (1, 4, 19)
+) -> bytes:
     """Aranet4 manufacturer data (22 bytes, integrations on)."""
     major, minor, patch = version
     co2 = values.get("co2")
     t = values.get("temperature")
     p = values.get("pressure")
     status = values.get("status", "green")
-    return bytes([0x20, patch, minor, major, 0, 0, 0, 0]) + _A4.pack(
-        0x8000 if co2 is None else int(co2),
-        0x4000 if t is None else round(float(t) * 20) & 0x3FFF,
-        0x8000 if p is None else round(float(p) * 10),
-        int(values.get("humidity", 0)), int(values.get("battery", 100)),
-        _COLOR.index(str(status)), int(values.get("interval", 60)), int(values.get("age", 0)),
-    ) + bytes([int(values.get("packet_id", 0)) & 0xFF])
+    return (
+        bytes([0x20, patch, minor, major, 0, 0, 0, 0])
+        + _A4.pack(
+            0x8000 if co2 is None else int(co2),
+            0x4000 if t is None else round(float(t) * 20) & 0x3FFF,
+            0x8000 if p is None else round(float(p) * 10),
+            int(values.get("humidity", 0)),
+            int(values.get("battery", 100)),
+            _COLOR.index(str(status)),
+            int(values.get("interval", 60)),
+            int(values.get("age", 0)),
+        )
+        + bytes([int(values.get("packet_id", 0)) & 0xFF])
+    )
 
 
-def encode(address: str, values: Mapping[str, float | int | str], *,
-           name: str | None = "Aranet4 12345", version: tuple[int, int, int] = (1, 4, 19),
-           rssi: int | None = -60) -> Advert:
+def encode(
+    address: str,
+    values: Mapping[str, float | int | str],
+    *,
+    name: str | None = "Aranet4 12345",
+    version: tuple[int, int, int] = (1, 4, 19),
+    rssi: int | None = -60,
+) -> Advert:
     """An Aranet4 advert carrying `values`."""
-    return Advert(address=address.upper(), name=name, rssi=rssi,
-                  manufacturer_data={COMPANY_ID: encode_payload(values, version)},
-                  service_data={})
+    return Advert(
+        address=address.upper(),
+        name=name,
+        rssi=rssi,
+        manufacturer_data={COMPANY_ID: encode_payload(values, version)},
+        service_data={},
+    )

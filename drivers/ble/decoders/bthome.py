@@ -20,9 +20,10 @@ An advert that arrives unencrypted while a key is configured is refused (DecodeE
 accepting it would let anyone spoof the device.
 
 Encoder:
-    encode(address: str, values: Mapping[str, float | int | bool | str], *, key: bytes | None = None,
-           counter: int = 0, mac_included: bool = False, trigger: bool = False,
-           name: str | None = "BTHome sensor", rssi: int | None = -60) -> Advert
+    encode(address: str, values: Mapping[str, float | int | bool | str], *,
+           key: bytes | None = None, counter: int = 0, mac_included: bool = False,
+           trigger: bool = False, name: str | None = "BTHome sensor",
+           rssi: int | None = -60) -> Advert
 Each value name maps to its first object id in the table (temperature -> 0x02 at 0.01 °C);
 objects are written in ascending id order; with `key` the payload is encrypted.
 """
@@ -41,6 +42,7 @@ from drivers.ble.decoders import (
     DecodeError,
     KeyRequired,
     Values,
+    aes_ccm,
     mac_bytes,
     mac_str,
     service_data,
@@ -171,9 +173,16 @@ OBJECTS: dict[int, Obj] = {
     0xF2: Obj("firmware_version", 3, "meta"),
 }
 
-BUTTON_EVENTS = {0x01: "press", 0x02: "double_press", 0x03: "triple_press", 0x04: "long_press",
-                 0x05: "long_double_press", 0x06: "long_triple_press", 0x80: "hold_press",
-                 0x81: "hold_release"}
+BUTTON_EVENTS = {
+    0x01: "press",
+    0x02: "double_press",
+    0x03: "triple_press",
+    0x04: "long_press",
+    0x05: "long_double_press",
+    0x06: "long_triple_press",
+    0x80: "hold_press",
+    0x81: "hold_release",
+}
 DIMMER_EVENTS = {0x01: "rotate_left", 0x02: "rotate_right"}
 COMMAND_EVENTS = {0x00: "off", 0x01: "on", 0x02: "toggle", 0x03: "step_up", 0x04: "step_down"}
 
@@ -243,7 +252,7 @@ def _payload(adv: Advert, data: bytes, key: bytes | None) -> bytes:
     ciphertext, counter, mic = body[:-8], body[-8:-4], body[-4:]
     nonce = mac + b"\xd2\xfc" + bytes([info]) + counter
     try:
-        return AESCCM(key, tag_length=4).decrypt(nonce, ciphertext + mic, None)
+        return aes_ccm(key).decrypt(nonce, ciphertext + mic, None)
     except InvalidTag:
         raise DecodeError(f"bthome: MIC check failed for {mac_str(mac)} (wrong key?)") from None
 
@@ -268,7 +277,9 @@ def parse_objects(payload: bytes) -> Values:
             length = (payload[i + 1] & 0x1F) + 1 if obj.kind == "command" else payload[i + 1]
         end = start + length
         if end > n:
-            raise DecodeError(f"bthome: object {oid:#04x} truncated ({n - start} of {length} bytes)")
+            raise DecodeError(
+                f"bthome: object {oid:#04x} truncated ({n - start} of {length} bytes)"
+            )
         raw = payload[start:end]
         i = end
         if not raw:
@@ -352,9 +363,15 @@ def encode_objects(values: Mapping[str, float | int | bool | str]) -> bytes:
     return b"".join(d for _, d in out)
 
 
-def encode_service_data(address: str, values: Mapping[str, float | int | bool | str], *,
-                        key: bytes | None = None, counter: int = 0, mac_included: bool = False,
-                        trigger: bool = False) -> bytes:
+def encode_service_data(
+    address: str,
+    values: Mapping[str, float | int | bool | str],
+    *,
+    key: bytes | None = None,
+    counter: int = 0,
+    mac_included: bool = False,
+    trigger: bool = False,
+) -> bytes:
     """BTHome v2 service data bytes (what goes under UUID 0xFCD2)."""
     info = 0x40 | (1 if key is not None else 0) | (2 if mac_included else 0) | (4 if trigger else 0)
     mac = mac_bytes(address)
@@ -368,12 +385,26 @@ def encode_service_data(address: str, values: Mapping[str, float | int | bool | 
     return head + sealed[:-4] + ctr + sealed[-4:]
 
 
-def encode(address: str, values: Mapping[str, float | int | bool | str], *,
-           key: bytes | None = None, counter: int = 0, mac_included: bool = False,
-           trigger: bool = False, name: str | None = "BTHome sensor",
-           rssi: int | None = -60) -> Advert:
+def encode(
+    address: str,
+    values: Mapping[str, float | int | bool | str],
+    *,
+    key: bytes | None = None,
+    counter: int = 0,
+    mac_included: bool = False,
+    trigger: bool = False,
+    name: str | None = "BTHome sensor",
+    rssi: int | None = -60,
+) -> Advert:
     """A BTHome v2 advert carrying `values` (encrypted when `key` is given)."""
-    data = encode_service_data(address, values, key=key, counter=counter,
-                               mac_included=mac_included, trigger=trigger)
-    return Advert(address=address.upper(), name=name, rssi=rssi, manufacturer_data={},
-                  service_data={UUID: data}, service_uuids=(UUID,))
+    data = encode_service_data(
+        address, values, key=key, counter=counter, mac_included=mac_included, trigger=trigger
+    )
+    return Advert(
+        address=address.upper(),
+        name=name,
+        rssi=rssi,
+        manufacturer_data={},
+        service_data={UUID: data},
+        service_uuids=(UUID,),
+    )

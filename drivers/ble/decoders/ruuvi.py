@@ -135,8 +135,9 @@ def _decode_df6(data: bytes) -> Values:
 
 
 def _decode_e1(data: bytes) -> Values:
-    (_, t, h, p, pm1, pm25, pm4, pm10, co2, voc_hi, nox_hi, lum, _res, seq, flags, _r2,
-     _mac) = _E1.unpack(data)
+    (_, t, h, p, pm1, pm25, pm4, pm10, co2, voc_hi, nox_hi, lum, _res, seq, flags, _r2, _mac) = (
+        _E1.unpack(data)
+    )
     out: Values = {}
     _thp(out, t, h, p)
     for name, v in (("pm1_0", pm1), ("pm2_5", pm25), ("pm4_0", pm4), ("pm10", pm10)):
@@ -161,8 +162,15 @@ def _clip(v: float, lo: int, hi: int) -> int:
     return max(lo, min(hi, round(v)))
 
 
-def _u(values: Mapping[str, float | int | bool], name: str, scale: float, offset: float,
-       hi: int, lo: int = 0, na: int | None = None) -> int:
+def _u(
+    values: Mapping[str, float | int | bool],
+    name: str,
+    scale: float,
+    offset: float,
+    hi: int,
+    lo: int = 0,
+    na: int | None = None,
+) -> int:
     """Unsigned field: sentinel `na` (default `hi + 1`) when the value is missing."""
     v = values.get(name)
     if v is None:
@@ -175,57 +183,103 @@ def _s16(values: Mapping[str, float | int | bool], name: str, scale: float) -> i
     return -32768 if v is None else _clip(float(v) * scale, -32767, 32767)
 
 
-def encode_payload(values: Mapping[str, float | int | bool], data_format: int | str = 5,
-                   mac: bytes = b"\xff" * 6) -> bytes:
+def encode_payload(
+    values: Mapping[str, float | int | bool], data_format: int | str = 5, mac: bytes = b"\xff" * 6
+) -> bytes:
     """Manufacturer-data payload (after the company id) for the given values."""
-    fmt = {"E1": 0xE1, "e1": 0xE1}.get(data_format, data_format)  # type: ignore[call-overload]
+    fmt = 0xE1 if isinstance(data_format, str) and data_format.upper() == "E1" else data_format
     if fmt == 5:
         bv = _u(values, "battery_voltage", 1000, 1.6, 2046)
         tx = values.get("tx_power")
         txc = 31 if tx is None else _clip((float(tx) + 40) / 2, 0, 30)
         return _DF5.pack(
-            5, _s16(values, "temperature", 200), _u(values, "humidity", 400, 0, 65534),
+            5,
+            _s16(values, "temperature", 200),
+            _u(values, "humidity", 400, 0, 65534),
             _u(values, "pressure", 100, 500, 65534),
-            _s16(values, "acceleration_x", 1000), _s16(values, "acceleration_y", 1000),
-            _s16(values, "acceleration_z", 1000), (bv << 5) | txc,
-            _u(values, "movement_counter", 1, 0, 254), _u(values, "measurement_sequence", 1, 0, 65534),
-            mac)
+            _s16(values, "acceleration_x", 1000),
+            _s16(values, "acceleration_y", 1000),
+            _s16(values, "acceleration_z", 1000),
+            (bv << 5) | txc,
+            _u(values, "movement_counter", 1, 0, 254),
+            _u(values, "measurement_sequence", 1, 0, 65534),
+            mac,
+        )
     if fmt == 3:
         t = float(values.get("temperature", 0.0))
         centi = min(12799, round(abs(t) * 100))
         t_int = (centi // 100) | (0x80 if t < 0 and centi else 0)
         return _DF3.pack(
-            3, _u(values, "humidity", 2, 0, 255, na=0), t_int, centi % 100,
+            3,
+            _u(values, "humidity", 2, 0, 255, na=0),
+            t_int,
+            centi % 100,
             _u(values, "pressure", 100, 500, 65535, na=0),
             _clip(float(values.get("acceleration_x", 0)) * 1000, -32768, 32767),
             _clip(float(values.get("acceleration_y", 0)) * 1000, -32768, 32767),
             _clip(float(values.get("acceleration_z", 0)) * 1000, -32768, 32767),
-            _u(values, "battery_voltage", 1000, 0, 65535, na=0))
+            _u(values, "battery_voltage", 1000, 0, 65535, na=0),
+        )
     voc = _u(values, "voc_index", 1, 0, 510)
     nox = _u(values, "nox_index", 1, 0, 510)
-    flags = ((voc & 1) << 6) | ((nox & 1) << 7) | (1 if values.get("calibration_in_progress") else 0)
-    common = (_s16(values, "temperature", 200), _u(values, "humidity", 400, 0, 65534),
-              _u(values, "pressure", 100, 500, 65534))
+    flags = (
+        ((voc & 1) << 6) | ((nox & 1) << 7) | (1 if values.get("calibration_in_progress") else 0)
+    )
+    common = (
+        _s16(values, "temperature", 200),
+        _u(values, "humidity", 400, 0, 65534),
+        _u(values, "pressure", 100, 500, 65534),
+    )
     if fmt == 6:
         lux = values.get("illuminance")
-        code = 255 if lux is None else _clip(math.log(max(0.0, float(lux)) + 1) / _LUX_DELTA, 0, 254)
+        code = (
+            255 if lux is None else _clip(math.log(max(0.0, float(lux)) + 1) / _LUX_DELTA, 0, 254)
+        )
         return _DF6.pack(
-            6, *common, _u(values, "pm2_5", 10, 0, 65534), _u(values, "co2", 1, 0, 65534),
-            voc >> 1, nox >> 1, code, 0xFF, _u(values, "measurement_sequence", 1, 0, 255, na=0),
-            flags, mac[3:])
+            6,
+            *common,
+            _u(values, "pm2_5", 10, 0, 65534),
+            _u(values, "co2", 1, 0, 65534),
+            voc >> 1,
+            nox >> 1,
+            code,
+            0xFF,
+            _u(values, "measurement_sequence", 1, 0, 255, na=0),
+            flags,
+            mac[3:],
+        )
     if fmt == 0xE1:
         return _E1.pack(
-            0xE1, *common, *(_u(values, n, 10, 0, 65534) for n in ("pm1_0", "pm2_5", "pm4_0", "pm10")),
-            _u(values, "co2", 1, 0, 65534), voc >> 1, nox >> 1,
-            _u(values, "illuminance", 100, 0, 0xFFFFFE).to_bytes(3, "big"), b"\xff" * 3,
-            _u(values, "measurement_sequence", 1, 0, 0xFFFFFE).to_bytes(3, "big"), flags,
-            b"\xff" * 5, mac)
+            0xE1,
+            *common,
+            *(_u(values, n, 10, 0, 65534) for n in ("pm1_0", "pm2_5", "pm4_0", "pm10")),
+            _u(values, "co2", 1, 0, 65534),
+            voc >> 1,
+            nox >> 1,
+            _u(values, "illuminance", 100, 0, 0xFFFFFE).to_bytes(3, "big"),
+            b"\xff" * 3,
+            _u(values, "measurement_sequence", 1, 0, 0xFFFFFE).to_bytes(3, "big"),
+            flags,
+            b"\xff" * 5,
+            mac,
+        )
     raise ValueError(f"ruuvi: cannot encode data format {data_format!r}")
 
 
-def encode(address: str, values: Mapping[str, float | int | bool], *, data_format: int | str = 5,
-           name: str | None = "Ruuvi ABCD", rssi: int | None = -60) -> Advert:
+def encode(
+    address: str,
+    values: Mapping[str, float | int | bool],
+    *,
+    data_format: int | str = 5,
+    name: str | None = "Ruuvi ABCD",
+    rssi: int | None = -60,
+) -> Advert:
     """A Ruuvi advert carrying `values` in the given data format."""
     payload = encode_payload(values, data_format, mac_bytes(address))
-    return Advert(address=address.upper(), name=name, rssi=rssi,
-                  manufacturer_data={COMPANY_ID: payload}, service_data={})
+    return Advert(
+        address=address.upper(),
+        name=name,
+        rssi=rssi,
+        manufacturer_data={COMPANY_ID: payload},
+        service_data={},
+    )

@@ -45,6 +45,7 @@ from drivers.ble.decoders import (
     DecodeError,
     KeyRequired,
     Values,
+    aes_ccm,
     mac_bytes,
     mac_str,
     service_data,
@@ -62,7 +63,9 @@ _AAD = b"\x11"
 
 def matches(adv: Advert) -> bool:
     """True when the advert carries 0x181A custom or 0xFE95 MiBeacon service data."""
-    return service_data(adv, UUID_CUSTOM) is not None or service_data(adv, UUID_MIBEACON) is not None
+    return (
+        service_data(adv, UUID_CUSTOM) is not None or service_data(adv, UUID_MIBEACON) is not None
+    )
 
 
 def decode(adv: Advert, key: bytes | None = None) -> Values | None:
@@ -81,7 +84,7 @@ def _cipher(key: bytes | None, what: str) -> AESCCM:
         raise KeyRequired(f"xiaomi: {what} advert is encrypted; the device needs a key")
     if len(key) != 16:
         raise DecodeError(f"xiaomi: key must be 16 bytes, got {len(key)}")
-    return AESCCM(key, tag_length=4)
+    return aes_ccm(key)
 
 
 def decode_custom(adv: Advert, data: bytes, key: bytes | None = None) -> Values:
@@ -91,12 +94,22 @@ def decode_custom(adv: Advert, data: bytes, key: bytes | None = None) -> Values:
         raise DecodeError("xiaomi: unencrypted advert from a device configured with a key")
     if n == 15:
         _mac, t, h, mv, batt, cnt, _flags = _PVVX.unpack(data)
-        return {"temperature": t / 100, "humidity": h / 100, "battery_voltage": mv / 1000,
-                "battery": batt, "packet_id": cnt}
+        return {
+            "temperature": t / 100,
+            "humidity": h / 100,
+            "battery_voltage": mv / 1000,
+            "battery": batt,
+            "packet_id": cnt,
+        }
     if n == 13:
         _mac, t, h, batt, mv, cnt = _ATC.unpack(data)
-        return {"temperature": t / 10, "humidity": h, "battery": batt,
-                "battery_voltage": mv / 1000, "packet_id": cnt}
+        return {
+            "temperature": t / 10,
+            "humidity": h,
+            "battery": batt,
+            "battery_voltage": mv / 1000,
+            "packet_id": cnt,
+        }
     if n in (11, 8):
         cipher = _cipher(key, "custom-format")
         mac = mac_bytes(adv.address)
@@ -107,10 +120,18 @@ def decode_custom(adv: Advert, data: bytes, key: bytes | None = None) -> Values:
             raise DecodeError(f"xiaomi: MIC check failed for {mac_str(mac)} (wrong key?)") from None
         if n == 11:
             t, h, batt, _flags = struct.unpack("<hHBB", plain)
-            return {"temperature": t / 100, "humidity": h / 100, "battery": min(batt, 100),
-                    "packet_id": data[0]}
-        return {"temperature": plain[0] / 2 - 40, "humidity": plain[1] / 2,
-                "battery": min(plain[2] & 0x7F, 100), "packet_id": data[0]}
+            return {
+                "temperature": t / 100,
+                "humidity": h / 100,
+                "battery": min(batt, 100),
+                "packet_id": data[0],
+            }
+        return {
+            "temperature": plain[0] / 2 - 40,
+            "humidity": plain[1] / 2,
+            "battery": min(plain[2] & 0x7F, 100),
+            "packet_id": data[0],
+        }
     raise DecodeError(f"xiaomi: custom-format advert of {n} bytes (expected 8, 11, 13 or 15)")
 
 
@@ -141,8 +162,9 @@ def decode_mibeacon(adv: Advert, data: bytes, key: bytes | None = None) -> Value
         return None  # no object: a pairing/heartbeat frame
     if frctrl & 0x08:
         if version <= 3:
-            raise DecodeError("xiaomi: MiBeacon v2/v3 (legacy, unauthenticated) encryption "
-                              "is not supported")
+            raise DecodeError(
+                "xiaomi: MiBeacon v2/v3 (legacy, unauthenticated) encryption is not supported"
+            )
         cipher = _cipher(key, "MiBeacon")
         if len(data) < i + 9:
             raise DecodeError(f"xiaomi: encrypted MiBeacon frame of {len(data)} bytes is too short")
@@ -163,7 +185,7 @@ def decode_mibeacon(adv: Advert, data: bytes, key: bytes | None = None) -> Value
 
 
 def _float(raw: bytes, digits: int | None) -> float | None:
-    (v,) = struct.unpack("<f", raw)
+    v: float = struct.unpack("<f", raw)[0]
     if not math.isfinite(v):
         return None
     return round(v, digits) if digits is not None else v
@@ -175,7 +197,7 @@ def _objects(payload: bytes, product_id: int) -> Values:
     while n - i >= 3:
         typ = payload[i] | payload[i + 1] << 8
         length = payload[i + 2]
-        obj = payload[i + 3:i + 3 + length]
+        obj = payload[i + 3 : i + 3 + length]
         if len(obj) != length:
             raise DecodeError(f"xiaomi: MiBeacon object {typ:#06x} truncated")
         i += 3 + length
@@ -220,29 +242,53 @@ def _humidity(raw: int, product_id: int) -> float | int:
 # ---------------------------------------------------------------- encoder
 
 
-def _r(values: Mapping[str, float | int | bool], name: str, scale: float, default: float = 0) -> int:
+def _r(
+    values: Mapping[str, float | int | bool], name: str, scale: float, default: float = 0
+) -> int:
     return round(float(values.get(name, default)) * scale)
 
 
-def encode_custom(address: str, values: Mapping[str, float | int | bool], *, fmt: str = "pvvx",
-                  key: bytes | None = None, packet_id: int = 0) -> bytes:
+def encode_custom(
+    address: str,
+    values: Mapping[str, float | int | bool],
+    *,
+    fmt: str = "pvvx",
+    key: bytes | None = None,
+    packet_id: int = 0,
+) -> bytes:
     """Service data for UUID 0x181A in the pvvx or ATC1441 custom format."""
     mac = mac_bytes(address)
     batt = int(values.get("battery", 100))
     cnt = packet_id & 0xFF
     if key is None:
         if fmt == "pvvx":
-            return _PVVX.pack(mac[::-1], _r(values, "temperature", 100), _r(values, "humidity", 100),
-                              _r(values, "battery_voltage", 1000, 3.0), batt, cnt, 0)
+            return _PVVX.pack(
+                mac[::-1],
+                _r(values, "temperature", 100),
+                _r(values, "humidity", 100),
+                _r(values, "battery_voltage", 1000, 3.0),
+                batt,
+                cnt,
+                0,
+            )
         if fmt == "atc1441":
-            return _ATC.pack(mac, _r(values, "temperature", 10), _r(values, "humidity", 1), batt,
-                             _r(values, "battery_voltage", 1000, 3.0), cnt)
+            return _ATC.pack(
+                mac,
+                _r(values, "temperature", 10),
+                _r(values, "humidity", 1),
+                batt,
+                _r(values, "battery_voltage", 1000, 3.0),
+                cnt,
+            )
         raise ValueError(f"xiaomi: unknown custom format {fmt!r}")
     if fmt == "pvvx":
-        plain = struct.pack("<hHBB", _r(values, "temperature", 100), _r(values, "humidity", 100),
-                            batt, 0)
+        plain = struct.pack(
+            "<hHBB", _r(values, "temperature", 100), _r(values, "humidity", 100), batt, 0
+        )
     elif fmt == "atc1441":
-        plain = bytes([_r(values, "temperature", 2, 0) + 80, _r(values, "humidity", 2), batt & 0x7F])
+        plain = bytes(
+            [_r(values, "temperature", 2, 0) + 80, _r(values, "humidity", 2), batt & 0x7F]
+        )
     else:
         raise ValueError(f"xiaomi: unknown custom format {fmt!r}")
     n = 1 + len(plain) + 4
@@ -250,9 +296,15 @@ def encode_custom(address: str, values: Mapping[str, float | int | bool], *, fmt
     return bytes([cnt]) + AESCCM(key, tag_length=4).encrypt(nonce, plain, _AAD)
 
 
-def encode_mibeacon(address: str, values: Mapping[str, float | int | bool], *,
-                    key: bytes | None = None, packet_id: int = 0, product_id: int = 0x055B,
-                    ext_counter: int = 0) -> bytes:
+def encode_mibeacon(
+    address: str,
+    values: Mapping[str, float | int | bool],
+    *,
+    key: bytes | None = None,
+    packet_id: int = 0,
+    product_id: int = 0x055B,
+    ext_counter: int = 0,
+) -> bytes:
     """MiBeacon v5 service data (UUID 0xFE95) with temperature/humidity/battery objects."""
     mac = mac_bytes(address)
     objs = b""
@@ -272,17 +324,37 @@ def encode_mibeacon(address: str, values: Mapping[str, float | int | bool], *,
     return head + sealed[:-4] + ext + sealed[-4:]
 
 
-def encode(address: str, values: Mapping[str, float | int | bool], *, fmt: str = "pvvx",
-           key: bytes | None = None, packet_id: int = 0, product_id: int = 0x055B,
-           ext_counter: int = 0, name: str | None = "ATC_ABCDEF",
-           rssi: int | None = -60) -> Advert:
+def encode(
+    address: str,
+    values: Mapping[str, float | int | bool],
+    *,
+    fmt: str = "pvvx",
+    key: bytes | None = None,
+    packet_id: int = 0,
+    product_id: int = 0x055B,
+    ext_counter: int = 0,
+    name: str | None = "ATC_ABCDEF",
+    rssi: int | None = -60,
+) -> Advert:
     """A Xiaomi-family advert carrying `values` in the given format."""
     if fmt == "mibeacon":
         uuid = uuid16(UUID_MIBEACON)
-        data = encode_mibeacon(address, values, key=key, packet_id=packet_id,
-                               product_id=product_id, ext_counter=ext_counter)
+        data = encode_mibeacon(
+            address,
+            values,
+            key=key,
+            packet_id=packet_id,
+            product_id=product_id,
+            ext_counter=ext_counter,
+        )
     else:
         uuid = uuid16(UUID_CUSTOM)
         data = encode_custom(address, values, fmt=fmt, key=key, packet_id=packet_id)
-    return Advert(address=address.upper(), name=name, rssi=rssi, manufacturer_data={},
-                  service_data={uuid: data}, service_uuids=(uuid,))
+    return Advert(
+        address=address.upper(),
+        name=name,
+        rssi=rssi,
+        manufacturer_data={},
+        service_data={uuid: data},
+        service_uuids=(uuid,),
+    )
