@@ -362,19 +362,27 @@ def test_aranet4_round_trip(
 
 # ---------------------------------------------------------------- fuzzing
 
-# (family, slot builder, key): the slot builder puts bytes where the family looks for them
-_SLOTS: list[tuple[str, Callable[[bytes], Advert], bytes | None]] = [
-    ("ruuvi", lambda b: Advert(ADDR, None, -60, {0x0499: b}, {}), None),
-    ("aranet4", lambda b: Advert(ADDR, None, -60, {0x0702: b}, {}), None),
-    ("aranet4", lambda b: Advert(ADDR, "Aranet4 1", -60, {0x0702: b}, {}), None),
-    ("aranet4", lambda b: Advert(ADDR, "AranetRn 1", -60, {0x0702: b}, {}), None),
-    ("bthome", lambda b: Advert(ADDR, None, -60, {}, {uuid16(0xFCD2): b}), None),
-    ("bthome", lambda b: Advert(ADDR, None, -60, {}, {uuid16(0xFCD2): b}), BTHOME_KEY),
-    ("xiaomi", lambda b: Advert(ADDR, None, -60, {}, {uuid16(0x181A): b}), None),
-    ("xiaomi", lambda b: Advert(ADDR, None, -60, {}, {uuid16(0x181A): b}), MIBEACON_KEY),
-    ("xiaomi", lambda b: Advert(ADDR, None, -60, {}, {uuid16(0xFE95): b}), None),
-    ("xiaomi", lambda b: Advert(ADDR, None, -60, {}, {uuid16(0xFE95): b}), MIBEACON_KEY),
+# (family, where, key): `where` names the field the family looks in
+_SLOTS: list[tuple[str, str, bytes | None]] = [
+    ("ruuvi", "mfr:0499", None),
+    ("aranet4", "mfr:0702", None),
+    ("aranet4", "mfr:0702:Aranet4 1", None),
+    ("aranet4", "mfr:0702:AranetRn 1", None),
+    ("bthome", "sd:fcd2", None),
+    ("bthome", "sd:fcd2", BTHOME_KEY),
+    ("xiaomi", "sd:181a", None),
+    ("xiaomi", "sd:181a", MIBEACON_KEY),
+    ("xiaomi", "sd:fe95", None),
+    ("xiaomi", "sd:fe95", MIBEACON_KEY),
 ]
+
+
+def _place(where: str, data: bytes, address: str = ADDR) -> Advert:
+    """An advert carrying `data` in the field named by `where`."""
+    kind, ident, *name = where.split(":")
+    if kind == "mfr":
+        return Advert(address, name[0] if name else None, -60, {int(ident, 16): data}, {})
+    return Advert(address, None, -60, {}, {uuid16(int(ident, 16)): data})
 
 
 def _check(family: str, adv: Advert, key: bytes | None) -> str:
@@ -394,21 +402,23 @@ def _check(family: str, adv: Advert, key: bytes | None) -> str:
     return "values"
 
 
-def _seeds() -> list[bytes]:
-    """Valid frames: every published vector's payload plus encoder output."""
-    out = []
+def _seeds() -> dict[str, list[bytes]]:
+    """Valid frames per field: every published vector's payload plus encoder output."""
+    out: dict[str, list[bytes]] = {}
     for v in VECTORS:
-        out.extend(bytes(b) for b in v.advert.manufacturer_data.values())
-        out.extend(bytes(b) for b in v.advert.service_data.values())
-    out.append(
+        for company, data in v.advert.manufacturer_data.items():
+            out.setdefault(f"mfr:{company:04x}", []).append(bytes(data))
+        for uuid, data in v.advert.service_data.items():
+            out.setdefault(f"sd:{uuid[4:8]}", []).append(bytes(data))
+    out["sd:fcd2"].append(
         bthome.encode_service_data(
             ADDR, {"temperature": 21.5, "co2": 800}, key=BTHOME_KEY, counter=7
         )
     )
-    out.append(
-        xiaomi.encode_mibeacon(ADDR, {"temperature": 21.5, "humidity": 40}, key=MIBEACON_KEY)
-    )
-    out.append(xiaomi.encode_custom(ADDR, {"temperature": 21.5, "humidity": 40}, key=MIBEACON_KEY))
+    th = {"temperature": 21.5, "humidity": 40}
+    out["sd:fe95"].append(xiaomi.encode_mibeacon(ADDR, th, key=MIBEACON_KEY))
+    out["sd:181a"].append(xiaomi.encode_custom(ADDR, th, key=MIBEACON_KEY))
+    out["sd:181a"].append(xiaomi.encode_custom(ADDR, th, fmt="atc1441", key=MIBEACON_KEY))
     return out
 
 
@@ -434,22 +444,25 @@ FUZZ_MUTATED_PER_SLOT = 3000
 
 
 def test_fuzz_random_and_mutated_frames() -> None:
-    """Seeded fuzz: 10 slots x (3000 random + 3000 mutated) = 60000 adverts."""
+    """Seeded fuzz: 10 slots x (3000 random + 3000 mutated valid frames) = 60000 adverts."""
     rng = random.Random(20240604)
     seeds = _seeds()
-    outcomes: dict[str, int] = {"error": 0, "none": 0, "values": 0}
+    outcomes: dict[str, dict[str, int]] = {}
     n = 0
-    for family, slot, key in _SLOTS:
+    for family, where, key in _SLOTS:
+        count = outcomes.setdefault(family, {"error": 0, "none": 0, "values": 0})
+        pool = seeds[where.rsplit(":", 1)[0] if where.count(":") == 2 else where]
         for _ in range(FUZZ_RANDOM_PER_SLOT):
-            outcomes[_check(family, slot(rng.randbytes(rng.randint(0, 48))), key)] += 1
+            count[_check(family, _place(where, rng.randbytes(rng.randint(0, 48))), key)] += 1
             n += 1
         for _ in range(FUZZ_MUTATED_PER_SLOT):
-            outcomes[_check(family, slot(_mutate(rng, rng.choice(seeds))), key)] += 1
+            count[_check(family, _place(where, _mutate(rng, rng.choice(pool))), key)] += 1
             n += 1
     assert n == len(_SLOTS) * (FUZZ_RANDOM_PER_SLOT + FUZZ_MUTATED_PER_SLOT) == 60000
-    assert sum(outcomes.values()) == n
-    # the mutations reach every outcome, not only the first length check
-    assert min(outcomes.values()) > 1000, outcomes
+    assert sum(sum(c.values()) for c in outcomes.values()) == n
+    # the inputs reach decoded values and errors in every family, not only a length check
+    for family, count in outcomes.items():
+        assert count["values"] > 300 and count["error"] > 300, (family, count)
 
 
 @settings(max_examples=1500, deadline=None)
@@ -459,15 +472,8 @@ def test_fuzz_random_and_mutated_frames() -> None:
     mac=st.binary(min_size=6, max_size=6),
 )
 def test_fuzz_hypothesis(data: bytes, slot: int, mac: bytes) -> None:
-    family, build, key = _SLOTS[slot]
-    adv = build(data)
-    adv = Advert(
-        ":".join(f"{x:02X}" for x in mac),
-        adv.name,
-        adv.rssi,
-        adv.manufacturer_data,
-        adv.service_data,
-    )
+    family, where, key = _SLOTS[slot]
+    adv = _place(where, data, ":".join(f"{x:02X}" for x in mac))
     _check(family, adv, key)
 
 
