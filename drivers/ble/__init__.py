@@ -1,0 +1,1 @@
+"""BLE drivers: passive advertisement decoders, the shared scanner and GATT streams."""
