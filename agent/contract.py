@@ -237,6 +237,7 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "status": TypeAdapter(Status),
     "health": TypeAdapter(Health),
     "events": TypeAdapter(Event),
+    "reading": TypeAdapter(ReadingMsg),  # one element of telemetry `readings`
 }
 
 
@@ -245,7 +246,7 @@ class ContractError(EdgeAgentError):
 
 
 def validate(kind: str, payload: bytes | str) -> Any:
-    """Validate one message of `kind` (the topic's last level); the model, or ContractError."""
+    """Validate one message of `kind` (a topic's last level, or "reading"); the model, or ContractError."""
     adapter = _ADAPTERS.get(kind)
     if adapter is None:
         raise ContractError(f"unknown topic {kind!r}")
@@ -267,9 +268,8 @@ def schemas() -> dict[str, dict[str, Any]]:
         "events": "edge-agent P/events (QoS 1): gap, device, buffer_quarantined",
         "reading": "edge-agent reading R (an element of P/telemetry readings)",
     }
-    adapters = {**_ADAPTERS, "reading": TypeAdapter(ReadingMsg)}
     out: dict[str, dict[str, Any]] = {}
-    for name, adapter in adapters.items():
+    for name, adapter in _ADAPTERS.items():
         body = adapter.json_schema(mode="validation")
         doc = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -142,6 +142,9 @@ class Receiver:
             if kind not in TOPICS:
                 raise ContractError(f"unknown topic {topic!r}")
             msg = validate(kind, payload)
+            if isinstance(msg, GapEvent) and (
+                    msg.to_seq < msg.from_seq or msg.count > msg.to_seq - msg.from_seq + 1):
+                raise ContractError("events: gap: count does not fit in [from_seq, to_seq]")
         except ContractError as e:
             self.c.invalid += 1
             self._error(f"invalid message on {topic}: {e}")
@@ -211,10 +214,6 @@ class Receiver:
                 else:
                     self.c.gap_conflicts += 1
                     self._error(f"conflicting gap events for epoch {msg.epoch} from seq {msg.from_seq}")
-                return
-            if msg.to_seq < msg.from_seq or msg.count > msg.to_seq - msg.from_seq + 1:
-                self.c.invalid += 1
-                self._error(f"gap event with impossible range/count: {text}")
                 return
             self.c.gap_events += 1
             self.db.execute("INSERT INTO gaps VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

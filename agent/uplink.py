@@ -195,10 +195,14 @@ class Uplink:
         self.stats.last_error = why
         level = logging.WARNING if was or self.stats.connects == 0 else logging.INFO
         host, port = self.cfg.uplink.host, self.cfg.uplink.port
-        if self._tls is not None and not was and ("SSL" in why or "certificate" in why.lower()):
-            log.warning("uplink: TLS with %s:%d failed: %s; no fallback to plaintext, readings stay "
-                        "buffered (check uplink.tls)", host, port, why)
-            return
+        if self._tls is not None and not was:
+            hint = ""
+            if "reset by peer" in why or "EOF" in why:
+                hint = "; is the port a TLS listener?"
+            if hint or "SSL" in why or "certificate" in why.lower():
+                log.warning("uplink: TLS with %s:%d failed: %s%s; no fallback to plaintext, readings "
+                            "stay buffered (check uplink.tls)", host, port, why, hint)
+                return
         if "not authori" in why.lower() or "bad user name or password" in why.lower():
             log.warning("uplink: %s:%d refused the credentials: %s; readings stay buffered "
                         "(check uplink.username and uplink.password_file)", host, port, why)
