@@ -17,8 +17,8 @@ if TYPE_CHECKING:
     from agent.config import AgentConfig
 
 
-def _readable(path: Path) -> str | None:
-    """None when `path` is a readable regular file, else why not."""
+def _readable(path: Path, access: bool = True) -> str | None:
+    """None when `path` is a regular file (readable by us, with `access`), else why not."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -27,14 +27,14 @@ def _readable(path: Path) -> str | None:
         return f"cannot access {path}: {e.strerror}"
     if not stat.S_ISREG(st.st_mode):
         return f"not a regular file: {path}"
-    if not os.access(path, os.R_OK):
+    if access and not os.access(path, os.R_OK):
         return f"not readable by this user: {path}"
     return None
 
 
-def check_password_file(path: Path) -> str | None:
-    """None when the password file is usable and private, else the problem."""
-    problem = _readable(path)
+def check_password_file(path: Path, access: bool = True) -> str | None:
+    """None when the password file is private (and readable by us, with `access`), else the problem."""
+    problem = _readable(path, access)
     if problem:
         return problem
     mode = stat.S_IMODE(path.stat().st_mode)
@@ -44,19 +44,23 @@ def check_password_file(path: Path) -> str | None:
     return None
 
 
-def check_uplink_files(cfg: AgentConfig) -> list[tuple[str, str]]:
-    """(key, problem) for every unusable credential or TLS file."""
+def check_uplink_files(cfg: AgentConfig, access: bool = False) -> list[tuple[str, str]]:
+    """(key, problem) for every missing or exposed credential/TLS file; `access`: also readable by us.
+
+    Config validation checks existence and modes only (a technician's `status` need not read
+    the agent's secrets); `run` also checks that this user can read them.
+    """
     problems: list[tuple[str, str]] = []
     up = cfg.uplink
     if up.password_file is not None:
-        msg = check_password_file(up.password_file)
+        msg = check_password_file(up.password_file, access)
         if msg:
             problems.append(("uplink.password_file", msg))
     if up.tls is not None:
         for key in ("ca_file", "cert_file", "key_file"):
             p = getattr(up.tls, key)
             if p is not None:
-                msg = _readable(p)
+                msg = _readable(p, access)
                 if msg:
                     problems.append((f"uplink.tls.{key}", msg))
     return problems

@@ -85,7 +85,7 @@ def test_sent_rows_are_never_dropped_and_published_gaps_are_final(tmp_path: Path
     assert kept[:4] == [1, 2, 3, 4], "rows possibly delivered are kept for redelivery"
     first = gaps(ob)
     assert [(g["from_seq"], g["count"]) for g in first] == [(5, 30 - 4 - (len(kept) - 4))]
-    (eid, payload), = ob.fetch_events(10)  # published; the PUBACK gets lost
+    ((_eid, payload),) = ob.fetch_events(10)  # published; the PUBACK gets lost
     ob.release_events()
     for i in range(31, 36):
         ob.commit([reading(i)], now=T0 + i)

@@ -228,3 +228,18 @@ def test_config_check_names_missing_tls_files(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "agent", "config", "check", str(cfg)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 78 and "uplink.tls.ca_file" in r.stderr and "nope.pem" in r.stderr
+
+
+def test_run_refuses_an_exposed_password_file_before_touching_anything(tmp_path: Path) -> None:
+    pf = tmp_path / "mqtt-password"
+    pf.write_text("secret\n")
+    pf.chmod(0o644)
+    cfg = write_config(tmp_path / "agent.toml", broker_port=1883,
+                       uplink='username = "gw-test"\npassword_file = "mqtt-password"')
+    agent = AgentProcess(cfg).start()
+    try:
+        assert agent.wait(20) == 78
+        assert "uplink.password_file" in agent.output() and "secret" not in agent.output()
+        assert not (tmp_path / "buffer.db").exists()
+    finally:
+        agent.close()

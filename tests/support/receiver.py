@@ -28,8 +28,8 @@ class ReceiverProcess:
         self.out = workdir / "receiver.jsonl"
         self.err = workdir / "receiver.log"
         self.db = workdir / "receiver.db"
-        self._out = open(self.out, "wb")  # noqa: SIM115
-        self._err = open(self.err, "wb")  # noqa: SIM115
+        self._out = open(self.out, "wb")
+        self._err = open(self.err, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "receive", "--broker", f"127.0.0.1:{port}",
              "--topic-prefix", prefix, "--db", str(self.db), "--json", "--every", "0.2",
