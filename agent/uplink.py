@@ -78,8 +78,13 @@ class _MqttLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         self.uplink = uplink
 
     def log(self, level: int, msg: object, *args: Any, **kw: Any) -> None:
-        if level >= logging.ERROR and self.uplink._transport_error(str(msg) % args if args else str(msg)):
-            return  # reported by the uplink itself, with context
+        if level >= logging.ERROR:
+            try:
+                text = str(msg) % args if args else str(msg)
+            except (TypeError, ValueError):
+                text = str(msg)
+            if self.uplink._transport_error(text):
+                return  # reported by the uplink itself, with context
         super().log(level, msg, *args, **kw)
 
 
