@@ -9,8 +9,11 @@ Guarantees
   (kill -9, power loss) can lose the uncommitted batch but never leaves a hole in seq.
 - `epoch` is made once, when the database is created.
 - Rows are deleted only after the broker acknowledged them (PUBACK).
-- Every drop of accepted readings (buffer full, max age) is recorded, in the same
-  transaction, as a durable gap event for the platform.
+- Every drop of accepted readings (buffer full, max age, a quarantined corrupt database) is
+  recorded, in the same transaction, as a durable gap event for the platform. Rows that were
+  ever handed to the uplink (`sent_upto`, persisted before publishing) are never dropped:
+  they may have reached the platform, so counting them as lost could be wrong. Hence the sum
+  of gap counts is exactly the set of seqs the platform will never see (docs/PROTOCOL.md).
 - With synchronous=FULL in WAL mode a committed batch survives power loss; the window is
   what is still in memory: at most `buffer.commit_interval` (default 0.5 s) of readings.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import time
@@ -119,9 +123,11 @@ class Outbox:
         self.bytes = 0
         self.rejected = 0
         self.dropped: dict[str, int] = {}
-        # Seqs at or below this are being published; drops spare them (they may arrive).
+        # Seqs at or below this were handed to the uplink (persisted as meta.sent_upto before
+        # publishing); drops spare them: they may have arrived, even after a disconnect/restart.
         self.protect_upto = 0
         self._events_inflight: set[int] = set()
+        self._events_sent: set[int] = set()  # ever published: never merged into any more
         self._open_gap: tuple[int, str] | None = None  # (event id, reason) still mergeable
         # Set when the disk filled up: the buffer behaves as if max_bytes were this.
         self.full_cap: int | None = None
@@ -185,6 +191,7 @@ class Outbox:
         self.bytes = total + ROW_OVERHEAD * self.depth
         self.dropped = dict(db.execute("SELECT reason, sum(count) FROM drops GROUP BY reason").fetchall())
         self.rejected = int(meta.get("rejected", "0"))
+        self.protect_upto = int(meta.get("sent_upto", "0"))
 
     def _quarantine(self, why: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -197,10 +204,29 @@ class Outbox:
         self.quarantined = target
 
     def _record_quarantine(self, why: str) -> None:
-        self.add_event(
-            "buffer_quarantined",
-            {"reason": "corrupt_database", "detail": why[:200], "quarantined_as": str(self.quarantined)},
-        )
+        """Report the old epoch's undelivered readings as a gap and carry over its events."""
+        assert self.quarantined is not None
+        old = salvage(self.quarantined)
+        now = time.time()
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for ts, type_, payload in old.events:  # verbatim: byte-identical if already sent
+                db.execute("INSERT INTO events (ts, type, payload) VALUES (?, ?, ?)", (ts, type_, payload))
+            if old.epoch and old.lost and old.first is not None and old.last is not None:
+                self._record_drop(old.first, old.last, old.lost, "corrupt_database", now, epoch=old.epoch)
+                self._open_gap = None
+            self.add_event("buffer_quarantined", {
+                "reason": "corrupt_database", "detail": why[:200], "quarantined_as": str(self.quarantined),
+                "epoch": self.epoch, "old_epoch": old.epoch, "lost": old.lost if old.epoch else None,
+            }, now=now)
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback_state()
+            raise
+        log.error("buffer: old epoch %s: %s readings lost, %d undelivered events carried over",
+                  old.epoch or "(unreadable)", "unknown number of" if old.lost is None else old.lost,
+                  len(old.events))
 
     def close(self) -> None:
         if self._db is not None:
@@ -415,18 +441,21 @@ class Outbox:
         self._log_drops(gaps, now)
         return gaps
 
-    def _record_drop(self, first: int, last: int, count: int, reason: DropReason, now: float) -> dict[str, Any]:
+    def _record_drop(self, first: int, last: int, count: int, reason: DropReason, now: float,
+                     epoch: str | None = None) -> dict[str, Any]:
         db = self.db
         db.execute(
             "INSERT INTO drops (ts, reason, from_seq, to_seq, count) VALUES (?, ?, ?, ?, ?)",
             (now, reason, first, last, count),
         )
         self.dropped[reason] = self.dropped.get(reason, 0) + count
-        gap = {"v": 1, "type": "gap", "epoch": self.epoch, "from_seq": first, "to_seq": last,
+        gap = {"v": 1, "type": "gap", "epoch": epoch or self.epoch, "from_seq": first, "to_seq": last,
                "count": count, "reason": reason}
-        # Merge into the previous undelivered gap of the same reason: an outage of days
-        # must not turn into millions of events.
-        if self._open_gap and self._open_gap[1] == reason and self._open_gap[0] not in self._events_inflight:
+        # Merge into the previous gap of the same reason while it was never published: an
+        # outage of days must not turn into millions of events, and a published gap is final
+        # (the platform dedupes gaps on (gateway, epoch, from_seq)).
+        if (epoch is None and self._open_gap and self._open_gap[1] == reason
+                and self._open_gap[0] not in self._events_sent):
             row = db.execute("SELECT payload FROM events WHERE id = ?", (self._open_gap[0],)).fetchone()
             if row is not None:
                 prev = json.loads(row[0])
@@ -473,11 +502,13 @@ class Outbox:
         rows = self.db.execute("SELECT id, payload FROM events ORDER BY id LIMIT ?", (limit + len(self._events_inflight),)).fetchall()
         out = [(i, p) for i, p in rows if i not in self._events_inflight][:limit]
         self._events_inflight.update(i for i, _ in out)
+        self._events_sent.update(i for i, _ in out)
         return out
 
     def ack_event(self, event_id: int) -> None:
         self.db.execute("DELETE FROM events WHERE id = ?", (event_id,))
         self._events_inflight.discard(event_id)
+        self._events_sent.discard(event_id)
         if self._open_gap and self._open_gap[0] == event_id:
             self._open_gap = None
 
@@ -491,6 +522,14 @@ class Outbox:
         return self.db.execute(
             "SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
         ).fetchall()
+
+    def fetch_for_send(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
+        """Like fetch, and mark the rows as handed to the uplink (durably) before they go out."""
+        rows = self.fetch(after_seq, limit)
+        if rows and rows[-1][0] > self.protect_upto:
+            self.protect_upto = rows[-1][0]
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('sent_upto', ?)", (str(self.protect_upto),))
+        return rows
 
     def first_seq(self) -> int | None:
         return self.db.execute("SELECT min(seq) FROM outbox").fetchone()[0]  # type: ignore[no-any-return]
@@ -521,6 +560,51 @@ PAGE_FILL = 1.4  # file bytes per stored byte (b-tree page fill, WAL copy)
 
 def _is_full(e: sqlite3.OperationalError) -> bool:
     return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
+
+
+_EPOCH_RE = re.compile(r"^[0-9a-f]{16}$")
+
+
+@dataclass(slots=True)
+class Salvage:
+    """What could be read back from a quarantined database."""
+
+    epoch: str | None = None
+    lost: int | None = None  # undelivered readings (rows still in the outbox)
+    first: int | None = None
+    last: int | None = None
+    events: list[tuple[float, str, str]] = field(default_factory=list)  # undelivered events
+
+
+def salvage(path: Path) -> Salvage:
+    """Read, best effort and read-only, the epoch, outbox range and pending events of a broken db."""
+    out = Salvage()
+    try:
+        src = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return out
+    try:
+        try:
+            row = src.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+            if row and isinstance(row[0], str) and _EPOCH_RE.match(row[0]):
+                out.epoch = row[0]
+        except sqlite3.DatabaseError:
+            return out
+        try:
+            first, last, n = src.execute("SELECT min(seq), max(seq), count(*) FROM outbox").fetchone()
+            out.lost, out.first, out.last = int(n), first, last
+        except sqlite3.DatabaseError:
+            pass
+        try:
+            for ts, type_, payload in src.execute("SELECT ts, type, payload FROM events ORDER BY id"):
+                if isinstance(payload, str) and isinstance(type_, str):
+                    json.loads(payload)  # skip rows that are no longer valid JSON
+                    out.events.append((float(ts), type_, payload))
+        except (sqlite3.DatabaseError, ValueError, TypeError):
+            out.events.clear()  # all or nothing: a partial list would be misleading
+    finally:
+        src.close()
+    return out
 
 
 def _iso(ts: float) -> str:

@@ -289,6 +289,12 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, text: str 
                 "source_path": source.resolve(),
             }
         )
+    from agent.auth import check_uplink_files
+
+    for key, msg in check_uplink_files(cfg):  # files exist; password file private
+        add(key, msg)
+    if problems:
+        raise ConfigError(problems, str(source) if source else None)
     return cfg
 
 

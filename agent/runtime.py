@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import resource
-import shutil
 import signal
 import time
 from collections.abc import Callable
 from typing import Any
 
-from agent import __version__
 from agent.backoff import Backoff
 from agent.buffer import Outbox
 from agent.clock import ClockMonitor
@@ -82,7 +78,6 @@ class Agent:
         self._tasks: list[asyncio.Task[Any]] = []
         self.ready = asyncio.Event()
         self.on_ready: list[Callable[[], None]] = []
-        self._cpu0 = (time.process_time(), time.monotonic())
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -207,77 +202,10 @@ class Agent:
         }
 
     async def health(self) -> dict[str, Any]:
-        """The `P/health` body (also the core of `status`)."""
-        from agent.model import format_ts
+        """The `P/health` body (also the core of `status`); built in agent/health.py."""
+        from agent.health import build_health
 
-        st = await self.pipeline.call(self.pipeline.outbox.stats)
-        now = time.time()
-        cpu_t, wall_t = time.process_time(), time.monotonic()
-        cpu = (cpu_t - self._cpu0[0]) / max(1e-9, wall_t - self._cpu0[1]) * 100
-        self._cpu0 = (cpu_t, wall_t)
-        try:
-            disk_free = shutil.disk_usage(self.cfg.buffer.path.parent).free
-        except OSError:
-            disk_free = None
-        rate = self._accept_rate()
-        room = max(0, st.max_bytes - st.bytes)
-        per = st.bytes / st.depth if st.depth else 200
-        ttf = None if rate <= 0 else round(room / per / rate, 1)
-        u = self.uplink.stats
-        return {
-            "v": 1,
-            "gateway": self.cfg.gateway.id,
-            "ts": format_ts(now),
-            "version": __version__,
-            "uptime": round(now - self.started, 1),
-            "clock": self.clock.state(),
-            "buffer": {
-                "epoch": st.epoch, "depth": st.depth, "bytes": st.bytes, "max_bytes": st.max_bytes,
-                "oldest_age": None if st.oldest_ts is None else round(now - st.oldest_ts, 1),
-                "time_to_full": ttf, "next_seq": st.next_seq, "dropped": st.dropped,
-                "rejected": st.rejected, "queue_overflow": self.pipeline.overflow,
-                "queued": self.pipeline.queued, "file_bytes": st.file_bytes,
-                "accept_rate": round(rate, 2),
-            },
-            "uplink": {
-                "state": u.state, "connected_since": u.connected_since and format_ts(u.connected_since),
-                "last_error": u.last_error, "published": u.published, "acked": u.acked,
-                "readings_acked": u.readings_acked, "reconnects": u.reconnects,
-                "last_puback": u.last_puback and format_ts(u.last_puback), "inflight": u.inflight,
-                "backoff_until": u.backoff_until and format_ts(u.backoff_until),
-            },
-            "devices": {r.device.id: {
-                "online": bool(r.online), "link": r.ctx.link,
-                "last_seen": r.ctx.last_reading and format_ts(r.ctx.last_reading),
-                "readings": r.ctx.readings, "errors": sum(r.ctx.errors.values()),
-            } for r in self.devices.values()},
-            "process": {
-                "cpu_percent": round(cpu, 2),
-                "rss_bytes": _rss(),
-                "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                "pid": os.getpid(),
-            },
-            "disk_free": disk_free,
-        }
-
-    def _accept_rate(self) -> float:
-        now = time.monotonic()
-        hist = getattr(self, "_rate_hist", None)
-        if hist is None:
-            hist = self._rate_hist = [(now, self.pipeline.accepted)]
-        hist.append((now, self.pipeline.accepted))
-        while len(hist) > 2 and now - hist[0][0] > 300:
-            hist.pop(0)
-        t0, n0 = hist[0]
-        return (self.pipeline.accepted - n0) / (now - t0) if now - t0 > 0.5 else 0.0
-
-
-def _rss() -> int:
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
+        return await build_health(self)
 
 
 def install_signal_handlers(agent: Agent) -> None:

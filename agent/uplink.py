@@ -70,6 +70,24 @@ def read_password(cfg: AgentConfig) -> str | None:
         raise ConfigError([f"uplink.password_file: cannot read {pf}: {e.strerror}"]) from e
 
 
+class _MqttLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """paho's log: its socket/TLS errors are the only trace of a refused client certificate."""
+
+    def __init__(self, uplink: Uplink) -> None:
+        super().__init__(logging.getLogger("aiomqtt"), {})
+        self.uplink = uplink
+
+    def log(self, level: int, msg: object, *args: Any, **kw: Any) -> None:
+        if level >= logging.ERROR:
+            try:
+                text = str(msg) % args if args else str(msg)
+            except (TypeError, ValueError):
+                text = str(msg)
+            if self.uplink._transport_error(text):
+                return  # reported by the uplink itself, with context
+        super().log(level, msg, *args, **kw)
+
+
 def _first(eg: BaseExceptionGroup[BaseException]) -> BaseException:
     e: BaseException = eg
     while isinstance(e, BaseExceptionGroup):
@@ -93,6 +111,9 @@ class Uplink:
         self.health = health
         self.stats = UplinkStats()
         self._client: aiomqtt.Client | None = None
+        self._connecting: aiomqtt.Client | None = None
+        self._last_transport_error = ""
+        self._mqtt_log = _MqttLog(self)
         self._tls = build_tls_context(cfg)
         self._password = read_password(cfg)
         self.connected = asyncio.Event()
@@ -102,10 +123,12 @@ class Uplink:
         ).encode()
 
     # -- payloads -----------------------------------------------------------------------
-    def _status(self, state: str) -> bytes:
+    def _status(self, state: str, reason: str = "lost") -> bytes:
         body: dict[str, Any] = {
             "v": 1, "state": state, "gateway": self.cfg.gateway.id, "ts": format_ts(time.time()),
         }
+        if state == "offline":
+            body["reason"] = reason  # "lost": the broker published the will; "shutdown": we did
         if state == "online":
             body.update(version=__version__, config_digest=self.cfg.digest(),
                         epoch=self.pipeline.outbox.epoch)
@@ -127,6 +150,7 @@ class Uplink:
             timeout=10,
             max_inflight_messages=up.max_inflight + 4,
             tls_context=self._tls,
+            logger=self._mqtt_log,  # type: ignore[arg-type]
         )
 
     # -- main loop ----------------------------------------------------------------------
@@ -136,6 +160,8 @@ class Uplink:
         while True:
             self.stats.state = "connecting"
             client = self._client_for_session()
+            self._connecting = client
+            self._last_transport_error = ""
             try:
                 async with client:
                     self._client = client
@@ -146,23 +172,47 @@ class Uplink:
             except* (aiomqtt.MqttError, OSError, TimeoutError) as eg:
                 self._lost(str(_first(eg)))
             finally:
-                self._client = None
+                self._client = self._connecting = None
                 self.connected.clear()
                 self.stats.inflight = 0
-                self.pipeline.outbox.protect_upto = 0
                 await self.pipeline.call(self.pipeline.outbox.release_events)
             delay = backoff.next()
             self.stats.state = "backoff"
             self.stats.backoff_until = time.time() + delay
             await asyncio.sleep(delay)
 
+    def _transport_error(self, msg: str) -> bool:
+        """paho hit a socket/TLS error; while connecting, fail the attempt now. True: handled."""
+        client = self._connecting
+        if client is None or self._client is not None:
+            return False
+        self._last_transport_error = msg.removeprefix("failed to receive on socket: ")
+        fut = getattr(client, "_connected", None)  # aiomqtt<3 waits for CONNACK on this future
+        if isinstance(fut, asyncio.Future) and not fut.done():
+            fut.set_exception(aiomqtt.MqttError(self._last_transport_error))
+        return True
+
     def _lost(self, why: str) -> None:
         was = self.stats.connected_since is not None
         self.stats.connected_since = None
+        if self._last_transport_error and self._last_transport_error not in why:
+            why = f"{why} ({self._last_transport_error})"
         self.stats.last_error = why
         level = logging.WARNING if was or self.stats.connects == 0 else logging.INFO
-        log.log(level, "uplink: %s %s:%d: %s", "lost" if was else "cannot reach",
-                self.cfg.uplink.host, self.cfg.uplink.port, why)
+        host, port = self.cfg.uplink.host, self.cfg.uplink.port
+        if self._tls is not None and not was:
+            hint = ""
+            if "reset by peer" in why or "EOF" in why:
+                hint = "; is the port a TLS listener?"
+            if hint or "SSL" in why or "certificate" in why.lower():
+                log.warning("uplink: TLS with %s:%d failed: %s%s; no fallback to plaintext, readings "
+                            "stay buffered (check uplink.tls)", host, port, why, hint)
+                return
+        if "not authori" in why.lower() or "bad user name or password" in why.lower():
+            log.warning("uplink: %s:%d refused the credentials: %s; readings stay buffered "
+                        "(check uplink.username and uplink.password_file)", host, port, why)
+            return
+        log.log(level, "uplink: %s %s:%d: %s", "lost" if was else "cannot reach", host, port, why)
 
     async def _session(self, client: aiomqtt.Client) -> None:
         st = self.stats
@@ -211,7 +261,7 @@ class Uplink:
         try:
             while True:
                 pipe.new_data.clear()
-                rows = await pipe.call(pipe.outbox.fetch, cursor, up.batch_max_readings * 4)
+                rows = await pipe.call(pipe.outbox.fetch_for_send, cursor, up.batch_max_readings * 4)
                 if not rows:
                     waiter = asyncio.ensure_future(pipe.new_data.wait())
                     await asyncio.wait([waiter, failure], return_when=asyncio.FIRST_COMPLETED)
@@ -225,7 +275,6 @@ class Uplink:
                         failure.result()
                     lo, hi = chunk[0][0], chunk[-1][0]
                     payload = self._head + b",".join(p for _, p in chunk) + b"]}"
-                    pipe.outbox.protect_upto = max(pipe.outbox.protect_upto, hi)
                     self.stats.inflight += 1
                     self.stats.published += 1
                     self.stats.readings_published += len(chunk)
@@ -287,6 +336,7 @@ class Uplink:
         if c is None:
             return
         try:
-            await c.publish(f"{self.prefix}/status", self._status("offline"), qos=1, retain=True, timeout=2)
+            await c.publish(f"{self.prefix}/status", self._status("offline", "shutdown"), qos=1,
+                            retain=True, timeout=2)
         except (aiomqtt.MqttError, TimeoutError, OSError):
             pass

@@ -41,8 +41,15 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=60)
 
 
+def write_secrets(folder: Path) -> None:
+    (folder / "secret.txt").write_text("s3cret\n")
+    (folder / "secret.txt").chmod(0o600)
+    (folder / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+
+
 def test_good_config_resolves_relative_paths_against_its_folder(tmp_path: Path) -> None:
     (tmp_path / "agent.toml").write_text(GOOD)
+    write_secrets(tmp_path)
     cfg = load_config(tmp_path / "agent.toml")
     assert cfg.buffer.path == tmp_path / "state/buffer.db"
     assert cfg.buffer.max_bytes == 10_000_000
@@ -122,6 +129,7 @@ def test_units() -> None:
 
 def test_cli_check_show_schema(tmp_path: Path) -> None:
     (tmp_path / "agent.toml").write_text(GOOD.replace('username = "gw"', 'username = "gw"\nclient_id = "x"'))
+    write_secrets(tmp_path)
     r = cli("config", "check", str(tmp_path / "agent.toml"))
     assert r.returncode == 0, r.stderr
     assert "OK" in r.stdout
@@ -154,3 +162,10 @@ def test_show_masks_secrets() -> None:
     assert "231d39c1" not in json.dumps(data)
     assert data["uplink"]["password_file"] == "/etc/edge-agent/pw", "a path is not a secret"
     assert data["uplink"]["username"] == "u"
+
+
+def test_shipped_example_config_is_valid() -> None:
+    root = Path(__file__).resolve().parent.parent
+    for example in sorted((root / "config").glob("*.toml")):
+        r = cli("config", "check", str(example))
+        assert r.returncode == 0, f"{example.name}: {r.stderr}"

@@ -1,19 +1,115 @@
-"""`edge-agent receive` (not implemented yet)."""
+"""`edge-agent receive`: the platform-side reference receiver (validate, dedupe, store, account)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import signal
+import sys
+from pathlib import Path
 
-from agent.cli.common import EXIT_FAILURE, CliExit, add_config_arg, add_json_arg
+from agent.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliExit, add_json_arg
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for verb in "receive".split("|"):
-        p = sub.add_parser(verb.split()[0], help="(not implemented yet)")
-        add_config_arg(p)
-        add_json_arg(p)
-        p.set_defaults(func=_todo)
+    p = sub.add_parser(
+        "receive",
+        help="platform-side reference receiver: validate, dedupe, store, report gaps",
+        description="Subscribe to P/# (QoS 1), validate every message against the published "
+                    "schemas, dedupe readings on (gateway, epoch, seq), store them in SQLite and "
+                    "report received / duplicates / invalid / gaps / unexplained missing seqs. "
+                    "Exit 0 when everything adds up, 1 otherwise.",
+    )
+    p.add_argument("--broker", required=True, metavar="HOST:PORT", help="MQTT broker")
+    p.add_argument("--topic-prefix", required=True, metavar="P", help="the gateway's uplink.topic_prefix")
+    p.add_argument("--db", metavar="PATH", default=":memory:", help="SQLite file for readings (default: memory)")
+    p.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C / SIGTERM)")
+    p.add_argument("--every", type=float, default=0.0, metavar="S",
+                   help="also report every S seconds (JSON lines on stdout with --json, else stderr)")
+    p.add_argument("--since-epoch-start", action="store_true",
+                   help="the gateway's epochs began while we listened: count missing seqs from 1")
+    p.add_argument("--client-id", help="MQTT client id (default: derived from the prefix)")
+    p.add_argument("--keep-session", action="store_true",
+                   help="leave the persistent broker session (and its queue) behind on exit")
+    p.add_argument("--tls", action="store_true", help="TLS with the system trust store")
+    p.add_argument("--tls-ca", metavar="PEM", help="CA file to verify the broker (implies TLS)")
+    p.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", metavar="PEM", help="client key (mutual TLS)")
+    p.add_argument("--username")
+    p.add_argument("--password-file", metavar="PATH")
+    add_json_arg(p)
+    p.set_defaults(func=receive)
 
 
-def _todo(args: argparse.Namespace) -> int:
-    raise CliExit(EXIT_FAILURE, f"edge-agent {args.verb}: not implemented yet")
+def _endpoint(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from agent.receiver import Endpoint
+
+    host, sep, port = args.broker.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise CliExit(EXIT_USAGE, f"--broker: expected HOST:PORT, got {args.broker!r}")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise CliExit(EXIT_USAGE, "--tls-cert and --tls-key go together")
+    password = None
+    if args.password_file:
+        try:
+            password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as e:
+            raise CliExit(EXIT_USAGE, f"--password-file: {e.strerror}: {args.password_file}") from None
+    cid = args.client_id or "edge-receive-" + hashlib.sha256(args.topic_prefix.encode()).hexdigest()[:10]
+    return Endpoint(host.strip("[]"), int(port), args.topic_prefix.rstrip("/"), cid,
+                    args.tls_ca, args.tls_cert, args.tls_key, bool(args.tls),
+                    args.username, password)
+
+
+def receive(args: argparse.Namespace) -> int:
+    import logging
+
+    from agent.logs import setup_logging
+    from agent.receiver import Receiver, format_report, run_mqtt
+
+    ep = _endpoint(args)
+    setup_logging("warning")
+    logging.getLogger("agent.receiver").setLevel(logging.INFO)
+    rx = Receiver(args.db, since_epoch_start=args.since_epoch_start)
+
+    def emit(final: bool) -> None:
+        rep = rx.report()
+        if args.json:
+            print(json.dumps({"final": final, **rep}, separators=(",", ":")), flush=True)
+        else:
+            print(format_report(rep), file=sys.stdout if final else sys.stderr, flush=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(run_mqtt(rx, ep, keep_session=args.keep_session))
+        deadline = None if args.seconds is None else loop.time() + args.seconds
+        try:
+            while not stop.is_set() and not task.done():
+                wait = args.every or 3600.0
+                if deadline is not None:
+                    wait = min(wait, max(0.0, deadline - loop.time()))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await stop.wait()
+                if deadline is not None and loop.time() >= deadline:
+                    break
+                if args.every and not stop.is_set():
+                    emit(False)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    try:
+        asyncio.run(main())
+        rep = rx.report()
+        emit(True)
+    finally:
+        rx.close()
+    return EXIT_OK if rep["ok"] else EXIT_FAILURE

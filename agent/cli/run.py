@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from agent.cli.common import add_config_arg, load
+from agent.cli.common import EXIT_CONFIG, CliExit, add_config_arg, load
 from agent.logs import setup_logging
 
 
@@ -23,6 +23,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load(args)  # exits 78 before touching anything
+    from agent.auth import check_uplink_files
+
+    if unreadable := check_uplink_files(cfg, access=True):
+        raise CliExit(EXIT_CONFIG, "\n".join([f"invalid configuration {cfg.source_path}:",
+                                              *(f"  {k}: {m}" for k, m in unreadable)]))
     setup_logging(args.log_level or cfg.log_level)
     from agent.runtime import Agent, install_signal_handlers
 
