@@ -242,7 +242,8 @@ class NmeaProtocol(StreamProtocol):
             d, t = f[9], f[1]
             frac = t[7:] if len(t) > 7 else ""
             ms = f".{(frac + '000')[:3]}" if frac else ""
-            self._set("gnss_time", f"20{d[4:6]}-{d[2:4]}-{d[0:2]}T{t[0:2]}:{t[2:4]}:{t[4:6]}{ms}Z")
+            century = "19" if d[4:6] >= "80" else "20"  # two-digit year; GPS time starts in 1980
+            self._set("gnss_time", f"{century}{d[4:6]}-{d[2:4]}-{d[0:2]}T{t[0:2]}:{t[2:4]}:{t[4:6]}{ms}Z")
 
     def _gga(self, f: list[str], out: list[dict[str, float | int | str | bool]]) -> None:
         self._enter("GGA", f[1] or None, out)
