@@ -36,10 +36,21 @@ class Candidate:
                 "note": self.note}
 
 
-def _lines(fmt: str) -> StreamProtocol:
+def _lines(fmt: str, columns: list[str] | None = None) -> StreamProtocol:
     from drivers.lines.protocol import LinesOptions, LinesProtocol
 
-    return LinesProtocol(LinesOptions(format=fmt, unknown_fields="keep"))  # type: ignore[arg-type]
+    return LinesProtocol(LinesOptions(format=fmt, unknown_fields="keep", columns=columns))  # type: ignore[arg-type]
+
+
+def _csv_columns(data: bytes) -> list[str] | None:
+    """Generic column names when CSV rows arrive without a header (it was sent at boot)."""
+    from collections import Counter
+
+    widths = Counter(len(line.split(b",")) for line in data.splitlines() if line.count(b",") >= 1)
+    if not widths:
+        return None
+    n = widths.most_common(1)[0][0]
+    return [f"col{i + 1}" for i in range(n)]
 
 
 def _decoders() -> list[tuple[str, str, str, Callable[[], StreamProtocol]]]:
@@ -85,6 +96,9 @@ def analyse(data: bytes, samples: int = 3) -> list[Candidate]:
     if binary[0].frames or (binary[0].protocol == "modbus" and binary[0].note):
         return binary
     text = [_run(n, "lines", t, _lines(fmt), data, samples) for n, fmt, t in _LINE_FORMATS]
+    if text[-1].frames == 0 and (cols := _csv_columns(data)):
+        text[-1] = _run("csv_lines", "lines", "CSV lines (no header seen; set `columns`)",
+                        _lines("csv", cols), data, samples)
     # A line format is credible only when it decodes most lines.
     text = [c for c in text if c.frames >= 1 and c.frames > c.error_count]
     text.sort(key=lambda c: (c.frames, -c.error_count), reverse=True)
