@@ -20,7 +20,6 @@ from drivers.pms5003 import simulator as psim
 from drivers.sds011 import protocol as sdsp
 from drivers.sds011 import simulator as ssim
 from tests.support.modbus import ModbusBench
-from tests.support.pty import PtyDevice
 
 
 class Harness:
@@ -32,10 +31,10 @@ class Harness:
         self.ctx.on_link_change = lambda c: self.links.append(c.link)
         self.driver: Driver = driver_class(self.device.driver)(self.device, self.ctx)
 
-    async def until(self, pred: Callable[[], bool], timeout: float = 10.0, what: str = "") -> float:
+    async def until(self, pred: Callable[[], bool], limit: float = 10.0, what: str = "") -> float:
         t0 = time.monotonic()
         while not pred():
-            if time.monotonic() - t0 > timeout:
+            if time.monotonic() - t0 > limit:
                 raise AssertionError(f"timed out waiting for {what}: link={self.ctx.link} "
                                      f"errors={dict(self.ctx.errors)} readings={len(self.readings)}")
             await asyncio.sleep(0.01)

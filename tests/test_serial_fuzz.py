@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from agent.model import Reading, encode_reading
 from drivers.base import StreamProtocol
 from drivers.lines import simulator as lsim
-from drivers.lines.protocol import LinesOptions, LinesProtocol
+from drivers.lines.protocol import LinesProtocol
 from drivers.modbus import protocol as mb
 from drivers.modbus.simulator import s8_bus_bytes, s8_request
 from drivers.nmea.protocol import NmeaProtocol

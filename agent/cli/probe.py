@@ -6,7 +6,15 @@ import argparse
 import time
 from typing import Any
 
-from agent.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliExit, add_config_arg, add_json_arg, print_json
+from agent.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliExit,
+    add_config_arg,
+    add_json_arg,
+    print_json,
+)
 
 COMMON_BAUDS = (9600, 115200, 4800, 19200, 38400, 57600)
 

@@ -20,7 +20,14 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 
 from agent.backoff import Backoff
 from drivers.base import DeviceContext, Driver
-from drivers.modbus.protocol import Block, Duration, ModbusOptions, Register, decode_block, plan_reads
+from drivers.modbus.protocol import (
+    Block,
+    Duration,
+    ModbusOptions,
+    Register,
+    decode_block,
+    plan_reads,
+)
 
 if TYPE_CHECKING:
     from agent.config import DeviceConfig
@@ -88,6 +95,9 @@ class ModbusDriver(Driver):
             return 0x61
         return int(o.slave)
 
+    def _id_kw(self) -> dict[str, Any]:
+        return {_ID_KW: self.slave()}  # pymodbus < 3.10 calls it `slave`, later `device_id`
+
     def baud(self) -> int:
         if self.device.baud:
             return self.device.baud
@@ -97,7 +107,7 @@ class ModbusDriver(Driver):
         """Hook after the port opened (SCD30: start continuous measurement)."""
         if getattr(self.options, "preset", None) == "scd30":
             try:
-                await client.write_register(SCD30_START_CONTINUOUS, 0, **{_ID_KW: self.slave()})
+                await client.write_register(SCD30_START_CONTINUOUS, 0, **self._id_kw())
             except ModbusIOException:
                 self.ctx.count_error("timeout")
 
@@ -126,7 +136,7 @@ class ModbusDriver(Driver):
         fn = client.read_holding_registers if block.function == 3 else client.read_input_registers
         self._rx.clear()
         try:
-            rr = await fn(block.address, count=block.count, **{_ID_KW: self.slave()})
+            rr = await fn(block.address, count=block.count, **self._id_kw())
         except ConnectionException:
             raise
         except ModbusIOException as e:

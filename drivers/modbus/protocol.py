@@ -138,13 +138,25 @@ def decode_block(block: Block, words: Sequence[int]) -> dict[str, float | int | 
 
 
 # -- RTU framing (simulator, sim driver, probe) ----------------------------------------------
+def _crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
 def crc16(data: bytes) -> int:
     """CRC-16/MODBUS (poly 0xA001 reflected, init 0xFFFF); sent low byte first."""
     crc = 0xFFFF
+    table = _CRC_TABLE
     for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        crc = (crc >> 8) ^ table[(crc ^ b) & 0xFF]
     return crc
 
 

@@ -81,13 +81,13 @@ class ModbusBench:
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
         async def main() -> None:
-            device = SimDevice(id=self.slave, simdata=[SimData(0, count=self.size, values=0, datatype=DataType.REGISTERS)], action=self._action)
+            device = SimDevice(id=self.slave, simdata=[SimData(0, count=self.size, values=0, datatype=DataType.REGISTERS)], action=self._action)  # type: ignore[arg-type]
             self.server = ModbusSerialServer(device, framer=FramerType.RTU, port=self._srv_path, baudrate=9600)
+            self._stopped = asyncio.Event()
             await self.server.serve_forever(background=True)
             self._ready.set()
-            while not self._stop.is_set():
-                await asyncio.sleep(0.05)
-            await self.server.shutdown()
+            await self._stopped.wait()
+            await self.server.shutdown()  # type: ignore[no-untyped-call]
 
         self._loop.run_until_complete(main())
 
@@ -121,6 +121,7 @@ class ModbusBench:
 
     def close(self) -> None:
         self._stop.set()
+        self._loop.call_soon_threadsafe(self._stopped.set)
         self._server_thread.join(5)
         self._bridge.join(5)
         self.unplug()
