@@ -1,19 +1,124 @@
-"""`edge-agent probe` (not implemented yet)."""
+"""`edge-agent probe serial PORT`: listen (never send) and tell which supported protocol is talking."""
 
 from __future__ import annotations
 
 import argparse
+import time
+from typing import Any
 
-from agent.cli.common import EXIT_FAILURE, CliExit, add_config_arg, add_json_arg
+from agent.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliExit,
+    add_config_arg,
+    add_json_arg,
+    print_json,
+)
+
+COMMON_BAUDS = (9600, 115200, 4800, 19200, 38400, 57600)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for verb in "probe".split("|"):
-        p = sub.add_parser(verb.split()[0], help="(not implemented yet)")
-        add_config_arg(p)
-        add_json_arg(p)
-        p.set_defaults(func=_todo)
+    p = sub.add_parser("probe", help="identify what a device is sending (serial)")
+    add_config_arg(p)
+    add_json_arg(p)
+    psub = p.add_subparsers(dest="probe_kind", metavar="KIND")
+    s = psub.add_parser("serial", help="listen on a serial port and recognise the protocol")
+    s.add_argument("port", metavar="PORT", help="serial port, e.g. /dev/serial/by-id/usb-...")
+    s.add_argument("--baud", type=int, action="append", metavar="N",
+                   help="baud rate to try (repeatable; default: the configured one, then common rates)")
+    s.add_argument("--seconds", type=float, default=3.0, metavar="S", help="listening time per baud rate (default 3)")
+    add_config_arg(s)
+    add_json_arg(s)
+    s.set_defaults(func=_serial)
+    p.set_defaults(func=_usage, probe_parser=p)
 
 
-def _todo(args: argparse.Namespace) -> int:
-    raise CliExit(EXIT_FAILURE, f"edge-agent {args.verb}: not implemented yet")
+def _usage(args: argparse.Namespace) -> int:
+    args.probe_parser.print_help()
+    return EXIT_USAGE
+
+
+def _configured_baud(args: argparse.Namespace, port: str) -> int | None:
+    """The baud of a configured device on this port, if a config is readable (best effort)."""
+    try:
+        from agent.config import load_config
+
+        cfg = load_config(getattr(args, "config", None))
+    except Exception:
+        return None
+    for d in cfg.devices:
+        if d.port == port and d.baud:
+            return d.baud
+    return None
+
+
+def _listen(port: str, baud: int, seconds: float) -> bytes:
+    """Bytes received in `seconds` (nothing is ever written to the port)."""
+    import serial
+
+    try:
+        ser = serial.Serial(port, baudrate=baud, timeout=0.05, exclusive=True)
+    except (serial.SerialException, OSError, ValueError) as e:
+        msg = str(e)
+        if "lock" in msg.lower() or "busy" in msg.lower():
+            msg += " (is the agent running with this port? stop it first)"
+        raise CliExit(EXIT_FAILURE, f"edge-agent probe: cannot open {port}: {msg}") from None
+    data = bytearray()
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and len(data) < 1_000_000:
+            try:
+                chunk = ser.read(4096)
+            except (serial.SerialException, OSError) as e:
+                raise CliExit(EXIT_FAILURE, f"edge-agent probe: {port} went away: {e}") from None
+            data += chunk
+    finally:
+        ser.close()
+    return bytes(data)
+
+
+def _serial(args: argparse.Namespace) -> int:
+    from drivers.probe import analyse, recognised
+
+    if args.seconds <= 0:
+        raise CliExit(EXIT_USAGE, "edge-agent probe: --seconds must be positive")
+    bauds: list[int] = list(args.baud or [])
+    if not bauds:
+        conf = _configured_baud(args, args.port)
+        bauds = ([conf] if conf else []) + [b for b in COMMON_BAUDS if b != conf]
+    tried: list[dict[str, Any]] = []
+    result: dict[str, Any] = {"port": args.port, "recognised": False}
+    for baud in bauds:
+        data = _listen(args.port, baud, args.seconds)
+        cands = analyse(data)
+        best = recognised(cands)
+        tried.append({"baud": baud, "bytes": len(data), "best": best.protocol if best else None})
+        if not args.json:
+            print(f"{args.port} @ {baud} baud: {len(data)} bytes in {args.seconds:g} s"
+                  + (f" -> {best.title}" if best else " -> nothing recognised"))
+        if best is not None:
+            result.update(recognised=True, baud=baud, bytes=len(data), **best.as_dict(),
+                          others=[c.as_dict() for c in cands[1:] if c.frames])
+            break
+        if not data and not args.baud:
+            break  # silence is not a baud problem: a wrong rate still yields (garbage) bytes
+    result["tried"] = tried
+    if args.json:
+        print_json(result)
+    elif result["recognised"]:
+        errs = ", ".join(f"{k}={v}" for k, v in sorted(result["errors"].items())) or "none"
+        print(f"protocol: {result['title']}  (driver = \"{result['driver']}\", baud = {result['baud']})")
+        print(f"frames: {result['frames']}   errors: {errs}" + (f"   ({result['note']})" if result["note"] else ""))
+        for s in result["samples"]:
+            print(f"  {s}")
+        if result["errors"]:
+            print("hint: some frames were damaged; check wiring, ground and cable length")
+    else:
+        total = sum(t["bytes"] for t in tried)
+        if total == 0:
+            print("no bytes received: check power, TX->RX wiring, and that the device is in an active/reporting mode")
+        else:
+            print("bytes arrive but no supported protocol was recognised: check the baud rate (--baud N)")
+    return EXIT_OK if result["recognised"] else EXIT_FAILURE

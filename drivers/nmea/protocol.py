@@ -2,7 +2,9 @@
 
 Hand-written rather than pynmeagps: the lexer must restart on every ``$`` so that a
 truncated sentence (no CRLF) never swallows the next valid one (gpsd's rule), and the
-agent needs only RMC/GGA/VTG/GSA/GLL. pynmeagps is used in the tests as a differential oracle.
+agent needs only RMC/GGA/VTG/GSA/GLL (any talker: GP, GN, GL, GA, BD, GB...; also Unicore's
+high-precision "...H" variants). Proprietary ``$P`` sentences and other types are ignored
+(counted in ``ignored``). pynmeagps is used in the tests as a differential oracle.
 
 Sentences of one fix epoch (same UTC time) are merged into one set of values:
 latitude, longitude (deg), altitude (m, MSL), speed (m/s), course (deg true),
@@ -40,11 +42,21 @@ def sentence(body: str) -> bytes:
 
 
 def _coord(value: str, hemi: str, deg_digits: int) -> float | None:
+    """Decimal degrees from (d)ddmm.mmmm and a hemisphere; None if absent or out of range.
+
+    The degree digits are whatever precedes the two minute digits, so receivers that drop
+    leading zeros work; a stray sign (Unicore's "-0214.41,W") is ignored: the hemisphere rules.
+    """
     if not value or hemi not in ("N", "S", "E", "W"):
         return None
+    value = value.lstrip("+-")
+    dot = value.find(".")
+    int_len = dot if dot >= 0 else len(value)
+    if not 3 <= int_len <= deg_digits + 2 or not value[:int_len].isdigit():
+        return None
     try:
-        deg = int(value[:deg_digits])
-        minutes = float(value[deg_digits:])
+        deg = int(value[: int_len - 2])
+        minutes = float(value[int_len - 2 :])
     except ValueError:
         return None
     if not (0 <= minutes < 60):
@@ -53,6 +65,13 @@ def _coord(value: str, hemi: str, deg_digits: int) -> float | None:
     if (deg_digits == 2 and v > 90) or v > 180:
         return None
     return round(-v if hemi in ("S", "W") else v, 9)
+
+
+def _time_key(t: str) -> str:
+    """hhmmss.ss normalised so "123519.00" and "123519.000" name the same epoch."""
+    if "." in t:
+        t = t.rstrip("0").rstrip(".")
+    return t
 
 
 def _float(value: str) -> float | None:
@@ -67,6 +86,14 @@ def _int(value: str) -> int | None:
         return int(value) if value else None
     except ValueError:
         return None
+
+
+def _eol(buf: bytearray) -> int:
+    """Index of the first CR or LF (receivers end with CRLF; some send only one of them)."""
+    cr, lf = buf.find(b"\r"), buf.find(b"\n")
+    if cr < 0:
+        return lf
+    return cr if lf < 0 else min(cr, lf)
 
 
 class NmeaProtocol(StreamProtocol):
@@ -97,7 +124,7 @@ class NmeaProtocol(StreamProtocol):
                 if bytes(buf[:start]).strip():
                     self.errors["noise"] += 1
                 del buf[:start]
-            end = buf.find(b"\n")
+            end = _eol(buf)
             nxt = buf.find(b"$", 1)
             if nxt != -1 and (end == -1 or nxt < end):
                 self.errors["truncated"] += 1
@@ -108,7 +135,7 @@ class NmeaProtocol(StreamProtocol):
                     self.errors["noise"] += 1
                     buf.clear()
                 break
-            line = bytes(buf[:end]).rstrip(b"\r")
+            line = bytes(buf[:end])
             del buf[: end + 1]
             self._line(line, out)
         return out
@@ -140,8 +167,13 @@ class NmeaProtocol(StreamProtocol):
             return
         fields = text.split(",")
         addr = fields[0]
-        if addr.startswith("P") or len(addr) != 5:
+        if addr.startswith("P") or not addr.isalnum():
             self.ignored += 1  # proprietary ($P...) or unknown address
+            return
+        if len(addr) == 6 and addr.endswith("H"):
+            addr = addr[:5]  # Unicore high-precision variants (GNGGAH, GNRMCH...): same layout
+        if len(addr) != 5:
+            self.ignored += 1
             return
         kind = addr[2:]
         handler = _HANDLERS.get(kind)
@@ -157,6 +189,7 @@ class NmeaProtocol(StreamProtocol):
 
     # -- epoch grouping -----------------------------------------------------------------
     def _enter(self, kind: str, time: str | None, out: list[dict[str, float | int | str | bool]]) -> None:
+        time = _time_key(time) if time else None
         if (time and self._group_time and time != self._group_time) or (
             time and kind in self._group_types
         ):
@@ -209,7 +242,8 @@ class NmeaProtocol(StreamProtocol):
             d, t = f[9], f[1]
             frac = t[7:] if len(t) > 7 else ""
             ms = f".{(frac + '000')[:3]}" if frac else ""
-            self._set("gnss_time", f"20{d[4:6]}-{d[2:4]}-{d[0:2]}T{t[0:2]}:{t[2:4]}:{t[4:6]}{ms}Z")
+            century = "19" if d[4:6] >= "80" else "20"  # two-digit year; GPS time starts in 1980
+            self._set("gnss_time", f"{century}{d[4:6]}-{d[2:4]}-{d[0:2]}T{t[0:2]}:{t[2:4]}:{t[4:6]}{ms}Z")
 
     def _gga(self, f: list[str], out: list[dict[str, float | int | str | bool]]) -> None:
         self._enter("GGA", f[1] or None, out)

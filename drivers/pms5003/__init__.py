@@ -1,0 +1,1 @@
+"""Plantower PMS5003/PMS7003 particulate sensors (32-byte frames)."""

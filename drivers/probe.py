@@ -1,0 +1,115 @@
+"""Protocol recognition for `edge-agent probe serial`: which supported protocol is in these bytes?
+
+Pure: the CLI reads the port and hands the bytes here. Every decoder sees the same bytes;
+checksummed protocols (NMEA, PMS5003, SDS011, Modbus RTU) are trusted first, the line formats
+(JSON, key=value, CSV) only when none of them matched, since almost any text is "lines".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.base import StreamProtocol
+
+
+@dataclass(slots=True)
+class Candidate:
+    """How well one protocol explains the bytes."""
+
+    protocol: str  # nmea | pms5003 | sds011 | modbus | json_lines | kv_lines | csv_lines
+    driver: str
+    title: str
+    frames: int
+    errors: dict[str, int]
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"protocol": self.protocol, "driver": self.driver, "title": self.title,
+                "frames": self.frames, "errors": dict(self.errors), "samples": self.samples,
+                "note": self.note}
+
+
+def _lines(fmt: str, columns: list[str] | None = None) -> StreamProtocol:
+    from drivers.lines.protocol import LinesOptions, LinesProtocol
+
+    return LinesProtocol(LinesOptions(format=fmt, unknown_fields="keep", columns=columns))  # type: ignore[arg-type]
+
+
+def _csv_columns(data: bytes) -> list[str] | None:
+    """Generic column names when CSV rows arrive without a header (it was sent at boot)."""
+    from collections import Counter
+
+    widths = Counter(len(line.split(b",")) for line in data.splitlines() if line.count(b",") >= 1)
+    if not widths:
+        return None
+    n = widths.most_common(1)[0][0]
+    return [f"col{i + 1}" for i in range(n)]
+
+
+def _decoders() -> list[tuple[str, str, str, Callable[[], StreamProtocol]]]:
+    from drivers.modbus.protocol import RtuSniffer
+    from drivers.nmea.protocol import NmeaProtocol
+    from drivers.pms5003.protocol import Pms5003Protocol
+    from drivers.sds011.protocol import Sds011Protocol
+
+    return [
+        ("nmea", "nmea", "NMEA 0183 (GNSS receiver)", NmeaProtocol),
+        ("pms5003", "pms5003", "Plantower PMS5003/7003 (32-byte frames)", Pms5003Protocol),
+        ("sds011", "sds011", "Nova SDS011 (10-byte frames)", Sds011Protocol),
+        ("modbus", "modbus", "Modbus RTU (requests/replies on the bus)", RtuSniffer),
+    ]
+
+
+_LINE_FORMATS = [
+    ("json_lines", "json", "JSON lines"),
+    ("kv_lines", "kv", "key=value lines"),
+    ("csv_lines", "csv", "CSV lines"),
+]
+
+
+def _run(name: str, driver: str, title: str, proto: StreamProtocol, data: bytes, samples: int) -> Candidate:
+    got: list[dict[str, Any]] = []
+    # Feed in modest chunks, as a serial port would deliver them.
+    for i in range(0, len(data), 256):
+        got.extend(proto.feed(data[i : i + 256]))
+    got.extend(proto.flush())
+    note = ""
+    requests = getattr(proto, "requests", 0)
+    if requests:
+        note = f"{requests} requests seen"
+    return Candidate(name, driver, title, proto.frames, dict(proto.errors), got[:samples], note)
+
+
+def analyse(data: bytes, samples: int = 3) -> list[Candidate]:
+    """Every protocol's result on `data`, best first (recognised ones have frames > 0)."""
+    binary = [_run(n, d, t, make(), data, samples) for n, d, t, make in _decoders()]
+    # Modbus requests alone (a master polling a silent slave) still identify the bus.
+    binary.sort(key=lambda c: (c.frames + (1 if c.protocol == "modbus" and c.note else 0), -c.error_count),
+                reverse=True)
+    if binary[0].frames or (binary[0].protocol == "modbus" and binary[0].note):
+        return binary
+    text = [_run(n, "lines", t, _lines(fmt), data, samples) for n, fmt, t in _LINE_FORMATS]
+    if text[-1].frames == 0 and (cols := _csv_columns(data)):
+        text[-1] = _run("csv_lines", "lines", "CSV lines (no header seen; set `columns`)",
+                        _lines("csv", cols), data, samples)
+    # A line format is credible only when it decodes most lines.
+    text = [c for c in text if c.frames >= 1 and c.frames > c.error_count]
+    text.sort(key=lambda c: (c.frames, -c.error_count), reverse=True)
+    return text + binary
+
+
+def recognised(cands: list[Candidate]) -> Candidate | None:
+    """The winning candidate, or None when nothing supported is talking."""
+    if not cands:
+        return None
+    best = cands[0]
+    if best.frames > 0 or (best.protocol == "modbus" and best.note):
+        return best
+    return None

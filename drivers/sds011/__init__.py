@@ -1,0 +1,1 @@
+"""Nova Fitness SDS011 particulate sensor (10-byte frames)."""

@@ -1,0 +1,109 @@
+"""`edge-agent probe serial` recognises each simulator's protocol on a real pty, never writing to it."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from agent.cli.main import main
+from drivers.lines import simulator as lsim
+from drivers.modbus.simulator import co2_values, s8_bus_bytes
+from drivers.nmea.simulator import epoch_bytes, fixes
+from drivers.pms5003 import simulator as psim
+from drivers.sds011 import simulator as ssim
+from tests.support.pty import PtyDevice
+
+
+def _feeder(dev: PtyDevice, chunks: Iterator[bytes], stop: threading.Event) -> threading.Thread:
+    def run() -> None:
+        os.set_blocking(dev.master, False)
+        for c in chunks:
+            if stop.wait(0.02):
+                return
+            try:
+                os.write(dev.master, c)
+            except (BlockingIOError, OSError):
+                pass
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+SOURCES = {
+    "nmea": lambda: (epoch_bytes(f) for f in fixes(start=1_790_000_000.0)),
+    "pms5003": lambda: (psim.frame_bytes(s) for s in psim.samples()),
+    "sds011": lambda: (ssim.frame_bytes(s) for s in ssim.samples()),
+    "modbus": lambda: (s8_bus_bytes(c) for c in co2_values()),
+    "json_lines": lambda: (lsim.line_bytes(s, "json") for s in lsim.samples()),
+    "kv_lines": lambda: (lsim.line_bytes(s, "kv") for s in lsim.samples()),
+    "csv_lines": lambda: itertools.chain([lsim.CSV_HEADER], (lsim.line_bytes(s, "csv") for s in lsim.samples())),
+}
+
+
+@pytest.mark.parametrize("protocol", sorted(SOURCES))
+def test_probe_identifies_simulator(protocol: str, pty_factory: type[PtyDevice],
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    dev = pty_factory()
+    stop = threading.Event()
+    t = _feeder(dev, SOURCES[protocol](), stop)
+    try:
+        rc = main(["probe", "serial", dev.port, "--seconds", "0.6", "--json"])
+    finally:
+        stop.set()
+        t.join()
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0, out
+    assert out["recognised"] is True and out["protocol"] == protocol and out["baud"] == 9600
+    assert out["frames"] >= 2 and out["samples"]
+    assert dev.read_available() == b""  # the probe never writes
+
+
+def test_probe_human_output_shows_samples_and_errors(pty_factory: type[PtyDevice],
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    dev = pty_factory()
+    stop = threading.Event()
+
+    def damaged() -> Iterator[bytes]:
+        for i, s in enumerate(psim.samples()):
+            f = bytearray(psim.frame_bytes(s))
+            if i % 3 == 0:
+                f[20] ^= 0xFF
+            yield bytes(f)
+
+    t = _feeder(dev, damaged(), stop)
+    try:
+        rc = main(["probe", "serial", dev.port, "--seconds", "0.6", "--baud", "9600"])
+    finally:
+        stop.set()
+        t.join()
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert 'driver = "pms5003"' in text and "checksum=" in text and "pm2_5" in text
+    assert "hint: some frames were damaged" in text
+
+
+def test_probe_silence_and_garbage_exit_1(pty_factory: type[PtyDevice], capsys: pytest.CaptureFixture[str]) -> None:
+    dev = pty_factory()
+    assert main(["probe", "serial", dev.port, "--seconds", "0.3"]) == 1
+    assert "no bytes received" in capsys.readouterr().out
+    stop = threading.Event()
+    t = _feeder(dev, (bytes([(i * 37) % 251, 0x13, 0x99, (i * 11) % 256]) for i in itertools.count()), stop)
+    try:
+        rc = main(["probe", "serial", dev.port, "--seconds", "0.3", "--baud", "9600", "--baud", "4800", "--json"])
+    finally:
+        stop.set()
+        t.join()
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1 and out["recognised"] is False
+    assert [x["baud"] for x in out["tried"]] == [9600, 4800] and all(x["bytes"] > 0 for x in out["tried"])
+
+
+def test_probe_missing_port_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["probe", "serial", "/dev/serial/by-id/usb-nothing-here", "--seconds", "0.1"]) == 1
+    assert "cannot open /dev/serial/by-id/usb-nothing-here" in capsys.readouterr().err
