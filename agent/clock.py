@@ -43,13 +43,27 @@ ClockState = Literal["synced", "unsynced"]
 
 class _Timex(ctypes.Structure):
     _fields_ = [
-        ("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
-        ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
-        ("constant", ctypes.c_long), ("precision", ctypes.c_long), ("tolerance", ctypes.c_long),
-        ("time_sec", ctypes.c_long), ("time_usec", ctypes.c_long), ("tick", ctypes.c_long),
-        ("ppsfreq", ctypes.c_long), ("jitter", ctypes.c_long), ("shift", ctypes.c_int),
-        ("stabil", ctypes.c_long), ("jitcnt", ctypes.c_long), ("calcnt", ctypes.c_long),
-        ("errcnt", ctypes.c_long), ("stbcnt", ctypes.c_long), ("tai", ctypes.c_int),
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time_sec", ctypes.c_long),
+        ("time_usec", ctypes.c_long),
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
         ("_pad", ctypes.c_int * 11),
     ]
 
@@ -127,7 +141,8 @@ def correct_outbox(outbox: Outbox, offset: float) -> Correction:
     db.execute("BEGIN IMMEDIATE")
     try:
         rows = db.execute(
-            "SELECT seq, mono, payload FROM outbox WHERE clock = 0 AND seq >= ?", (outbox.opened_seq,)
+            "SELECT seq, mono, payload FROM outbox WHERE clock = 0 AND seq >= ?",
+            (outbox.opened_seq,),
         ).fetchall()
         rewrite, frozen, delta = [], [], 0
         for seq, mono, payload in rows:
@@ -167,9 +182,14 @@ async def watch_clock(agent: Agent, interval: float = POLL_INTERVAL) -> None:
         mon.offset = time.time() - time.monotonic()
         if prev == "unsynced" and cur == "synced":
             res = await correct_buffered(agent.pipeline, mon.offset)
-            log.warning("clock synchronised (wall clock moved %+.3fs): %d buffered readings re-stamped, "
-                        "%d already handed to the uplink keep their time (%s)", mon.offset - before,
-                        res.rewritten, res.frozen, format_ts(time.time()))
+            log.warning(
+                "clock synchronised (wall clock moved %+.3fs): %d buffered readings re-stamped, "
+                "%d already handed to the uplink keep their time (%s)",
+                mon.offset - before,
+                res.rewritten,
+                res.frozen,
+                format_ts(time.time()),
+            )
         elif prev == "synced" and cur == "unsynced":
             log.warning("clock lost synchronisation: new readings are marked unsynced")
         prev = cur

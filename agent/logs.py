@@ -16,13 +16,20 @@ import socket
 import struct
 import sys
 
-_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+_PRIORITY = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
+}
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 IDENTIFIER = "edge-agent"
 
 # (device id, driver name) of the device task that is logging, inherited by its sub-tasks.
 device_context: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
-    "edge_agent_device", default=None)
+    "edge_agent_device", default=None
+)
 
 
 def _priority(record: logging.LogRecord) -> int:
@@ -49,7 +56,7 @@ class JournalFormatter(logging.Formatter):
 
 
 def encode_fields(fields: dict[str, str]) -> bytes:
-    """journald native protocol: `KEY=value\\n`, or KEY\\n<le64 length><bytes>\\n for multi-line values."""
+    """journald native protocol: `KEY=value\\n`; multi-line values as KEY\\n<le64 len><bytes>\\n."""
     out = bytearray()
     for k, v in fields.items():
         b = v.encode("utf-8", "replace")
@@ -63,7 +70,9 @@ def encode_fields(fields: dict[str, str]) -> bytes:
 class JournalHandler(logging.Handler):
     """Sends records to journald with structured fields; falls back to `fallback` on error."""
 
-    def __init__(self, fallback: logging.Handler, path: str = JOURNAL_SOCKET, identifier: str = IDENTIFIER) -> None:
+    def __init__(
+        self, fallback: logging.Handler, path: str = JOURNAL_SOCKET, identifier: str = IDENTIFIER
+    ) -> None:
         super().__init__()
         self.path = path
         self.identifier = identifier
@@ -119,7 +128,9 @@ def setup_logging(level: str = "info") -> None:
             handler = JournalHandler(fallback)
             handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+        )
     handler.addFilter(DeviceFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -46,7 +46,9 @@ class Notifier:
         elif path.startswith("/"):
             self.address = path
         elif path:
-            log.warning("NOTIFY_SOCKET=%r is not supported (only AF_UNIX paths); not notifying", path)
+            log.warning(
+                "NOTIFY_SOCKET=%r is not supported (only AF_UNIX paths); not notifying", path
+            )
         self.watchdog_usec = 0
         usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
@@ -67,7 +69,9 @@ class Notifier:
         """Send `KEY=value` fields as one message; False when not under systemd or it failed."""
         if self.address is None:
             return False
-        msg = "\n".join(f.replace("\n", " ") if f.startswith("STATUS=") else f for f in fields) + "\n"
+        msg = (
+            "\n".join(f.replace("\n", " ") if f.startswith("STATUS=") else f for f in fields) + "\n"
+        )
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
@@ -121,7 +125,11 @@ def stall_reason(agent: Agent, stall_after: float, now: float | None = None) -> 
     now = time.monotonic() if now is None else now
     if pipe.busy_since is not None and now - pipe.busy_since > stall_after:
         return f"buffer commit stuck for {now - pipe.busy_since:.0f}s"
-    if pipe.queued and pipe.busy_since is None and now - pipe.last_commit > stall_after + pipe.commit_interval:
+    if (
+        pipe.queued
+        and pipe.busy_since is None
+        and now - pipe.last_commit > stall_after + pipe.commit_interval
+    ):
         return f"{pipe.queued} readings waiting {now - pipe.last_commit:.0f}s for a commit"
     return None
 
@@ -143,9 +151,15 @@ def status_line(agent: Agent) -> str:
 class Supervision:
     """Runs next to an Agent: READY once started, STATUS, progress-gated WATCHDOG, STOPPING."""
 
-    def __init__(self, agent: Agent, sd: Notifier | None = None, *,
-                 stall_after: float | None = None, status_interval: float = STATUS_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        agent: Agent,
+        sd: Notifier | None = None,
+        *,
+        stall_after: float | None = None,
+        status_interval: float = STATUS_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.agent = agent
         self.sd = sd or notifier()
         wd = self.sd.watchdog_interval
@@ -185,7 +199,9 @@ class Supervision:
         """One round: ping if progressing, refresh STATUS when due or changed."""
         now = self._clock()
         stopping = self.agent.stop_event.is_set()
-        reason = stall_reason(self.agent, self.stall_after, now) if self.agent.ready.is_set() else None
+        reason = (
+            stall_reason(self.agent, self.stall_after, now) if self.agent.ready.is_set() else None
+        )
         if reason != self.stalled:
             if reason:
                 log.error("watchdog: %s; no longer telling systemd we are alive", reason)

@@ -49,12 +49,22 @@ class ReloadPlan:
 
     @property
     def empty(self) -> bool:
-        return not (self.remove or self.add or self.restart or self.uplink or self.buffer
-                    or self.needs_restart or self.log_level)
+        return not (
+            self.remove
+            or self.add
+            or self.restart
+            or self.uplink
+            or self.buffer
+            or self.needs_restart
+            or self.log_level
+        )
 
     def summary(self) -> str:
-        parts = [f"{k} {','.join(v)}" for k, v in
-                 (("removed", self.remove), ("added", self.add), ("restarted", self.restart)) if v]
+        parts = [
+            f"{k} {','.join(v)}"
+            for k, v in (("removed", self.remove), ("added", self.add), ("restarted", self.restart))
+            if v
+        ]
         if self.uplink:
             parts.append("uplink restarted")
         if self.buffer:
@@ -67,7 +77,9 @@ class ReloadPlan:
 def _files_digest(cfg: AgentConfig) -> str:
     """Digest of the uplink's secret files (password, TLS): rotating them restarts the session."""
     up = cfg.uplink
-    paths = [up.password_file] + ([up.tls.ca_file, up.tls.cert_file, up.tls.key_file] if up.tls else [])
+    paths = [up.password_file] + (
+        [up.tls.ca_file, up.tls.cert_file, up.tls.key_file] if up.tls else []
+    )
     h = hashlib.sha256()
     for p in paths:
         h.update(str(p).encode() + b"\0")
@@ -96,22 +108,40 @@ def plan(old: AgentConfig, new: AgentConfig, running: set[str]) -> ReloadPlan:
         needs.append("gateway.id")
     if new.control != old.control:
         needs.append("control")
-    eff = new.model_copy(update={
-        "buffer": new.buffer.model_copy(update={
-            "path": old.buffer.path, "synchronous": old.buffer.synchronous, "queue_size": old.buffer.queue_size,
-        }),
-        "gateway": new.gateway.model_copy(update={"id": old.gateway.id}),
-        "control": old.control,
-    })
+    eff = new.model_copy(
+        update={
+            "buffer": new.buffer.model_copy(
+                update={
+                    "path": old.buffer.path,
+                    "synchronous": old.buffer.synchronous,
+                    "queue_size": old.buffer.queue_size,
+                }
+            ),
+            "gateway": new.gateway.model_copy(update={"id": old.gateway.id}),
+            "control": old.control,
+        }
+    )
     wanted = {d.id: d for d in eff.devices if d.enabled}
     remove = tuple(sorted(i for i in running if i not in wanted))
     add = tuple(i for i in wanted if i not in running)
     before = {d.id: d for d in old.devices}
     restart = tuple(i for i in wanted if i in running and before.get(i) != wanted[i])
-    buf = tuple(k for k in (*LIVE_BUFFER, "commit_interval") if getattr(eff.buffer, k) != getattr(old.buffer, k))
+    buf = tuple(
+        k
+        for k in (*LIVE_BUFFER, "commit_interval")
+        if getattr(eff.buffer, k) != getattr(old.buffer, k)
+    )
     uplink = eff.uplink != old.uplink or eff.health_interval != old.health_interval
-    return ReloadPlan(config=eff, remove=remove, add=add, restart=restart, uplink=uplink, buffer=buf,
-                      needs_restart=tuple(needs), log_level=eff.log_level != old.log_level)
+    return ReloadPlan(
+        config=eff,
+        remove=remove,
+        add=add,
+        restart=restart,
+        uplink=uplink,
+        buffer=buf,
+        needs_restart=tuple(needs),
+        log_level=eff.log_level != old.log_level,
+    )
 
 
 async def reload_config(agent: Agent) -> bool:
@@ -126,7 +156,11 @@ async def reload_config(agent: Agent) -> bool:
     try:
         ok = await _reload(agent, path)
     finally:
-        sd.ready(status_line(agent) if ok else f"reload rejected; running the previous configuration; {status_line(agent)}")
+        sd.ready(
+            status_line(agent)
+            if ok
+            else f"reload rejected; running the previous configuration; {status_line(agent)}"
+        )
     return ok
 
 
@@ -137,7 +171,11 @@ async def _reload(agent: Agent, path: Path) -> bool:
     try:
         new = await asyncio.to_thread(load_config, path)
     except ConfigError as e:
-        log.error("reload: %s is invalid, keeping the running configuration: %s", path, "; ".join(e.problems))
+        log.error(
+            "reload: %s is invalid, keeping the running configuration: %s",
+            path,
+            "; ".join(e.problems),
+        )
         return False
     p = plan(agent.cfg, new, set(agent.devices))
     files = _files_digest(p.config)
@@ -147,12 +185,18 @@ async def _reload(agent: Agent, path: Path) -> bool:
         try:
             candidate = Uplink(p.config, agent.pipeline, health=agent.health)
         except ConfigError as e:
-            log.error("reload: uplink settings rejected, keeping the running configuration: %s", "; ".join(e.problems))
+            log.error(
+                "reload: uplink settings rejected, keeping the running configuration: %s",
+                "; ".join(e.problems),
+            )
             return False
     if agent.stop_event.is_set():
         return False
     for key in p.needs_restart:
-        log.warning("reload: %s changed; it takes effect only after a restart (systemctl restart edge-agent)", key)
+        log.warning(
+            "reload: %s changed; takes effect only after a restart (systemctl restart edge-agent)",
+            key,
+        )
     for dev_id in (*p.remove, *p.restart):
         await agent.remove_device(dev_id)
     agent.cfg = p.config

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.buffer import ROW_OVERHEAD, Outbox
-from agent.clock import ClockMonitor, corrected, correct_buffered
+from agent.clock import ClockMonitor, correct_buffered, corrected
 from agent.model import Reading, encode_reading, format_ts
 from agent.pipeline import Pipeline
 from drivers.nmea.simulator import epoch_bytes, fixes
@@ -24,8 +24,14 @@ WRONG = -400 * 86400.0  # the Pi booted 400 days in the past (no RTC)
 
 
 def unsynced(i: int, mono: float) -> Reading:
-    return Reading(device="a101-co2", driver="senseair_s8", values={"co2": 400 + i},
-                   ts=mono + time.time() - time.monotonic() + WRONG, clock="unsynced", mono=mono)
+    return Reading(
+        device="a101-co2",
+        driver="senseair_s8",
+        values={"co2": 400 + i},
+        ts=mono + time.time() - time.monotonic() + WRONG,
+        clock="unsynced",
+        mono=mono,
+    )
 
 
 def table(db: Path) -> list[tuple[int, float, int, str]]:
@@ -53,14 +59,26 @@ async def test_correction_rewrites_only_never_fetched_rows(tmp_path: Path) -> No
         assert [g[0] for g in got] == list(range(1, 8))
         for seq, ts, clock, payload in got:
             mono = m0 + seq - 1
-            if seq <= 6:  # seq 7 was corrected in memory and accepted after the sync: accept time is now
-                assert ts == pytest.approx(mono + offset, abs=1e-6), "accept time corrected on every row (max_age)"
+            if (
+                seq <= 6
+            ):  # seq 7 was corrected in memory and accepted after the sync: accept time is now
+                assert ts == pytest.approx(mono + offset, abs=1e-6), (
+                    "accept time corrected on every row (max_age)"
+                )
             if seq <= 2:
-                assert payload == before[seq] == dict(fetched)[seq], "possibly published: byte-identical"
+                assert payload == before[seq] == dict(fetched)[seq], (
+                    "possibly published: byte-identical"
+                )
                 assert clock == 0 and json.loads(payload)["clock"] == "unsynced"
             else:
-                want = Reading(device="a101-co2", driver="senseair_s8", values={"co2": 400 + seq - 1},
-                               ts=mono + offset, clock="synced", mono=mono)
+                want = Reading(
+                    device="a101-co2",
+                    driver="senseair_s8",
+                    values={"co2": 400 + seq - 1},
+                    ts=mono + offset,
+                    clock="synced",
+                    mono=mono,
+                )
                 assert payload == encode_reading(seq, want)
                 assert clock == 1 and json.loads(payload)["ts"] == format_ts(mono + offset)
         con = sqlite3.connect(tmp_path / "b.db")
@@ -77,7 +95,9 @@ async def test_in_flight_and_previous_run_rows_are_frozen(tmp_path: Path) -> Non
     await pipe.call(pipe.outbox.commit, [unsynced(i, m0 + i) for i in range(3)])
     await pipe.close()
     old = table(tmp_path / "b.db")
-    pipe = await Pipeline.open(Outbox(tmp_path / "b.db"))  # a restarted agent: may have published 1-3
+    pipe = await Pipeline.open(
+        Outbox(tmp_path / "b.db")
+    )  # a restarted agent: may have published 1-3
     try:
         assert pipe.outbox.opened_seq == 4
         await pipe.call(pipe.outbox.commit, [unsynced(i, m0 + i) for i in range(3, 6)])
@@ -85,7 +105,9 @@ async def test_in_flight_and_previous_run_rows_are_frozen(tmp_path: Path) -> Non
         res = await correct_buffered(pipe, time.time() - time.monotonic())
         assert (res.rewritten, res.frozen) == (2, 1)
         got = table(tmp_path / "b.db")
-        assert got[:3] == old, "rows of an earlier process are left alone (their mono may be another boot's)"
+        assert got[:3] == old, (
+            "rows of an earlier process are left alone (their mono may be another boot's)"
+        )
         assert [c for _, _, c, _ in got] == [0, 0, 0, 0, 1, 1]
     finally:
         await pipe.close()
@@ -111,16 +133,22 @@ def test_detection_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert mon.refresh() == "unsynced"
 
 
-def test_agent_corrects_buffered_readings_when_the_clock_syncs(tmp_path: Path, pty_factory: type[PtyDevice]) -> None:
-    """Real process: unsynced readings wait (no broker), the sync flag appears, they are re-stamped."""
+def test_agent_corrects_buffered_readings_when_the_clock_syncs(
+    tmp_path: Path, pty_factory: type[PtyDevice]
+) -> None:
+    """Real process: unsynced readings wait (no broker), the sync flag appears: re-stamped."""
     dev = pty_factory()
     flag = tmp_path / "synchronized"
-    cfg = write_config(tmp_path / "agent.toml", broker_port=free_port(), devices=f"""
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        broker_port=free_port(),
+        devices=f"""
         [[devices]]
         id = "van-gnss"
         driver = "nmea"
         port = "{dev.port}"
-        """)
+        """,
+    )
     agent = AgentProcess(cfg, env={"EDGE_AGENT_CLOCK": f"file:{flag}"})
     try:
         agent.start_and_wait_port()
@@ -136,14 +164,20 @@ def test_agent_corrects_buffered_readings_when_the_clock_syncs(tmp_path: Path, p
         agent.wait_log("clock synchronised")
         assert "4 buffered readings re-stamped, 0 already handed to the uplink" in agent.output()
         after = table(tmp_path / "buffer.db")
-        for (seq, ts0, _, p0), (_, ts1, c1, p1) in zip(before, after, strict=True):
+        for (_, _, _, p0), (_, _, c1, p1) in zip(before, after, strict=True):
             r0, r1 = json.loads(p0), json.loads(p1)
             assert (r0["clock"], r1["clock"], c1) == ("unsynced", "synced", 1)
-            assert {k: v for k, v in r0.items() if k not in ("ts", "clock")} == \
-                   {k: v for k, v in r1.items() if k not in ("ts", "clock")}
+            assert {k: v for k, v in r0.items() if k not in ("ts", "clock")} == {
+                k: v for k, v in r1.items() if k not in ("ts", "clock")
+            }
             # No real jump happened here, so the monotonic-derived time equals the original.
-            assert abs(time.mktime(time.strptime(r1["ts"][:19], "%Y-%m-%dT%H:%M:%S"))
-                       - time.mktime(time.strptime(r0["ts"][:19], "%Y-%m-%dT%H:%M:%S"))) <= 1
+            assert (
+                abs(
+                    time.mktime(time.strptime(r1["ts"][:19], "%Y-%m-%dT%H:%M:%S"))
+                    - time.mktime(time.strptime(r0["ts"][:19], "%Y-%m-%dT%H:%M:%S"))
+                )
+                <= 1
+            )
         dev.write(epoch_bytes(next(fs)))  # after the sync: synced from the start
         deadline = time.monotonic() + 20
         while len(table(tmp_path / "buffer.db")) < 5 and time.monotonic() < deadline:

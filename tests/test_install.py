@@ -19,14 +19,23 @@ SCRIPT = REPO / "systemd" / "install.sh"
 UNIT = REPO / "systemd" / "edge-agent.service"
 ANALYZE = shutil.which("systemd-analyze")
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="install.sh creates a user and chowns: needs root")
-needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)")
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="install.sh creates a user and chowns: needs root"
+)
+needs_analyze = pytest.mark.skipif(
+    ANALYZE is None, reason="systemd-analyze not installed (apt-get install systemd)"
+)
 
 
 def run(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DESTDIR", "VIRTUAL_ENV")}
-    p = subprocess.run(["bash", str(SCRIPT), "--root", str(root), *args], capture_output=True, text=True,
-                       env=env, timeout=600)
+    p = subprocess.run(
+        ["bash", str(SCRIPT), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     return p
 
@@ -41,7 +50,7 @@ def field(path: Path, name: str) -> list[str] | None:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A fresh root (the host's user database, plus a bluetooth group as on Pi OS), installed once."""
+    """A fresh root (the host's users, plus a bluetooth group as on Pi OS), installed once."""
     if os.geteuid() != 0:
         pytest.skip("install.sh needs root")
     r = tmp_path_factory.mktemp("pi-root")
@@ -85,7 +94,9 @@ def test_install_into_a_throwaway_root(installed: tuple[Path, str]) -> None:
     assert link.is_symlink() and os.readlink(link) == "/etc/systemd/system/edge-agent.service"
     assert (root / "etc/udev/rules.d/99-edge-agent-serial.rules").exists()
     venv = root / "opt/edge-agent/venv/bin/edge-agent"
-    check = subprocess.run([str(venv), "config", "check", "--config", str(cfg)], capture_output=True, text=True)
+    check = subprocess.run(
+        [str(venv), "config", "check", "--config", str(cfg)], capture_output=True, text=True
+    )
     assert check.returncode == 0 and "OK" in check.stdout, check.stderr
 
 
@@ -93,11 +104,19 @@ def test_install_into_a_throwaway_root(installed: tuple[Path, str]) -> None:
 @needs_analyze
 def test_installed_unit_verifies_clean(root: Path) -> None:
     """`systemd-analyze verify --root`: needs the target units and /bin/kill inside the root."""
-    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", dirs_exist_ok=True, symlinks=True)
+    shutil.copytree(
+        "/usr/lib/systemd/system",
+        root / "usr/lib/systemd/system",
+        dirs_exist_ok=True,
+        symlinks=True,
+    )
     (root / "bin").mkdir(exist_ok=True)
     shutil.copy(shutil.which("kill") or "/bin/kill", root / "bin/kill")
-    p = subprocess.run([ANALYZE, "verify", f"--root={root}", "edge-agent.service"],  # type: ignore[list-item]
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [ANALYZE, "verify", f"--root={root}", "edge-agent.service"],  # type: ignore[list-item]
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode == 0 and p.stdout + p.stderr == "", p.stdout + p.stderr
 
 
@@ -110,7 +129,9 @@ def test_rerun_is_idempotent_and_keeps_the_config(root: Path) -> None:
     assert "kept existing" in out and "created" not in out
     assert "gw-edited" in cfg.read_text()
     assert field(root / "etc/passwd", "edge-agent") == uid
-    assert [ln for ln in (root / "etc/passwd").read_text().splitlines() if ln.startswith("edge-agent:")] == [":".join(uid or [])]
+    assert [
+        ln for ln in (root / "etc/passwd").read_text().splitlines() if ln.startswith("edge-agent:")
+    ] == [":".join(uid or [])]
     assert field(root / "etc/group", "dialout")[3].split(",").count("edge-agent") == 1  # type: ignore[index]
 
 
@@ -128,14 +149,20 @@ def test_uninstall_keeps_data_and_purge_removes_it(root: Path) -> None:
     assert field(root / "etc/passwd", "edge-agent") is not None
     run(root, "--uninstall", "--purge")
     assert not (root / "etc/edge-agent").exists() and not (root / "var/lib/edge-agent").exists()
-    assert field(root / "etc/passwd", "edge-agent") is None and field(root / "etc/group", "edge-agent") is None
+    assert (
+        field(root / "etc/passwd", "edge-agent") is None
+        and field(root / "etc/group", "edge-agent") is None
+    )
     assert "edge-agent" not in field(root / "etc/group", "dialout")[3]  # type: ignore[index]
 
 
 @needs_analyze
 def test_unit_security_exposure_at_most_2() -> None:
-    p = subprocess.run([ANALYZE, "security", "--offline=true", "--threshold=20", str(UNIT)],  # type: ignore[list-item]
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [ANALYZE, "security", "--offline=true", "--threshold=20", str(UNIT)],  # type: ignore[list-item]
+        capture_output=True,
+        text=True,
+    )
     m = re.search(r"Overall exposure level for edge-agent\.service: (\d+\.\d)", p.stdout)
     assert m is not None, p.stdout + p.stderr
     assert float(m.group(1)) <= 2.0 and p.returncode == 0, p.stdout[-3000:]
@@ -143,12 +170,16 @@ def test_unit_security_exposure_at_most_2() -> None:
 
 def test_unit_has_the_contracted_directives() -> None:
     text = UNIT.read_text()
-    kv = [tuple(ln.split("=", 1)) for ln in text.splitlines() if "=" in ln and not ln.startswith("#")]
+    kv = [
+        tuple(ln.split("=", 1)) for ln in text.splitlines() if "=" in ln and not ln.startswith("#")
+    ]
     d: dict[str, list[str]] = {}
     for k, v in kv:
         d.setdefault(k, []).append(v)
     assert d["Type"] == ["notify"]  # systemd 252 (Bookworm) has no notify-reload
-    assert d["ExecStart"] == ["/opt/edge-agent/venv/bin/edge-agent run --config /etc/edge-agent/agent.toml"]
+    assert d["ExecStart"] == [
+        "/opt/edge-agent/venv/bin/edge-agent run --config /etc/edge-agent/agent.toml"
+    ]
     assert d["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert d["Restart"] == ["on-failure"] and d["RestartPreventExitStatus"] == ["78"]
     assert d["User"] == ["edge-agent"] and d["SupplementaryGroups"] == ["dialout"]

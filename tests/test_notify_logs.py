@@ -28,14 +28,18 @@ def test_abstract_socket_and_message_format() -> None:
         assert m1 == {"READY": "1", "STATUS": "1/1 devices online"}
         assert m2 == {"STATUS": "two lines"}
         now_usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        assert m3["RELOADING"] == "1" and now_usec - 5_000_000 < int(m3["MONOTONIC_USEC"]) <= now_usec
+        assert (
+            m3["RELOADING"] == "1" and now_usec - 5_000_000 < int(m3["MONOTONIC_USEC"]) <= now_usec
+        )
     finally:
         lst.close()
 
 
 def test_no_socket_no_watchdog_and_foreign_watchdog_pid() -> None:
     assert not Notifier({}).enabled and not Notifier({}).ready()
-    other = Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid() + 1)})
+    other = Notifier(
+        {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid() + 1)}
+    )
     assert other.watchdog_interval is None, "the watchdog is meant for another process"
     assert Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000000"}).watchdog_interval == 0.5
     gone = Notifier({"NOTIFY_SOCKET": "/nonexistent/notify"})
@@ -53,9 +57,9 @@ def parse_native(data: bytes) -> dict[str, str]:
             out[k.decode()] = v.decode()
             i = nl + 1
         else:
-            (n,) = struct.unpack("<Q", data[nl + 1:nl + 9])
-            out[line.decode()] = data[nl + 9:nl + 9 + n].decode()
-            assert data[nl + 9 + n:nl + 10 + n] == b"\n"
+            (n,) = struct.unpack("<Q", data[nl + 1 : nl + 9])
+            out[line.decode()] = data[nl + 9 : nl + 9 + n].decode()
+            assert data[nl + 9 + n : nl + 10 + n] == b"\n"
             i = nl + 10 + n
     return out
 
@@ -80,6 +84,7 @@ async def test_journal_handler_structured_device_fields(tmp_path: Path) -> None:
     log.propagate = False
     log.setLevel(logging.DEBUG)
     try:
+
         async def device_task() -> None:
             device_context.set(("a101-co2", "senseair_s8"))
             log.warning("port lost")
@@ -97,5 +102,9 @@ async def test_journal_handler_structured_device_fields(tmp_path: Path) -> None:
     assert got[0]["MESSAGE"] == "drivers.test: port lost" and got[0]["PRIORITY"] == "4"
     assert (got[0]["EDGE_DEVICE"], got[0]["EDGE_DRIVER"]) == ("a101-co2", "senseair_s8")
     assert got[0]["SYSLOG_IDENTIFIER"] == "edge-agent" and got[0]["CODE_FUNC"] == "device_task"
-    assert (got[1]["EDGE_DEVICE"], got[1]["EDGE_DRIVER"], got[1]["PRIORITY"]) == ("b2", "ruuvi", "3")
+    assert (got[1]["EDGE_DEVICE"], got[1]["EDGE_DRIVER"], got[1]["PRIORITY"]) == (
+        "b2",
+        "ruuvi",
+        "3",
+    )
     assert "EDGE_DEVICE" not in got[2] and got[2]["PRIORITY"] == "6"

@@ -24,13 +24,18 @@ def cfg(tmp: Path, **over: object) -> AgentConfig:
 
 def test_plan_devices_and_live_keys(tmp_path: Path) -> None:
     old = cfg(tmp_path)
-    new = cfg(tmp_path, buffer={"path": "other.db", "max_bytes": "2MB", "queue_size": 500},
-              gateway={"id": "gw-2"}, log_level="debug", devices=[
-                  {"id": "a", "driver": "nmea", "port": "/dev/ttyUSB0"},  # unchanged
-                  {"id": "b", "driver": "nmea", "port": "/dev/ttyUSB1", "baud": 4800},  # changed
-                  {"id": "c", "driver": "nmea", "port": "/dev/ttyUSB2", "enabled": False},  # disabled
-                  {"id": "d", "driver": "nmea", "port": "/dev/ttyUSB3"},  # new
-              ])
+    new = cfg(
+        tmp_path,
+        buffer={"path": "other.db", "max_bytes": "2MB", "queue_size": 500},
+        gateway={"id": "gw-2"},
+        log_level="debug",
+        devices=[
+            {"id": "a", "driver": "nmea", "port": "/dev/ttyUSB0"},  # unchanged
+            {"id": "b", "driver": "nmea", "port": "/dev/ttyUSB1", "baud": 4800},  # changed
+            {"id": "c", "driver": "nmea", "port": "/dev/ttyUSB2", "enabled": False},  # disabled
+            {"id": "d", "driver": "nmea", "port": "/dev/ttyUSB3"},  # new
+        ],
+    )
     p = plan(old, new, running={"a", "b", "c"})
     assert (p.remove, p.add, p.restart) == (("c",), ("d",), ("b",))
     assert p.buffer == ("max_bytes",) and p.log_level and not p.uplink
@@ -44,5 +49,7 @@ def test_plan_devices_and_live_keys(tmp_path: Path) -> None:
 def test_plan_uplink_and_nothing(tmp_path: Path) -> None:
     old = cfg(tmp_path)
     assert plan(old, cfg(tmp_path), running={"a", "b", "c"}).empty
-    p = plan(old, cfg(tmp_path, uplink={"host": "mqtt.example", "port": 8883}), running={"a", "b", "c"})
+    p = plan(
+        old, cfg(tmp_path, uplink={"host": "mqtt.example", "port": 8883}), running={"a", "b", "c"}
+    )
     assert p.uplink and p.summary() == "uplink restarted"

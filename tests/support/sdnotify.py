@@ -52,7 +52,9 @@ class NotifyListener:
             return list(self.messages)
 
     def with_key(self, key: str, value: str | None = None) -> list[tuple[float, dict[str, str]]]:
-        return [(t, m) for t, m in self.snapshot() if key in m and (value is None or m[key] == value)]
+        return [
+            (t, m) for t, m in self.snapshot() if key in m and (value is None or m[key] == value)
+        ]
 
     def wait_for(self, pred: Callable[[], object], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -60,7 +62,9 @@ class NotifyListener:
             if pred():
                 return
             time.sleep(0.02)
-        raise AssertionError(f"timed out waiting for {what}; got {[m for _, m in self.snapshot()][-20:]}")
+        raise AssertionError(
+            f"timed out waiting for {what}; got {[m for _, m in self.snapshot()][-20:]}"
+        )
 
     def pings_since(self, t: float) -> int:
         return sum(1 for ts, m in self.snapshot() if ts > t and m.get("WATCHDOG") == "1")
