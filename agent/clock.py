@@ -159,7 +159,8 @@ def correct_outbox(outbox: Outbox, offset: float) -> Correction:
         db.executemany("UPDATE outbox SET ts = ? WHERE seq = ?", frozen)
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            db.execute("ROLLBACK")
         raise
     outbox.bytes += delta
     return Correction(len(rewrite), len(frozen))
@@ -181,15 +182,18 @@ async def watch_clock(agent: Agent, interval: float = POLL_INTERVAL) -> None:
         cur = mon.refresh()
         mon.offset = time.time() - time.monotonic()
         if prev == "unsynced" and cur == "synced":
-            res = await correct_buffered(agent.pipeline, mon.offset)
-            log.warning(
-                "clock synchronised (wall clock moved %+.3fs): %d buffered readings re-stamped, "
-                "%d already handed to the uplink keep their time (%s)",
-                mon.offset - before,
-                res.rewritten,
-                res.frozen,
-                format_ts(time.time()),
-            )
+            try:
+                res = await correct_buffered(agent.pipeline, mon.offset)
+            except Exception:  # e.g. the buffer is locked: readings stay unsynced, nothing lost
+                log.exception("clock synchronised, but re-stamping buffered readings failed")
+            else:
+                log.warning(
+                    "clock synchronised (wall clock moved %+.3fs): %d buffered readings "
+                    "re-stamped, %d already handed to the uplink keep their time",
+                    mon.offset - before,
+                    res.rewritten,
+                    res.frozen,
+                )
         elif prev == "synced" and cur == "unsynced":
             log.warning("clock lost synchronisation: new readings are marked unsynced")
         prev = cur
