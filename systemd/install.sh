@@ -150,7 +150,7 @@ install_all() {
     # 5. enable, and start when the configuration is valid.
     if live; then
         systemctl daemon-reload
-        command -v udevadm >/dev/null && udevadm control --reload || true
+        if command -v udevadm >/dev/null; then udevadm control --reload || true; fi
         systemctl enable "$NAME.service" >/dev/null
         if [ "$START" = 1 ]; then
             if "$VENV/bin/edge-agent" config check --config "$ETC/agent.toml" >/dev/null 2>&1; then
@@ -161,9 +161,11 @@ install_all() {
             fi
         fi
     elif command -v systemctl >/dev/null; then
-        systemctl_ enable "$NAME.service" >/dev/null 2>&1 \
-            && say "enabled in ${R:-/} (systemd is not running here: not started)" \
-            || say "systemd is not running and offline enabling failed: run 'systemctl enable --now $NAME' on the target"
+        if systemctl_ enable "$NAME.service" >/dev/null 2>&1; then
+            say "enabled in ${R:-/} (systemd is not running here: not started)"
+        else
+            say "systemd is not running and offline enabling failed: run 'systemctl enable --now $NAME' on the target"
+        fi
     else
         say "no systemctl here: run 'systemctl enable --now $NAME' on the target"
     fi
