@@ -126,6 +126,9 @@ class Outbox:
         # Seqs at or below this were handed to the uplink (persisted as meta.sent_upto before
         # publishing); drops spare them: they may have arrived, even after a disconnect/restart.
         self.protect_upto = 0
+        # Highest seq ever fetched for publishing (never reset): those payloads are frozen.
+        self.fetched_upto = 0
+        self.opened_seq = 1  # first seq this process may assign (agent.clock corrects from here)
         self._events_inflight: set[int] = set()
         self._events_sent: set[int] = set()  # ever published: never merged into any more
         self._open_gap: tuple[int, str] | None = None  # (event id, reason) still mergeable
@@ -187,6 +190,7 @@ class Outbox:
         self.epoch = meta["epoch"]
         top = db.execute("SELECT max(seq) FROM outbox").fetchone()[0] or 0
         self.next_seq = max(int(meta["next_seq"]), top + 1)
+        self.opened_seq = self.next_seq
         self.depth, total = db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
         self.bytes = total + ROW_OVERHEAD * self.depth
         self.dropped = dict(db.execute("SELECT reason, sum(count) FROM drops GROUP BY reason").fetchall())
@@ -519,9 +523,12 @@ class Outbox:
     # -- read path ----------------------------------------------------------------------
     def fetch(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
         """Up to `limit` (seq, payload) with seq > after_seq, in seq order."""
-        return self.db.execute(
+        rows: list[tuple[int, str]] = self.db.execute(
             "SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
         ).fetchall()
+        if rows:
+            self.fetched_upto = max(self.fetched_upto, rows[-1][0])
+        return rows
 
     def fetch_for_send(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
         """Like fetch, and mark the rows as handed to the uplink (durably) before they go out."""

@@ -1,35 +1,77 @@
-"""Is the system clock synchronised? (A Pi without RTC boots with a wrong clock.)"""
+"""Is the system clock synchronised? And fixing readings stamped before it was.
+
+A Pi without RTC boots with a wrong wall clock. Until the clock is synchronised readings are
+marked `clock: "unsynced"`. When synchronisation is detected, readings still buffered that were
+never handed to the uplink get their timestamp recomputed from the monotonic clock
+(`ts = mono + (time() - monotonic())` measured right after the sync) and are marked
+`"synced"`; readings that may already be on the wire keep their bytes (a redelivered seq must
+be byte-identical). Semantics: docs/PROTOCOL-clock.md.
+
+Detection, first match wins: EDGE_AGENT_CLOCK=synced|unsynced|file:PATH (tests, odd hosts);
+systemd-timesyncd's flag file; the kernel's adjtimex(2) STA_UNSYNC status (read-only
+query, allowed by the unit's SystemCallFilter); unknown (seccomp, containers) -> unsynced when
+timesyncd runs here, else synced (assume the host keeps time).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
-import ctypes.util
+import dataclasses
+import json
+import logging
 import os
 import time
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+from agent.model import Reading, format_ts
+
+if TYPE_CHECKING:
+    from agent.buffer import Outbox
+    from agent.pipeline import Pipeline
+    from agent.runtime import Agent
+
+log = logging.getLogger(__name__)
 
 TIMESYNC_FLAG = "/run/systemd/timesync/synchronized"
+TIMESYNC_DIR = "/run/systemd/timesync"
 STA_UNSYNC = 0x0040
 TIME_ERROR = 5
+POLL_INTERVAL = 1.0
+ClockState = Literal["synced", "unsynced"]
 
 
 class _Timex(ctypes.Structure):
     _fields_ = [
-        ("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
-        ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
-        ("constant", ctypes.c_long), ("precision", ctypes.c_long), ("tolerance", ctypes.c_long),
-        ("time_sec", ctypes.c_long), ("time_usec", ctypes.c_long), ("tick", ctypes.c_long),
-        ("ppsfreq", ctypes.c_long), ("jitter", ctypes.c_long), ("shift", ctypes.c_int),
-        ("stabil", ctypes.c_long), ("jitcnt", ctypes.c_long), ("calcnt", ctypes.c_long),
-        ("errcnt", ctypes.c_long), ("stbcnt", ctypes.c_long), ("tai", ctypes.c_int),
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time_sec", ctypes.c_long),
+        ("time_usec", ctypes.c_long),
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
         ("_pad", ctypes.c_int * 11),
     ]
 
 
 def kernel_synced() -> bool | None:
-    """adjtimex(2) view: True synced, False unsynced, None when unavailable."""
+    """adjtimex(2) view (modes=0: read only): True synced, False unsynced, None when unavailable."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = ctypes.CDLL(None, use_errno=True)  # the process's own libc: no ldconfig subprocess
         tx = _Timex()
         rc = libc.adjtimex(ctypes.byref(tx))
     except (OSError, AttributeError):
@@ -40,26 +82,118 @@ def kernel_synced() -> bool | None:
 
 
 class ClockMonitor:
-    """Cached clock-sync state; `EDGE_AGENT_CLOCK=synced|unsynced` overrides (tests, odd hosts)."""
+    """Cached clock-sync state (`state()` is called for every reading; `refresh()` re-detects)."""
 
     def __init__(self, recheck: float = 10.0) -> None:
         self.recheck = recheck
-        self._state: Literal["synced", "unsynced"] = "unsynced"
+        self._state: ClockState = "unsynced"
         self._checked = -1e9
+        self.offset = time.time() - time.monotonic()  # wall - monotonic at the last refresh
 
-    def detect(self) -> Literal["synced", "unsynced"]:
-        forced = os.environ.get("EDGE_AGENT_CLOCK")
+    def detect(self) -> ClockState:
+        forced = os.environ.get("EDGE_AGENT_CLOCK", "")
         if forced in ("synced", "unsynced"):
             return forced  # type: ignore[return-value]
+        if forced.startswith("file:"):
+            return "synced" if os.path.exists(forced[5:]) else "unsynced"
         if os.path.exists(TIMESYNC_FLAG):
             return "synced"
         k = kernel_synced()
-        # No way to tell (containers, odd kernels): assume the host keeps time.
-        return "synced" if k is None or k else "unsynced"
+        if k is None:
+            # No kernel view (seccomp, containers): trust timesyncd if it runs here, else the host.
+            return "unsynced" if os.path.isdir(TIMESYNC_DIR) else "synced"
+        return "synced" if k else "unsynced"
 
-    def state(self) -> Literal["synced", "unsynced"]:
-        now = time.monotonic()
-        if now - self._checked > self.recheck:
-            self._state = self.detect()
-            self._checked = now
+    def refresh(self) -> ClockState:
+        self._state = self.detect()
+        self._checked = time.monotonic()
         return self._state
+
+    def state(self) -> ClockState:
+        if time.monotonic() - self._checked > self.recheck:
+            self.refresh()
+        return self._state
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Correction:
+    """What one clock correction did in the buffer."""
+
+    rewritten: int  # payload now carries the corrected ts and "synced"
+    frozen: int  # possibly already published: only the internal accept time was corrected
+
+
+def corrected(r: Reading, offset: float) -> Reading:
+    """The reading with ts recomputed from its monotonic time, marked synced."""
+    if r.clock == "synced":
+        return r
+    return dataclasses.replace(r, ts=r.mono + offset, clock="synced")
+
+
+def correct_outbox(outbox: Outbox, offset: float) -> Correction:
+    """Buffer thread: fix the unsynced readings this process accepted (one transaction).
+
+    Rows up to max(fetched_upto, protect_upto) may already be on the wire: their payload stays
+    byte-identical; only the internal accept time (used for max_age) is corrected.
+    """
+    db = outbox.db
+    frozen_upto = max(outbox.fetched_upto, outbox.protect_upto)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        rows = db.execute(
+            "SELECT seq, mono, payload FROM outbox WHERE clock = 0 AND seq >= ?",
+            (outbox.opened_seq,),
+        ).fetchall()
+        rewrite, frozen, delta = [], [], 0
+        for seq, mono, payload in rows:
+            ts = mono + offset
+            if seq <= frozen_upto:
+                frozen.append((ts, seq))
+                continue
+            body = json.loads(payload)
+            body["ts"], body["clock"] = format_ts(ts), "synced"
+            new = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+            delta += len(new) - len(payload)
+            rewrite.append((ts, new, seq))
+        db.executemany("UPDATE outbox SET ts = ?, clock = 1, payload = ? WHERE seq = ?", rewrite)
+        db.executemany("UPDATE outbox SET ts = ? WHERE seq = ?", frozen)
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    outbox.bytes += delta
+    return Correction(len(rewrite), len(frozen))
+
+
+async def correct_buffered(pipeline: Pipeline, offset: float) -> Correction:
+    """Correct queued readings in memory, then the committed ones on the buffer thread."""
+    pipeline.rewrite_queued(lambda r: corrected(r, offset))
+    return await pipeline.call(correct_outbox, pipeline.outbox, offset)
+
+
+async def watch_clock(agent: Agent, interval: float = POLL_INTERVAL) -> None:
+    """Poll the sync state; on unsynced -> synced, correct what is still buffered."""
+    mon = agent.clock
+    prev = mon.refresh()
+    while True:
+        await asyncio.sleep(interval)
+        before = mon.offset
+        cur = mon.refresh()
+        mon.offset = time.time() - time.monotonic()
+        if prev == "unsynced" and cur == "synced":
+            try:
+                res = await correct_buffered(agent.pipeline, mon.offset)
+            except Exception:  # e.g. the buffer is locked: readings stay unsynced, nothing lost
+                log.exception("clock synchronised, but re-stamping buffered readings failed")
+            else:
+                log.warning(
+                    "clock synchronised (wall clock moved %+.3fs): %d buffered readings "
+                    "re-stamped, %d already handed to the uplink keep their time",
+                    mon.offset - before,
+                    res.rewritten,
+                    res.frozen,
+                )
+        elif prev == "synced" and cur == "unsynced":
+            log.warning("clock lost synchronisation: new readings are marked unsynced")
+        prev = cur

@@ -77,6 +77,10 @@ class Pipeline:
         self._acks.append((lo, hi))
         self._wake.set()
 
+    def rewrite_queued(self, fn: Callable[[Reading], Reading]) -> None:
+        """Replace every queued (not yet committed) reading by fn(reading) (clock correction)."""
+        self._queue = collections.deque(fn(r) for r in self._queue)
+
     @property
     def queued(self) -> int:
         return len(self._queue)

@@ -12,8 +12,9 @@ from typing import Any
 
 from agent.backoff import Backoff
 from agent.buffer import Outbox
-from agent.clock import ClockMonitor
+from agent.clock import ClockMonitor, watch_clock
 from agent.config import AgentConfig, DeviceConfig
+from agent.logs import device_context
 from agent.pipeline import Pipeline
 from agent.uplink import Uplink
 from drivers import driver_class
@@ -43,6 +44,7 @@ class DeviceRunner:
         return self.device.expected_interval or self.cls.default_expected_interval
 
     async def run(self) -> None:
+        device_context.set((self.device.id, self.device.driver))  # journal fields for this task's logs
         backoff = Backoff(0.5, 30.0)
         while True:
             driver = self.cls(self.device, self.ctx)
@@ -78,6 +80,8 @@ class Agent:
         self._tasks: list[asyncio.Task[Any]] = []
         self.ready = asyncio.Event()
         self.on_ready: list[Callable[[], None]] = []
+        self.failure: str | None = None  # why a core task died (the process then exits 1)
+        self._reload_task: asyncio.Task[Any] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -94,6 +98,7 @@ class Agent:
         self._spawn(self.pipeline.run_writer(), "writer")
         self._spawn(self.uplink.run(), "uplink")
         self._spawn(self._upkeep(), "upkeep")
+        self._spawn(watch_clock(self), "clock")
         for dev in self.cfg.devices:
             if dev.enabled:
                 self.add_device(dev)
@@ -110,6 +115,7 @@ class Agent:
     def _task_done(self, t: asyncio.Task[Any]) -> None:
         if not t.cancelled() and t.exception() is not None:
             log.critical("core task %s died: %r; stopping", t.get_name(), t.exception())
+            self.failure = f"core task {t.get_name()} died"
             self.stop_event.set()
 
     def add_device(self, dev: DeviceConfig) -> DeviceRunner:
@@ -125,8 +131,41 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await runner.task
 
+    def request_reload(self) -> None:
+        """SIGHUP: re-read the config file (agent/reload.py); one reload at a time."""
+        if self._reload_task is not None and not self._reload_task.done():
+            log.warning("reload already in progress; SIGHUP ignored")
+            return
+        self._reload_task = asyncio.create_task(self._reload(), name="reload")
+
+    async def _reload(self) -> None:
+        from agent.reload import reload_config
+
+        await self.ready.wait()
+        try:
+            await reload_config(self)
+        except Exception:
+            log.exception("reload failed")
+
+    async def restart_uplink(self, uplink: Uplink) -> None:
+        """Replace the MQTT session (reload); unacknowledged readings are resent from the outbox."""
+        old = self.uplink
+        if uplink.prefix != old.prefix:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await old.publish_offline()
+        for t in [t for t in self._tasks if t.get_name() == "uplink"]:
+            self._tasks.remove(t)
+            t.cancel()
+            await asyncio.gather(t, return_exceptions=True)
+        self.uplink = uplink
+        self._spawn(uplink.run(), "uplink")
+
     async def stop(self) -> None:
         """Stop drivers, flush memory to SQLite, say goodbye on MQTT, close. Bounded in time."""
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+            await asyncio.gather(self._reload_task, return_exceptions=True)
         log.info("stopping: flushing %d queued readings", self.pipeline.queued if self.pipeline else 0)
         for dev_id in list(self.devices):
             await self.remove_device(dev_id)
@@ -177,7 +216,8 @@ class Agent:
         if alive != runner.online:
             runner.online = alive
             state = "online" if alive else "offline"
-            log.log(logging.INFO if alive else logging.WARNING, "device %s is %s", runner.device.id, state)
+            log.log(logging.INFO if alive else logging.WARNING, "device %s is %s", runner.device.id, state,
+                    extra={"device": runner.device.id, "driver": runner.device.driver})
             await self.pipeline.add_event("device", {
                 "device": runner.device.id, "driver": runner.device.driver, "state": state,
                 "link": ctx.link, "detail": ctx.link_detail[:200],
@@ -212,3 +252,4 @@ def install_signal_handlers(agent: Agent) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, agent.stop_event.set)
+    loop.add_signal_handler(signal.SIGHUP, agent.request_reload)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from agent.cli.common import EXIT_CONFIG, CliExit, add_config_arg, load
+from agent.cli.common import EXIT_CONFIG, CliExit, add_config_arg, format_config_error, load
 from agent.logs import setup_logging
 
 
@@ -29,15 +29,27 @@ def run(args: argparse.Namespace) -> int:
         raise CliExit(EXIT_CONFIG, "\n".join([f"invalid configuration {cfg.source_path}:",
                                               *(f"  {k}: {m}" for k, m in unreadable)]))
     setup_logging(args.log_level or cfg.log_level)
+    from agent.errors import ConfigError
+    from agent.notify import Supervision
+    from agent.reload import remember_uplink_files
     from agent.runtime import Agent, install_signal_handlers
 
-    async def main() -> None:
+    async def main() -> int:
         agent = Agent(cfg)
         install_signal_handlers(agent)
-        await agent.run_until_stopped()
+        agent.on_ready.append(lambda: remember_uplink_files(agent))
+        async with Supervision(agent) as sv:  # sd_notify READY/STATUS/WATCHDOG/STOPPING
+            try:
+                await agent.run_until_stopped()
+            except BaseException as e:
+                sv.sd.status(f"failed: {type(e).__name__}: {e}")
+                raise
+        return 1 if agent.failure else 0
 
-    asyncio.run(main())
-    return 0
+    try:
+        return asyncio.run(main())
+    except ConfigError as e:  # found only at start (e.g. an unreadable password file)
+        raise CliExit(EXIT_CONFIG, format_config_error(e)) from None
 
 
 def demo(args: argparse.Namespace) -> int:

@@ -1,0 +1,233 @@
+"""systemd integration: sd_notify over $NOTIFY_SOCKET, READY/STATUS/STOPPING, progress watchdog.
+
+Hand-written (about 100 lines) because the protocol is one datagram per message and the
+maintained bindings are either C extensions (python-systemd, not on PyPI wheels for the Pi)
+or whole frameworks. Outside systemd (no NOTIFY_SOCKET) every call is a cheap no-op.
+
+Watchdog: `WATCHDOG=1` is sent from the event loop, only while the pipeline makes progress:
+the loop is alive (the ping task runs) and the buffer writer is not stuck (no commit has been
+outstanding for longer than `stall_after`, and queued readings do not wait for a commit for
+longer than that). A wedged agent therefore stops pinging and systemd restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agent.runtime import Agent
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL = 10.0  # seconds between STATUS= refreshes (sent earlier when it changes)
+
+
+def _monotonic_usec() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+class Notifier:
+    """sd_notify(3) client: one AF_UNIX datagram per message; abstract '@' sockets supported."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        env = dict(os.environ) if env is None else env
+        self.address: str | bytes | None = None
+        path = env.get("NOTIFY_SOCKET", "")
+        if path.startswith("@"):
+            self.address = b"\0" + path[1:].encode()
+        elif path.startswith("/"):
+            self.address = path
+        elif path:
+            log.warning(
+                "NOTIFY_SOCKET=%r is not supported (only AF_UNIX paths); not notifying", path
+            )
+        self.watchdog_usec = 0
+        usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
+        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+            self.watchdog_usec = int(usec)
+        self._sock: socket.socket | None = None
+        self._warned = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    @property
+    def watchdog_interval(self) -> float | None:
+        """Seconds between pings (half of WatchdogSec=), or None when the watchdog is off."""
+        return self.watchdog_usec / 2e6 if self.enabled and self.watchdog_usec else None
+
+    def send(self, *fields: str) -> bool:
+        """Send `KEY=value` fields as one message; False when not under systemd or it failed."""
+        if self.address is None:
+            return False
+        msg = (
+            "\n".join(f.replace("\n", " ") if f.startswith("STATUS=") else f for f in fields) + "\n"
+        )
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.setblocking(False)
+            self._sock.sendto(msg.encode(), self.address)
+        except OSError as e:
+            if not self._warned or e.errno not in (errno.EAGAIN, errno.ECONNREFUSED, errno.ENOENT):
+                log.warning("sd_notify to %r failed: %s", self.address, e)
+                self._warned = True
+            return False
+        return True
+
+    def ready(self, status: str | None = None) -> bool:
+        return self.send("READY=1", *([f"STATUS={status}"] if status else []))
+
+    def reloading(self, status: str = "reloading configuration") -> bool:
+        # MONOTONIC_USEC is required by Type=notify-reload (systemd >= 253), ignored before.
+        return self.send("RELOADING=1", f"MONOTONIC_USEC={_monotonic_usec()}", f"STATUS={status}")
+
+    def stopping(self, status: str = "stopping: flushing to the buffer") -> bool:
+        return self.send("STOPPING=1", f"STATUS={status}")
+
+    def status(self, text: str) -> bool:
+        return self.send(f"STATUS={text}")
+
+    def watchdog(self) -> bool:
+        return self.send("WATCHDOG=1")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+_notifier: Notifier | None = None
+
+
+def notifier() -> Notifier:
+    """The process-wide notifier (built from the environment on first use)."""
+    global _notifier
+    if _notifier is None:
+        _notifier = Notifier()
+    return _notifier
+
+
+def stall_reason(agent: Agent, stall_after: float, now: float | None = None) -> str | None:
+    """Why the pipeline is not making progress, or None when it is."""
+    pipe = agent.pipeline
+    if pipe is None:
+        return None
+    now = time.monotonic() if now is None else now
+    if pipe.busy_since is not None and now - pipe.busy_since > stall_after:
+        return f"buffer commit stuck for {now - pipe.busy_since:.0f}s"
+    if (
+        pipe.queued
+        and pipe.busy_since is None
+        and now - pipe.last_commit > stall_after + pipe.commit_interval
+    ):
+        return f"{pipe.queued} readings waiting {now - pipe.last_commit:.0f}s for a commit"
+    return None
+
+
+def status_line(agent: Agent) -> str:
+    """One-line summary for `systemctl status` (never awaits the buffer thread)."""
+    runners = list(agent.devices.values())
+    online = sum(1 for r in runners if r.online)
+    parts = [f"{online}/{len(runners)} devices online"]
+    pipe = agent.pipeline
+    if pipe is not None:
+        parts.append(f"buffer {pipe.outbox.depth} readings")
+    if agent.uplink is not None:
+        parts.append(f"uplink {agent.uplink.stats.state}")
+    parts.append(f"clock {agent.clock.state()}")
+    return ", ".join(parts)
+
+
+class Supervision:
+    """Runs next to an Agent: READY once started, STATUS, progress-gated WATCHDOG, STOPPING."""
+
+    def __init__(
+        self,
+        agent: Agent,
+        sd: Notifier | None = None,
+        *,
+        stall_after: float | None = None,
+        status_interval: float = STATUS_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.agent = agent
+        self.sd = sd or notifier()
+        wd = self.sd.watchdog_interval
+        # A commit outstanding for half of WatchdogSec= counts as stuck (SQLite's own busy
+        # timeout is 5 s); systemd then restarts us at most one WatchdogSec= later.
+        self.stall_after = stall_after if stall_after is not None else max(1.0, wd if wd else 30.0)
+        self.period = min(wd, status_interval) if wd else status_interval
+        self.status_interval = status_interval
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._last_status = ""
+        self._status_at = -1e9
+        self.stalled: str | None = None
+        self.pings = 0
+        agent.on_ready.append(self._on_ready)
+
+    def _on_ready(self) -> None:
+        self.sd.ready(status_line(self.agent))
+        self._last_status, self._status_at = status_line(self.agent), self._clock()
+
+    async def __aenter__(self) -> Supervision:
+        if self.sd.enabled:
+            self._task = asyncio.create_task(self._run(), name="sd-notify")
+            if self.sd.watchdog_interval:
+                import faulthandler
+
+                faulthandler.enable()  # the watchdog's SIGABRT dumps every thread's stack
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def tick(self) -> None:
+        """One round: ping if progressing, refresh STATUS when due or changed."""
+        now = self._clock()
+        stopping = self.agent.stop_event.is_set()
+        reason = (
+            stall_reason(self.agent, self.stall_after, now) if self.agent.ready.is_set() else None
+        )
+        if reason != self.stalled:
+            if reason:
+                log.error("watchdog: %s; no longer telling systemd we are alive", reason)
+            elif self.stalled:
+                log.warning("watchdog: progress again (%s cleared)", self.stalled)
+            self.stalled = reason
+        if self.sd.watchdog_interval and reason is None:
+            self.sd.watchdog()
+            self.pings += 1
+        if stopping or not self.agent.ready.is_set():
+            return
+        text = f"STALLED: {reason}" if reason else status_line(self.agent)
+        if text != self._last_status or now - self._status_at >= self.status_interval:
+            self.sd.status(text)
+            self._last_status, self._status_at = text, now
+
+    async def _run(self) -> None:
+        stop_sent = False
+        while True:
+            if self.agent.stop_event.is_set() and not stop_sent:
+                self.sd.stopping()
+                stop_sent = True
+            self.tick()
+            if stop_sent:
+                await asyncio.sleep(self.period)  # keep pinging while stop() drains
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.period):
+                    await self.agent.stop_event.wait()
