@@ -103,7 +103,7 @@ def test_repeats_are_dropped_and_order_kept(
     bluez_factory: Callable[..., ScriptedBlueZ], ble_agent: Callable[..., AgentProcess], sub: Subscriber
 ) -> None:
     bz = bluez_factory()
-    agent = ble_agent(device("a101-ruuvi", "ruuvi", RUUVI))
+    agent = ble_agent(device("a101-ruuvi", "ruuvi", RUUVI), uplink='health_interval = "1s"')
     advertise_until_scanning(bz, agent)
     temps = [20.0 + i * 0.25 for i in range(20)]
     for seq, t in enumerate(temps):
@@ -120,20 +120,31 @@ def test_repeats_are_dropped_and_order_kept(
     assert bz.advertise(RUUVI, manufacturer_data={0x0499: v.ruuvi_df5(30.0, 40.0, 1001.0, 99, RUUVI)})
     sub.wait_for(lambda: len(sub.readings()) >= 21, 20, "reading after the malformed advert")
     assert len(sub.readings()) == 21
+    sub.wait_for(lambda: ble_health(sub).get("devices", {}).get(RUUVI, {}).get("seen") == 62, 20, "health")
+    stats = ble_health(sub)["devices"][RUUVI]
+    assert (stats["dispatched"], stats["duplicates"]) == (22, 40)
     assert agent.terminate() == 0
+
+
+def ble_health(sub: Subscriber) -> dict[str, Any]:
+    msgs = sub.on("/health")
+    return msgs[-1].json().get("ble", {}) if msgs else {}
 
 
 def test_min_interval_limits_a_chatty_tag(
     bluez_factory: Callable[..., ScriptedBlueZ], ble_agent: Callable[..., AgentProcess], sub: Subscriber
 ) -> None:
     bz = bluez_factory()
-    agent = ble_agent(device("a101-bthome", "bthome", BTHOME, 'min_interval = "1h"'))
+    agent = ble_agent(device("a101-bthome", "bthome", BTHOME, 'min_interval = "1h"'),
+                      uplink='health_interval = "1s"')
     advertise_until_scanning(bz, agent)
     for pid in range(50):
         assert bz.advertise(BTHOME, service_data={v.BTHOME_UUID: v.bthome_plain(pid, 20 + pid / 10, 50)})
-    sub.wait_for(lambda: len(sub.readings()) >= 1, 20, "first reading")
-    # The last advert is through the agent once the health report counts it.
-    assert agent.terminate() == 0
+    sub.wait_for(lambda: ble_health(sub).get("devices", {}).get(BTHOME, {}).get("seen") == 50, 20,
+                 "health counting all 50 adverts")
+    stats = ble_health(sub)["devices"][BTHOME]
+    assert (stats["dispatched"], stats["rate_limited"], stats["duplicates"]) == (1, 49, 0)
     got = sub.readings()
     assert len(got) == 1
     assert got[0]["values"]["packet_id"] == 0
+    assert agent.terminate() == 0
