@@ -224,9 +224,10 @@ class BleScanner:
         self.start()
         return lambda: self._listeners.remove(fn) if fn in self._listeners else None
 
-    def add_bluez_listener(self, fn: Callable[[bool], None]) -> None:
-        """fn(False) when bluetoothd leaves the bus, fn(True) when it is back."""
+    def add_bluez_listener(self, fn: Callable[[bool], None]) -> Callable[[], None]:
+        """fn(False) when bluetoothd leaves the bus, fn(True) when it is back; returns the remover."""
         self._bluez_listeners.append(fn)
+        return lambda: self._bluez_listeners.remove(fn) if fn in self._bluez_listeners else None
 
     def ble_device(self, address: str) -> BLEDevice | None:
         return self._devices.get(address.upper())
@@ -486,6 +487,7 @@ class BleScanner:
             else:
                 log.warning("BLE: bluetoothd left the bus (org.bluez vanished)")
                 self._bluez_back.clear()
+                self._devices.clear()  # their D-Bus objects died with the daemon
                 self._reset_bleak_manager()
                 self._fault_reason = "bluetoothd left the bus"
                 self._fault.set()
