@@ -12,7 +12,8 @@ agent depend on it:
   the bus loses its sessions and monitors; powering off ends every session (``Discovering`` false).
 - Adverts reach clients only while someone discovers (or an activated monitor's or-patterns
   match): a new device is an ``InterfacesAdded`` of ``org.bluez.Device1``, later adverts are
-  ``PropertiesChanged`` carrying only what changed (``DuplicateData`` off, as bleak sets it).
+  ``PropertiesChanged`` carrying only what changed (``DuplicateData`` off, as bleak sets it);
+  when discovery ends every device's ``RSSI`` is invalidated, so the next scan hears it again.
 - ``Connect`` on a GATT peripheral exports ``GattService1``/``GattCharacteristic1`` objects,
   then ``ServicesResolved``; ``StartNotify`` sets ``Notifying``; notifications are ``Value``
   ``PropertiesChanged``; a dropped link clears ``Connected``/``ServicesResolved`` and removes them.
@@ -169,6 +170,13 @@ class _OptionalProps(ServiceInterface):
         if name not in self._present:
             self._present.add(name)
             self._refresh()
+
+    def invalidate(self, name: str) -> None:
+        """Drop an optional property, announced as invalidated (PropertiesChanged)."""
+        if name in self._present:
+            self._present.discard(name)
+            self._refresh()
+            self.emit_properties_changed({}, [name])
 
 
 class Adapter1(ServiceInterface):
@@ -656,6 +664,8 @@ class ScriptedBlueZ:
             if a.discovering:
                 a.discovering = False
                 changed["Discovering"] = False
+                for d in self.devices.values():
+                    d.invalidate("RSSI")
         a.emit_properties_changed(changed)
 
     def _update_discovering(self) -> None:
@@ -665,6 +675,9 @@ class ScriptedBlueZ:
         want = bool(self.sessions)
         if a.discovering != want:
             a.discovering = want
+            if not want:  # like discovery_cleanup(): RSSI of every device is invalidated
+                for d in self.devices.values():
+                    d.invalidate("RSSI")
             a.emit_properties_changed({"Discovering": want})
 
     def _on_message(self, msg: Message) -> Message | bool | None:
