@@ -1,11 +1,10 @@
-"""`edge-agent scan ble`: list advertising devices, the driver that would decode each, and a sample."""
+"""`edge-agent scan ble`: advertising devices, the driver that would decode each, a sample."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +21,9 @@ NUS_SERVICE = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("scan", help="look for devices (BLE adverts) to put in the config")
     kinds = p.add_subparsers(dest="kind", metavar="KIND")
-    b = kinds.add_parser("ble", help="listen to BLE adverts: address, RSSI, name, driver, decoded sample")
+    b = kinds.add_parser(
+        "ble", help="listen to BLE adverts: address, RSSI, name, driver, decoded sample"
+    )
     add_config_arg(b)
     add_json_arg(b)
     b.add_argument("--seconds", type=float, default=10.0, help="how long to listen (default 10)")
@@ -55,8 +56,14 @@ class Seen:
 
     def view(self) -> dict[str, Any]:
         return {
-            "address": self.address, "rssi": self.rssi, "name": self.name, "adverts": self.adverts,
-            "driver": self.driver, "configured_as": self.device_id, "sample": self.sample, "note": self.note,
+            "address": self.address,
+            "rssi": self.rssi,
+            "name": self.name,
+            "adverts": self.adverts,
+            "driver": self.driver,
+            "configured_as": self.device_id,
+            "sample": self.sample,
+            "note": self.note,
             "manufacturer_ids": sorted(f"0x{m:04x}" for m in self.manufacturer_ids),
             "service_data": sorted(self.service_data),
         }
@@ -92,7 +99,9 @@ class Collector:
     def __call__(self, adv: Advert) -> None:
         from drivers.ble.decoders import FAMILIES, DecodeError, identify
 
-        s = self.seen.setdefault(adv.address, Seen(adv.address, device_id=self.ids.get(adv.address)))
+        s = self.seen.setdefault(
+            adv.address, Seen(adv.address, device_id=self.ids.get(adv.address))
+        )
         s.adverts += 1
         s.rssi = adv.rssi
         s.name = adv.name or s.name
@@ -122,10 +131,8 @@ async def _scan(cfg: AgentConfig | None, seconds: float) -> tuple[Collector, dic
     scanner = BleScanner(settings)
     collector = Collector(cfg)
     scanner.add_listener(collector)
-    deadline = time.monotonic() + seconds
     try:
-        while time.monotonic() < deadline:
-            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        await asyncio.sleep(seconds)  # the scanner task collects in the background
     finally:
         status = scanner.status()
         await scanner.aclose()
@@ -137,12 +144,16 @@ def scan_ble(args: argparse.Namespace) -> int:
     if args.seconds <= 0:
         raise CliExit(2, "edge-agent scan ble: --seconds must be positive")
     collector, status = asyncio.run(_scan(cfg, args.seconds))
-    rows = sorted(collector.seen.values(), key=lambda s: (s.driver is None, -(s.rssi or -999), s.address))
+    rows = sorted(
+        collector.seen.values(), key=lambda s: (s.driver is None, -(s.rssi or -999), s.address)
+    )
     if not rows and status["state"] != "scanning":
         why = status["last_fault"] or status["state"]
         raise CliExit(EXIT_FAILURE, f"edge-agent scan ble: BLE scanning failed: {why}")
     if args.json:
-        print_json({"seconds": args.seconds, "mode": status["mode"], "devices": [s.view() for s in rows]})
+        print_json(
+            {"seconds": args.seconds, "mode": status["mode"], "devices": [s.view() for s in rows]}
+        )
         return 0
     if not rows:
         print(f"no BLE adverts heard in {args.seconds:g}s ({status['state']}).")
@@ -150,10 +161,20 @@ def scan_ble(args: argparse.Namespace) -> int:
     out = []
     for s in rows:
         sample = ", ".join(f"{k}={v}" for k, v in (s.sample or {}).items()) or s.note
-        out.append([s.address, "" if s.rssi is None else str(s.rssi), s.name or "", s.driver or "-",
-                    s.device_id or "", sample[:100]])
+        out.append(
+            [
+                s.address,
+                "" if s.rssi is None else str(s.rssi),
+                s.name or "",
+                s.driver or "-",
+                s.device_id or "",
+                sample[:100],
+            ]
+        )
     print(table(out, ["ADDRESS", "RSSI", "NAME", "DRIVER", "CONFIGURED", "SAMPLE"]))
     known = sum(1 for s in rows if s.driver)
-    print(f"\n{len(rows)} device(s), {known} with a known driver; add one as "
-          "[[devices]] id=... driver=<DRIVER> address=<ADDRESS>.")
+    print(
+        f"\n{len(rows)} device(s), {known} with a known driver; add one as "
+        "[[devices]] id=... driver=<DRIVER> address=<ADDRESS>."
+    )
     return 0

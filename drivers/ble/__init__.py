@@ -1,4 +1,4 @@
-"""BLE drivers: one shared scanner service (scanner.py), advert drivers (adverts.py), NUS streams (nus.py).
+"""BLE drivers: shared scanner service (scanner.py), advert drivers (adverts.py), NUS (nus.py).
 
 Pure advertisement decoders live in ``drivers.ble.decoders``. Importing this package must stay
 cheap: bleak is imported only by the modules that use it.

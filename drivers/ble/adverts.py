@@ -1,4 +1,4 @@
-"""Advertisement drivers (ruuvi, bthome, xiaomi, aranet4): scanner subscription -> family decoder -> emit.
+"""Advert drivers (ruuvi, bthome, xiaomi, aranet4): scanner subscription -> decoder -> emit.
 
 Each driver subscribes to the shared scanner (``ctx.services["ble"]``) by its configured address,
 decodes with its family's pure decoder from ``drivers.ble.decoders`` and emits the values.
@@ -35,7 +35,7 @@ class AdvertOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # At most one reading per this many seconds; faster adverts are dropped (counted by the scanner).
+    # At most one reading per this many seconds; faster adverts are dropped (and counted).
     min_interval: Duration = 0.0
 
 
@@ -114,8 +114,12 @@ class AdvertDriver(Driver):
 
         assert self.device.address is not None
         sub = scanner.subscribe(
-            self.device.address, on_advert, family=self.family, min_interval=self.options.min_interval,
-            expected_interval=self.expected_interval, repeat_interval=repeat,
+            self.device.address,
+            on_advert,
+            family=self.family,
+            min_interval=self.options.min_interval,
+            expected_interval=self.expected_interval,
+            repeat_interval=repeat,
         )
         try:
             while True:

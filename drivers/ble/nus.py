@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from agent.backoff import Backoff
 from agent.model import Value
+from drivers import driver_class
 from drivers.base import Driver, StreamProtocol
 from drivers.ble.adverts import scanner_of
 
@@ -42,13 +43,15 @@ FIND_TIMEOUT = 10.0
 CONNECT_ATTEMPTS = 2
 MAX_LINE = 4096
 
-try:  # the `lines` driver owns the format options and the protocol
-    from drivers.lines.driver import LinesDriver as _LinesDriver
+def _lines_driver() -> type[Driver] | None:
+    """The `lines` driver class (it owns the format options and the protocol), if built."""
+    try:
+        return driver_class("lines")
+    except ImportError:  # pragma: no cover - depends on the build
+        return None
 
-    _LinesOptions: type[BaseModel] | None = _LinesDriver.Options
-except ImportError:  # pragma: no cover - depends on the build
-    _LinesDriver = None  # type: ignore[assignment,misc]
-    _LinesOptions = None
+
+_LINES = _lines_driver()
 
 
 class _FallbackOptions(BaseModel):
@@ -70,7 +73,7 @@ class _JsonLines(StreamProtocol):
         out: list[dict[str, Value]] = []
         while (nl := self.buf.find(b"\n")) >= 0:
             line = bytes(self.buf[:nl]).strip()
-            del self.buf[:nl + 1]
+            del self.buf[: nl + 1]
             if not line:
                 continue
             try:
@@ -94,13 +97,14 @@ class _JsonLines(StreamProtocol):
 class BleNusDriver(Driver):
     name = "ble_nus"
     transport: ClassVar[Literal["serial", "ble", "none"]] = "ble"
-    Options: ClassVar[type[BaseModel]] = _LinesOptions or _FallbackOptions
+    Options: ClassVar[type[BaseModel]] = _LINES.Options if _LINES else _FallbackOptions
     default_expected_interval = 60.0
 
     def make_protocol(self) -> StreamProtocol:
         """A fresh `lines` protocol configured from this device's options."""
-        if _LinesDriver is not None:
-            return _LinesDriver(self.device, self.ctx).make_protocol()  # type: ignore[abstract]
+        if _LINES is not None:
+            proto: StreamProtocol = getattr(_LINES(self.device, self.ctx), "make_protocol")()  # noqa: B009
+            return proto
         return _JsonLines()
 
     async def run(self) -> None:
@@ -122,7 +126,9 @@ class BleNusDriver(Driver):
 
         backoff = Backoff(0.5, 30.0)
         while True:
-            device = scanner.ble_device(address) or await scanner.wait_for_device(address, FIND_TIMEOUT)
+            device = scanner.ble_device(address) or await scanner.wait_for_device(
+                address, FIND_TIMEOUT
+            )
             if device is None:
                 self.ctx.set_link("disconnected", "not advertising (not found by the scanner)")
                 await asyncio.sleep(backoff.next())
@@ -131,8 +137,11 @@ class BleNusDriver(Driver):
             self.ctx.set_link("starting", "connecting")
             try:
                 client = await establish_connection(
-                    BleakClientWithServiceCache, device, self.device.id,
-                    disconnected_callback=lambda _c: lost.set(), max_attempts=CONNECT_ATTEMPTS,
+                    BleakClientWithServiceCache,
+                    device,
+                    self.device.id,
+                    disconnected_callback=lambda _c: lost.set(),
+                    max_attempts=CONNECT_ATTEMPTS,
                 )
             except asyncio.CancelledError:
                 raise

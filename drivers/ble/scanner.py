@@ -50,13 +50,22 @@ _NUS_LE = bytes.fromhex(NUS_SERVICE.replace("-", ""))[::-1]
 
 # BlueZ or-patterns (start, AD type, content) that select each family's adverts.
 FAMILY_PATTERNS: dict[str, tuple[tuple[int, int, bytes], ...]] = {
-    "ruuvi": ((0, 0xFF, b"\x99\x04"),),                      # manufacturer 0x0499
-    "aranet4": ((0, 0xFF, b"\x02\x07"),),                    # manufacturer 0x0702
-    "bthome": ((0, 0x16, b"\xd2\xfc"),),                     # service data 0xFCD2
-    "xiaomi": ((0, 0x16, b"\x1a\x18"), (0, 0x16, b"\x95\xfe")),  # 0x181A (pvvx/ATC), 0xFE95 (MiBeacon)
-    "nus": ((0, 0x07, _NUS_LE), (0, 0x06, _NUS_LE)),         # NUS in the 128-bit UUID list
+    "ruuvi": ((0, 0xFF, b"\x99\x04"),),  # manufacturer 0x0499
+    "aranet4": ((0, 0xFF, b"\x02\x07"),),  # manufacturer 0x0702
+    "bthome": ((0, 0x16, b"\xd2\xfc"),),  # service data 0xFCD2
+    "xiaomi": (
+        (0, 0x16, b"\x1a\x18"),
+        (0, 0x16, b"\x95\xfe"),
+    ),  # 0x181A (pvvx/ATC), 0xFE95 (MiBeacon)
+    "nus": ((0, 0x07, _NUS_LE), (0, 0x06, _NUS_LE)),  # NUS in the 128-bit UUID list
 }
-DRIVER_FAMILY = {"ruuvi": "ruuvi", "bthome": "bthome", "xiaomi": "xiaomi", "aranet4": "aranet4", "ble_nus": "nus"}
+DRIVER_FAMILY = {
+    "ruuvi": "ruuvi",
+    "bthome": "bthome",
+    "xiaomi": "xiaomi",
+    "aranet4": "aranet4",
+    "ble_nus": "nus",
+}
 
 ScanMode = Literal["auto", "active", "passive"]
 
@@ -65,22 +74,42 @@ ScanMode = Literal["auto", "active", "passive"]
 class ScannerSettings:
     """Scanner knobs (the `[ble]` config section)."""
 
-    adapter: str | None = None          # "hci0"; None: the first powered adapter
+    adapter: str | None = None  # "hci0"; None: the first powered adapter
     scanning_mode: ScanMode = "auto"
-    restart_delay: float = 2.0          # pause before a scanner restart (first ladder step)
-    bluez_timeout: float = 60.0         # org.bluez gone longer than this -> unhealthy
-    check_interval: float = 1.0         # how often silence is checked
+    restart_delay: float = 2.0  # pause before a scanner restart (first ladder step)
+    bluez_timeout: float = 60.0  # org.bluez gone longer than this -> unhealthy
+    check_interval: float = 1.0  # how often silence is checked
 
 
 class Subscription:
     """One consumer of adverts, with its own de-duplication and rate limit."""
 
-    __slots__ = ("address", "callback", "callback_errors", "dispatched", "duplicates", "expected_interval",
-                 "family", "last_dispatch", "last_heard", "last_payload", "min_interval", "rate_limited",
-                 "repeat_interval", "seen")
+    __slots__ = (
+        "address",
+        "callback",
+        "callback_errors",
+        "dispatched",
+        "duplicates",
+        "expected_interval",
+        "family",
+        "last_dispatch",
+        "last_heard",
+        "last_payload",
+        "min_interval",
+        "rate_limited",
+        "repeat_interval",
+        "seen",
+    )
 
-    def __init__(self, address: str | None, family: str | None, callback: Callable[[Advert], None],
-                 min_interval: float, expected_interval: float | None, repeat_interval: float) -> None:
+    def __init__(
+        self,
+        address: str | None,
+        family: str | None,
+        callback: Callable[[Advert], None],
+        min_interval: float,
+        expected_interval: float | None,
+        repeat_interval: float,
+    ) -> None:
         self.address = address
         self.family = family
         self.callback = callback
@@ -114,8 +143,11 @@ class Subscription:
 
     def view(self, now: float) -> dict[str, Any]:
         return {
-            "family": self.family, "seen": self.seen, "dispatched": self.dispatched,
-            "duplicates": self.duplicates, "rate_limited": self.rate_limited,
+            "family": self.family,
+            "seen": self.seen,
+            "dispatched": self.dispatched,
+            "duplicates": self.duplicates,
+            "rate_limited": self.rate_limited,
             "last_heard_age": None if self.last_heard is None else round(now - self.last_heard, 1),
         }
 
@@ -127,8 +159,11 @@ def _dbus_error(e: BaseException) -> str:
 def _is_passive_refusal(e: BaseException) -> bool:
     """BlueZ cannot do passive scanning here (no --experimental, no monitor offload...)."""
     return "passive scanning" in str(e) or _dbus_error(e) in {
-        "org.freedesktop.DBus.Error.UnknownMethod", "org.freedesktop.DBus.Error.UnknownInterface",
-        "org.bluez.Error.NotSupported", "org.bluez.Error.Failed", "org.bluez.Error.InvalidArguments",
+        "org.freedesktop.DBus.Error.UnknownMethod",
+        "org.freedesktop.DBus.Error.UnknownInterface",
+        "org.bluez.Error.NotSupported",
+        "org.bluez.Error.Failed",
+        "org.bluez.Error.InvalidArguments",
     }
 
 
@@ -144,7 +179,9 @@ def describe_error(e: BaseException) -> str:
 class BleScanner:
     """The shared scanner service (see module docstring)."""
 
-    def __init__(self, settings: ScannerSettings | None = None, families: Iterable[str] = ()) -> None:
+    def __init__(
+        self, settings: ScannerSettings | None = None, families: Iterable[str] = ()
+    ) -> None:
         self.settings = settings or ScannerSettings()
         self.families: set[str] = set(families)
         self._subs: dict[str, list[Subscription]] = {}
@@ -181,21 +218,43 @@ class BleScanner:
     def from_config(cls, cfg: AgentConfig) -> BleScanner:
         """Settings from `[ble]`, passive patterns from the configured BLE drivers."""
         b = getattr(cfg, "ble", None)
-        settings = ScannerSettings() if b is None else ScannerSettings(
-            adapter=b.adapter, scanning_mode=b.scanning_mode, restart_delay=b.restart_delay,
-            bluez_timeout=b.bluez_timeout)
-        fams = {DRIVER_FAMILY[d.driver] for d in cfg.devices if d.enabled and d.driver in DRIVER_FAMILY}
+        settings = (
+            ScannerSettings()
+            if b is None
+            else ScannerSettings(
+                adapter=b.adapter,
+                scanning_mode=b.scanning_mode,
+                restart_delay=b.restart_delay,
+                bluez_timeout=b.bluez_timeout,
+            )
+        )
+        fams = {
+            DRIVER_FAMILY[d.driver] for d in cfg.devices if d.enabled and d.driver in DRIVER_FAMILY
+        }
         return cls(settings, fams)
 
     # -- consumers ------------------------------------------------------------------------
-    def subscribe(self, address: str | None, callback: Callable[[Advert], None], *, family: str | None = None,
-                  min_interval: float = 0.0, expected_interval: float | None = None,
-                  repeat_interval: float = 60.0) -> Subscription:
+    def subscribe(
+        self,
+        address: str | None,
+        callback: Callable[[Advert], None],
+        *,
+        family: str | None = None,
+        min_interval: float = 0.0,
+        expected_interval: float | None = None,
+        repeat_interval: float = 60.0,
+    ) -> Subscription:
         """Adverts from `address` (or, with address None, every advert of `family`)."""
         if address is None and family is None:
             raise ValueError("subscribe needs an address or a family")
-        sub = Subscription(address.upper() if address else None, family, callback, min_interval,
-                           expected_interval, repeat_interval)
+        sub = Subscription(
+            address.upper() if address else None,
+            family,
+            callback,
+            min_interval,
+            expected_interval,
+            repeat_interval,
+        )
         if sub.address:
             self._subs.setdefault(sub.address, []).append(sub)
         else:
@@ -225,14 +284,14 @@ class BleScanner:
         return lambda: self._listeners.remove(fn) if fn in self._listeners else None
 
     def add_bluez_listener(self, fn: Callable[[bool], None]) -> Callable[[], None]:
-        """fn(False) when bluetoothd leaves the bus, fn(True) when it is back; returns the remover."""
+        """fn(False) when bluetoothd leaves the bus, fn(True) when back; returns the remover."""
         self._bluez_listeners.append(fn)
         return lambda: self._bluez_listeners.remove(fn) if fn in self._bluez_listeners else None
 
     def ble_device(self, address: str) -> BLEDevice | None:
         return self._devices.get(address.upper())
 
-    async def wait_for_device(self, address: str, timeout: float) -> BLEDevice | None:
+    async def wait_for_device(self, address: str, timeout: float) -> BLEDevice | None:  # noqa: ASYNC109
         """The BLEDevice for `address` once it has advertised (None after `timeout`)."""
         addr = address.upper()
         if addr in self._devices:
@@ -268,11 +327,19 @@ class BleScanner:
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         return {
-            "state": self.state, "mode": self.mode, "requested_mode": self.settings.scanning_mode,
-            "passive_refused": self._passive_refused, "healthy": self.healthy,
-            "unhealthy_reason": self.unhealthy_reason, "adapter": self._adapter_path,
-            "adverts": self.adverts, "restarts": self.restarts, "power_cycles": self.power_cycles,
-            "faults": self.faults, "last_fault": self.last_fault, "recoveries": self.recoveries,
+            "state": self.state,
+            "mode": self.mode,
+            "requested_mode": self.settings.scanning_mode,
+            "passive_refused": self._passive_refused,
+            "healthy": self.healthy,
+            "unhealthy_reason": self.unhealthy_reason,
+            "adapter": self._adapter_path,
+            "adverts": self.adverts,
+            "restarts": self.restarts,
+            "power_cycles": self.power_cycles,
+            "faults": self.faults,
+            "last_fault": self.last_fault,
+            "recoveries": self.recoveries,
             "devices": {a: s.view(now) for a, lst in self._subs.items() for s in lst[:1]},
         }
 
@@ -288,8 +355,11 @@ class BleScanner:
         if ev is not None:
             ev.set()
         adv = Advert(
-            address=addr, name=data.local_name, rssi=data.rssi,
-            manufacturer_data=dict(data.manufacturer_data), service_data=dict(data.service_data),
+            address=addr,
+            name=data.local_name,
+            rssi=data.rssi,
+            manufacturer_data=dict(data.manufacturer_data),
+            service_data=dict(data.service_data),
             service_uuids=tuple(data.service_uuids),
         )
         for fn in list(self._listeners):
@@ -303,7 +373,10 @@ class BleScanner:
             subs = subs + [s for s in self._family_subs if s.family == fam]
         if not subs:
             return
-        payload = (tuple(sorted(adv.manufacturer_data.items())), tuple(sorted(adv.service_data.items())))
+        payload = (
+            tuple(sorted(adv.manufacturer_data.items())),
+            tuple(sorted(adv.service_data.items())),
+        )
         for sub in subs:
             sub.offer(adv, payload, now)
         if self._step and addr in self._subs:
@@ -336,7 +409,11 @@ class BleScanner:
                 raise
             except Exception as e:
                 reason = describe_error(e)
-                if not isinstance(e, OSError | TimeoutError) and not _dbus_error(e) and "bleak" not in type(e).__module__:
+                if (
+                    not isinstance(e, OSError | TimeoutError)
+                    and not _dbus_error(e)
+                    and "bleak" not in type(e).__module__
+                ):
                     log.exception("BLE scanner: unexpected error")
             await self._stop_scanner()
             if reason is None:  # reconfiguration, not a fault
@@ -349,41 +426,63 @@ class BleScanner:
 
     async def _start_scanner(self) -> None:
         from bleak import BleakScanner
-        from bleak.args.bluez import BlueZScannerArgs, OrPattern
+        from bleak.args.bluez import BlueZScannerArgs, OrPattern, OrPatternLike
         from bleak.assigned_numbers import AdvertisementDataType
 
         self.state = "starting"
         self._fault.clear()
         self._fault_reason = None
         self._reconfigure = False
-        adapter: BlueZScannerArgs = {"adapter": self.settings.adapter} if self.settings.adapter else {}
-        patterns = [OrPattern(s, AdvertisementDataType(t), c)
-                    for fam in sorted(self.families) for s, t, c in FAMILY_PATTERNS.get(fam, ())]
-        want_passive = self.settings.scanning_mode in ("auto", "passive") and patterns and not self._listeners
+        adapter: BlueZScannerArgs = (
+            {"adapter": self.settings.adapter} if self.settings.adapter else {}
+        )
+        patterns = [
+            OrPattern(s, AdvertisementDataType(t), c)
+            for fam in sorted(self.families)
+            for s, t, c in FAMILY_PATTERNS.get(fam, ())
+        ]
+        want_passive = (
+            self.settings.scanning_mode in ("auto", "passive") and patterns and not self._listeners
+        )
         scanner: BleakScanner | None = None
         if want_passive and self._passive_refused is None:
             try:
-                scanner = BleakScanner(self._on_detect, scanning_mode="passive",
-                                       bluez=BlueZScannerArgs(or_patterns=patterns, **adapter))
+                scanner = BleakScanner(
+                    self._on_detect,
+                    scanning_mode="passive",
+                    bluez=BlueZScannerArgs(or_patterns=list[OrPatternLike](patterns), **adapter),
+                )
                 await scanner.start()
                 self.mode = "passive"
             except Exception as e:
                 if not _is_passive_refusal(e):
                     raise
                 self._passive_refused = describe_error(e)
-                log.warning("BLE: BlueZ refused passive scanning (%s); falling back to active scanning",
-                            self._passive_refused)
+                log.warning(
+                    "BLE: BlueZ refused passive scanning (%s); falling back to active scanning",
+                    self._passive_refused,
+                )
                 scanner = None
         if scanner is None:
             scanner = BleakScanner(self._on_detect, scanning_mode="active", bluez=adapter)
             await scanner.start()
             self.mode = "active"
         self._scanner = scanner
-        self._adapter_path = f"/org/bluez/{self.settings.adapter}" if self.settings.adapter else await self._default_adapter()
+        self._adapter_path = (
+            f"/org/bluez/{self.settings.adapter}"
+            if self.settings.adapter
+            else await self._default_adapter()
+        )
         self._scan_started = time.monotonic()
         self.state = "scanning"
-        log.info("BLE scanner running: %s scanning on %s%s", self.mode, self._adapter_path,
-                 f" (passive refused: {self._passive_refused})" if self.mode == "active" and want_passive else "")
+        log.info(
+            "BLE scanner running: %s scanning on %s%s",
+            self.mode,
+            self._adapter_path,
+            f" (passive refused: {self._passive_refused})"
+            if self.mode == "active" and want_passive
+            else "",
+        )
 
     async def _stop_scanner(self) -> None:
         s, self._scanner = self._scanner, None
@@ -403,7 +502,9 @@ class BleScanner:
                 async with asyncio.timeout(interval):
                     await self._fault.wait()
             if self._fault.is_set():
-                return None if self._reconfigure and self._fault_reason is None else self._fault_reason
+                return (
+                    None if self._reconfigure and self._fault_reason is None else self._fault_reason
+                )
             silent = self._silence()
             if silent:
                 return silent
@@ -464,11 +565,26 @@ class BleScanner:
             f"type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{BLUEZ}'",
             f"type='signal',interface='org.freedesktop.DBus.Properties',member='PropertiesChanged',arg0='{ADAPTER_IFACE}'",
         ):
-            await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                                   interface="org.freedesktop.DBus", member="AddMatch", signature="s", body=[rule]))
-        reply = await bus.call(Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
-                                       interface="org.freedesktop.DBus", member="NameHasOwner",
-                                       signature="s", body=[BLUEZ]))
+            await bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="AddMatch",
+                    signature="s",
+                    body=[rule],
+                )
+            )
+        reply = await bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="NameHasOwner",
+                signature="s",
+                body=[BLUEZ],
+            )
+        )
         self._bluez_present = bool(reply and reply.body and reply.body[0])
         if self._bluez_present:
             self._bluez_back.set()
@@ -500,7 +616,11 @@ class BleScanner:
             changed = msg.body[1]
             if "Powered" in changed and not changed["Powered"].value:
                 self._set_fault("adapter powered off")
-            elif "Discovering" in changed and not changed["Discovering"].value and self.mode == "active":
+            elif (
+                "Discovering" in changed
+                and not changed["Discovering"].value
+                and self.mode == "active"
+            ):
                 self._set_fault("adapter stopped discovering")
 
     def _reset_bleak_manager(self) -> None:
@@ -529,7 +649,9 @@ class BleScanner:
         except TimeoutError:
             if self.healthy:
                 self.healthy = False
-                self.unhealthy_reason = f"bluetoothd absent for more than {self.settings.bluez_timeout:.0f}s"
+                self.unhealthy_reason = (
+                    f"bluetoothd absent for more than {self.settings.bluez_timeout:.0f}s"
+                )
                 log.error("BLE unhealthy: %s", self.unhealthy_reason)
             await self._bluez_back.wait()
 
@@ -549,8 +671,14 @@ class BleScanner:
         bus = self._watch_bus
         if bus is None:
             return None
-        reply = await bus.call(Message(destination=BLUEZ, path="/", interface="org.freedesktop.DBus.ObjectManager",
-                                       member="GetManagedObjects"))
+        reply = await bus.call(
+            Message(
+                destination=BLUEZ,
+                path="/",
+                interface="org.freedesktop.DBus.ObjectManager",
+                member="GetManagedObjects",
+            )
+        )
         if reply is None or reply.message_type.name != "METHOD_RETURN":
             return None
         paths = sorted(p for p, ifaces in reply.body[0].items() if ADAPTER_IFACE in ifaces)
@@ -560,18 +688,28 @@ class BleScanner:
         from dbus_fast import Message, Variant
 
         assert self._watch_bus is not None
-        reply = await self._watch_bus.call(Message(
-            destination=BLUEZ, path=path, interface="org.freedesktop.DBus.Properties", member="Set",
-            signature="ssv", body=[ADAPTER_IFACE, "Powered", Variant("b", on)]))
+        reply = await self._watch_bus.call(
+            Message(
+                destination=BLUEZ,
+                path=path,
+                interface="org.freedesktop.DBus.Properties",
+                member="Set",
+                signature="ssv",
+                body=[ADAPTER_IFACE, "Powered", Variant("b", on)],
+            )
+        )
         if reply is None or reply.message_type.name == "ERROR":
-            return f"{reply.error_name if reply else 'no reply'}: {reply.body[0] if reply and reply.body else ''}"
+            detail = reply.body[0] if reply and reply.body else ""
+            return f"{reply.error_name if reply else 'no reply'}: {detail}"
         return None
 
     async def _power_cycle(self) -> bool:
         """Adapter1.Powered off, then on. False (and logged) when BlueZ refuses."""
         try:
             await self._ensure_watch()
-            path = (f"/org/bluez/{self.settings.adapter}" if self.settings.adapter else None) or await self._any_adapter()
+            path = (
+                f"/org/bluez/{self.settings.adapter}" if self.settings.adapter else None
+            ) or await self._any_adapter()
             if path is None:
                 log.error("BLE: no Bluetooth adapter to power-cycle")
                 return False

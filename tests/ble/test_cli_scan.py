@@ -69,7 +69,7 @@ def test_scan_lists_devices_drivers_and_samples(
     assert devs[v.BTHOME_ENC_MAC]["note"].startswith("cannot decode")
     assert devs[IBEACON]["driver"] is None and devs[IBEACON]["manufacturer_ids"] == ["0x004c"]
     assert devs[BMS]["driver"] == "ble_nus"
-    assert list(devs)[0] == RUUVI  # strongest known device first
+    assert next(iter(devs)) == RUUVI  # strongest known device first
     assert keyed.returncode == 0, keyed.stderr
     enc = {d["address"]: d for d in json.loads(keyed.stdout)["devices"]}[v.BTHOME_ENC_MAC]
     assert enc["configured_as"] == "a101-enc"

@@ -133,7 +133,7 @@ def test_recovers_after_bluetoothd_restarts(
             agent.wait_log("bluetoothd left the bus", count=n)
             agent.wait_log("bluetoothd is back on the bus", count=n)
             before = beacon.seq
-            sub.wait_for(lambda: bool(seqs(sub)) and max(seqs(sub)) > before, 20, f"readings after restart {n}")
+            sub.wait_for(lambda b=before: bool(seqs(sub)) and max(seqs(sub)) > b, 20, f"readings after restart {n}")
             assert bz.session_count() == 1  # exactly one discovery session again, on the new daemon
     finally:
         beacon.stop()

@@ -1,3 +1,4 @@
+# ruff: noqa: F722, F821, UP037  (dbus-fast reads D-Bus signatures from string annotations)
 """A private system-like dbus-daemon and a scripted BlueZ (dbus-fast) for bleak's real BlueZ backend.
 
 The scripted bluetoothd owns ``org.bluez`` and behaves like the real one where bleak and the
@@ -188,55 +189,55 @@ class Adapter1(ServiceInterface):
         self.discovering = False
 
     @dbus_property(PropertyAccess.READ)
-    def Address(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
+    def Address(self) -> "s":
         return self.address
 
     @dbus_property(PropertyAccess.READ)
-    def AddressType(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
+    def AddressType(self) -> "s":
         return "public"
 
     @dbus_property(PropertyAccess.READ)
-    def Name(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
+    def Name(self) -> "s":
         return "scripted-bluez"
 
     @dbus_property(PropertyAccess.READ)
-    def Alias(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
+    def Alias(self) -> "s":
         return "scripted-bluez"
 
     @dbus_property(PropertyAccess.READ)
-    def Class(self) -> "u":  # type: ignore[name-defined]  # noqa: F821
+    def Class(self) -> "u":
         return 0
 
     @dbus_property()
-    def Powered(self) -> "b":  # type: ignore[name-defined]  # noqa: F821
+    def Powered(self) -> "b":
         return self.powered
 
     @Powered.setter  # type: ignore[no-redef]
-    def Powered(self, value: "b"):  # type: ignore[no-untyped-def]  # type: ignore[name-defined]  # noqa: F821
+    def Powered(self, value: "b"):  # type: ignore[no-untyped-def]
         self.bluez._set_powered(bool(value))
 
     @dbus_property(PropertyAccess.READ)
-    def Discoverable(self) -> "b":  # type: ignore[name-defined]  # noqa: F821
+    def Discoverable(self) -> "b":
         return False
 
     @dbus_property(PropertyAccess.READ)
-    def Pairable(self) -> "b":  # type: ignore[name-defined]  # noqa: F821
+    def Pairable(self) -> "b":
         return False
 
     @dbus_property(PropertyAccess.READ)
-    def Discovering(self) -> "b":  # type: ignore[name-defined]  # noqa: F821
+    def Discovering(self) -> "b":
         return self.discovering
 
     @dbus_property(PropertyAccess.READ)
-    def UUIDs(self) -> "as":  # type: ignore[name-defined]  # noqa: F821
+    def UUIDs(self) -> "as":
         return [uuid16(0x1800), uuid16(0x1801)]
 
     @dbus_property(PropertyAccess.READ)
-    def Modalias(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
+    def Modalias(self) -> "s":
         return "usb:v1D6Bp0246d0548"
 
     @dbus_property(PropertyAccess.READ)
-    def Roles(self) -> "as":  # type: ignore[name-defined]  # noqa: F821
+    def Roles(self) -> "as":
         return ["central", "peripheral"]
 
     # Start/StopDiscovery, SetDiscoveryFilter and RemoveDevice need the caller's unique name;
@@ -248,11 +249,11 @@ class MonitorManager1(ServiceInterface):
         super().__init__(MONITOR_MANAGER)
 
     @dbus_property(PropertyAccess.READ)
-    def SupportedMonitorTypes(self) -> "as":  # type: ignore[name-defined]  # noqa: F821
+    def SupportedMonitorTypes(self) -> "as":
         return ["or_patterns"]
 
     @dbus_property(PropertyAccess.READ)
-    def SupportedFeatures(self) -> "as":  # type: ignore[name-defined]  # noqa: F821
+    def SupportedFeatures(self) -> "as":
         return []
 
 
@@ -273,75 +274,75 @@ class Device1(_OptionalProps):
         super().__init__(DEVICE)
 
     @dbus_property(PropertyAccess.READ)
-    def Address(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
+    def Address(self) -> "s":
         return self.address
 
     @dbus_property(PropertyAccess.READ)
-    def AddressType(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
+    def AddressType(self) -> "s":
         return "public"
 
     @dbus_property(PropertyAccess.READ)
-    def Name(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
+    def Name(self) -> "s":
         return self.local_name or ""
 
     @dbus_property(PropertyAccess.READ)
-    def Alias(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
+    def Alias(self) -> "s":
         return self.local_name or self.address.replace(":", "-")
 
     @dbus_property(PropertyAccess.READ)
-    def Paired(self) -> "b":  # type: ignore[name-defined]  # noqa: F821
+    def Paired(self) -> "b":
         return False
 
     @dbus_property(PropertyAccess.READ)
-    def Bonded(self) -> "b":  # type: ignore[name-defined]  # noqa: F821
+    def Bonded(self) -> "b":
         return False
 
     @dbus_property(PropertyAccess.READ)
-    def Trusted(self) -> "b":  # type: ignore[name-defined]  # noqa: F821
+    def Trusted(self) -> "b":
         return False
 
     @dbus_property(PropertyAccess.READ)
-    def Blocked(self) -> "b":  # type: ignore[name-defined]  # noqa: F821
+    def Blocked(self) -> "b":
         return False
 
     @dbus_property(PropertyAccess.READ)
-    def LegacyPairing(self) -> "b":  # type: ignore[name-defined]  # noqa: F821
+    def LegacyPairing(self) -> "b":
         return False
 
     @dbus_property(PropertyAccess.READ)
-    def RSSI(self) -> "n":  # type: ignore[name-defined]  # noqa: F821
+    def RSSI(self) -> "n":
         return self.rssi
 
     @dbus_property(PropertyAccess.READ)
-    def Connected(self) -> "b":  # type: ignore[name-defined]  # noqa: F821
+    def Connected(self) -> "b":
         return self.connected
 
     @dbus_property(PropertyAccess.READ)
-    def UUIDs(self) -> "as":  # type: ignore[name-defined]  # noqa: F821
+    def UUIDs(self) -> "as":
         return self.uuids
 
     @dbus_property(PropertyAccess.READ)
-    def Adapter(self) -> "o":  # type: ignore[name-defined]  # noqa: F821
+    def Adapter(self) -> "o":
         return self.adapter_path
 
     @dbus_property(PropertyAccess.READ)
-    def ManufacturerData(self) -> "a{qv}":  # type: ignore[name-defined]  # noqa: F821
+    def ManufacturerData(self) -> "a{qv}":
         return {k: Variant("ay", v) for k, v in self.mfr.items()}
 
     @dbus_property(PropertyAccess.READ)
-    def ServiceData(self) -> "a{sv}":  # type: ignore[name-defined]  # noqa: F821
+    def ServiceData(self) -> "a{sv}":
         return {k: Variant("ay", v) for k, v in self.svc.items()}
 
     @dbus_property(PropertyAccess.READ)
-    def ServicesResolved(self) -> "b":  # type: ignore[name-defined]  # noqa: F821
+    def ServicesResolved(self) -> "b":
         return self.resolved
 
     @dbus_method()
-    def Connect(self):  # noqa: ANN201
+    def Connect(self):
         self.bluez._connect(self)
 
     @dbus_method()
-    def Disconnect(self):  # noqa: ANN201
+    def Disconnect(self):
         self.bluez._disconnect(self)
 
 
@@ -351,19 +352,19 @@ class GattService1(ServiceInterface):
         self.uuid, self.device = uuid, device
 
     @dbus_property(PropertyAccess.READ)
-    def UUID(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
+    def UUID(self) -> "s":
         return self.uuid
 
     @dbus_property(PropertyAccess.READ)
-    def Device(self) -> "o":  # type: ignore[name-defined]  # noqa: F821
+    def Device(self) -> "o":
         return self.device
 
     @dbus_property(PropertyAccess.READ)
-    def Primary(self) -> "b":  # type: ignore[name-defined]  # noqa: F821
+    def Primary(self) -> "b":
         return True
 
     @dbus_property(PropertyAccess.READ)
-    def Includes(self) -> "ao":  # type: ignore[name-defined]  # noqa: F821
+    def Includes(self) -> "ao":
         return []
 
 
@@ -376,39 +377,39 @@ class GattCharacteristic1(ServiceInterface):
         self.written: list[bytes] = []
 
     @dbus_property(PropertyAccess.READ)
-    def UUID(self) -> "s":  # type: ignore[name-defined]  # noqa: F821
+    def UUID(self) -> "s":
         return self.uuid
 
     @dbus_property(PropertyAccess.READ)
-    def Service(self) -> "o":  # type: ignore[name-defined]  # noqa: F821
+    def Service(self) -> "o":
         return self.service
 
     @dbus_property(PropertyAccess.READ)
-    def Value(self) -> "ay":  # type: ignore[name-defined]  # noqa: F821
+    def Value(self) -> "ay":
         return self.value
 
     @dbus_property(PropertyAccess.READ)
-    def Notifying(self) -> "b":  # type: ignore[name-defined]  # noqa: F821
+    def Notifying(self) -> "b":
         return self.notifying
 
     @dbus_property(PropertyAccess.READ)
-    def Flags(self) -> "as":  # type: ignore[name-defined]  # noqa: F821
+    def Flags(self) -> "as":
         return self.flags
 
     @dbus_property(PropertyAccess.READ)
-    def MTU(self) -> "q":  # type: ignore[name-defined]  # noqa: F821
+    def MTU(self) -> "q":
         return self.mtu
 
     @dbus_method()
-    def ReadValue(self, options: "a{sv}") -> "ay":  # type: ignore[name-defined]  # noqa: F821
+    def ReadValue(self, options: "a{sv}") -> "ay":
         return self.value
 
     @dbus_method()
-    def WriteValue(self, value: "ay", options: "a{sv}"):  # noqa: ANN201  # type: ignore[name-defined]  # noqa: F821
+    def WriteValue(self, value: "ay", options: "a{sv}"):
         self.written.append(bytes(value))
 
     @dbus_method()
-    def StartNotify(self):  # noqa: ANN201
+    def StartNotify(self):
         if "notify" not in self.flags:
             raise DBusError("org.bluez.Error.NotSupported", "Operation is not supported")
         if not self.notifying:
@@ -416,7 +417,7 @@ class GattCharacteristic1(ServiceInterface):
             self.emit_properties_changed({"Notifying": True})
 
     @dbus_method()
-    def StopNotify(self):  # noqa: ANN201
+    def StopNotify(self):
         if self.notifying:
             self.notifying = False
             self.emit_properties_changed({"Notifying": False})
@@ -658,9 +659,9 @@ class ScriptedBlueZ:
         if not on:
             self.sessions.clear()
             self.stuck = False  # the controller is reset
-            for d in self.devices.values():
-                if d.connected:
-                    self._link_lost(d.address)
+            for dev in list(self.devices.values()):
+                if dev.connected:
+                    self._link_lost(dev.address)
             if a.discovering:
                 a.discovering = False
                 changed["Discovering"] = False
@@ -708,7 +709,7 @@ class ScriptedBlueZ:
             return Message.new_method_return(msg)
         if msg.member == "RemoveDevice":
             path = msg.body[0]
-            for addr, d in list(self.devices.items()):
+            for addr in list(self.devices):
                 if dev_path(addr, self.adapter_name) == path:
                     self._remove_device(addr)
                     return Message.new_method_return(msg)
