@@ -117,6 +117,15 @@ class ControlConfig(_Section):
     mode: int = 0o660
 
 
+class BleConfig(_Section):
+    """The shared BLE scanner (drivers/ble/scanner.py)."""
+
+    adapter: str | None = Field(default=None, pattern=r"^hci[0-9]{1,2}$")  # None: first powered adapter
+    scanning_mode: Literal["auto", "active", "passive"] = "auto"  # auto: passive if BlueZ allows it
+    restart_delay: Duration = Field(default=2.0, le=300)
+    bluez_timeout: Duration = Field(default=60.0, ge=1)
+
+
 class DeviceConfig(BaseModel):
     """Keys common to every device; driver-specific keys are checked by the driver's Options."""
 
@@ -159,6 +168,7 @@ class AgentConfig(_Section):
     buffer: BufferConfig = BufferConfig()
     uplink: UplinkConfig = UplinkConfig()
     control: ControlConfig = ControlConfig()
+    ble: BleConfig = BleConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     source_path: Path | None = Field(default=None, exclude=True)

@@ -152,4 +152,6 @@ async def build_health(agent: Agent) -> dict[str, Any]:
         "disk_free": disk["free"],
         "disk": disk,
         "versions": versions(),
+        # shared services (e.g. the BLE scanner: mode, passive refused, healthy)
+        **{name: svc.status() for name, svc in agent.services.items() if hasattr(svc, "status")},
     }

@@ -119,6 +119,10 @@ class Agent:
             self.stop_event.set()
 
     def add_device(self, dev: DeviceConfig) -> DeviceRunner:
+        if "ble" not in self.services and driver_class(dev.driver).transport == "ble":
+            from drivers.ble.scanner import BleScanner  # only when a BLE device is configured
+
+            self.services["ble"] = BleScanner.from_config(self.cfg)
         runner = DeviceRunner(self, dev)
         self.devices[dev.id] = runner
         runner.task = asyncio.create_task(runner.run(), name=f"device:{dev.id}")
@@ -169,6 +173,13 @@ class Agent:
         log.info("stopping: flushing %d queued readings", self.pipeline.queued if self.pipeline else 0)
         for dev_id in list(self.devices):
             await self.remove_device(dev_id)
+        for name, svc in self.services.items():
+            if hasattr(svc, "aclose"):
+                try:
+                    async with asyncio.timeout(2):
+                        await svc.aclose()
+                except Exception:
+                    log.exception("closing service %s failed", name)
         if self.pipeline is not None:
             try:
                 async with asyncio.timeout(STOP_TIMEOUT / 2):

@@ -1,19 +1,180 @@
-"""`edge-agent scan` (not implemented yet)."""
+"""`edge-agent scan ble`: advertising devices, the driver that would decode each, a sample."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from agent.cli.common import EXIT_FAILURE, CliExit, add_config_arg, add_json_arg
+from agent.cli.common import EXIT_FAILURE, CliExit, add_config_arg, add_json_arg, print_json, table
+from agent.config import AgentConfig, default_config_path, load_config
+from agent.errors import ConfigError
+
+if TYPE_CHECKING:
+    from drivers.ble.decoders import Advert
+
+NUS_SERVICE = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    for verb in "scan".split("|"):
-        p = sub.add_parser(verb.split()[0], help="(not implemented yet)")
-        add_config_arg(p)
-        add_json_arg(p)
-        p.set_defaults(func=_todo)
+    p = sub.add_parser("scan", help="look for devices (BLE adverts) to put in the config")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND")
+    b = kinds.add_parser(
+        "ble", help="listen to BLE adverts: address, RSSI, name, driver, decoded sample"
+    )
+    add_config_arg(b)
+    add_json_arg(b)
+    b.add_argument("--seconds", type=float, default=10.0, help="how long to listen (default 10)")
+    b.set_defaults(func=scan_ble)
+    p.set_defaults(func=_usage(p))
 
 
-def _todo(args: argparse.Namespace) -> int:
-    raise CliExit(EXIT_FAILURE, f"edge-agent {args.verb}: not implemented yet")
+def _usage(p: argparse.ArgumentParser) -> Any:
+    def run(args: argparse.Namespace) -> int:
+        p.print_help(sys.stderr)
+        return 2
+
+    return run
+
+
+@dataclass
+class Seen:
+    """What the scan learned about one address."""
+
+    address: str
+    name: str | None = None
+    rssi: int | None = None
+    adverts: int = 0
+    driver: str | None = None
+    sample: dict[str, Any] | None = None
+    note: str = ""
+    device_id: str | None = None
+    manufacturer_ids: set[int] = field(default_factory=set)
+    service_data: set[str] = field(default_factory=set)
+
+    def view(self) -> dict[str, Any]:
+        return {
+            "address": self.address,
+            "rssi": self.rssi,
+            "name": self.name,
+            "adverts": self.adverts,
+            "driver": self.driver,
+            "configured_as": self.device_id,
+            "sample": self.sample,
+            "note": self.note,
+            "manufacturer_ids": sorted(f"0x{m:04x}" for m in self.manufacturer_ids),
+            "service_data": sorted(self.service_data),
+        }
+
+
+def _optional_config(args: argparse.Namespace) -> AgentConfig | None:
+    """The config when one is given or present (for the adapter and bindkeys); None otherwise."""
+    path = getattr(args, "config", None)
+    if path is None and not default_config_path().exists():
+        return None
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        from agent.cli.common import EXIT_CONFIG, format_config_error
+
+        raise CliExit(EXIT_CONFIG, format_config_error(e)) from None
+
+
+class Collector:
+    """Turns adverts into one `Seen` per address, decoding a sample with the family decoder."""
+
+    def __init__(self, cfg: AgentConfig | None) -> None:
+        self.seen: dict[str, Seen] = {}
+        self.keys: dict[str, bytes] = {}
+        self.ids: dict[str, str] = {}
+        for d in cfg.devices if cfg else []:
+            if d.address:
+                self.ids[d.address.upper()] = d.id
+                key = d.options.get("key")
+                if isinstance(key, str):
+                    self.keys[d.address.upper()] = bytes.fromhex(key)
+
+    def __call__(self, adv: Advert) -> None:
+        from drivers.ble.decoders import FAMILIES, DecodeError, identify
+
+        s = self.seen.setdefault(
+            adv.address, Seen(adv.address, device_id=self.ids.get(adv.address))
+        )
+        s.adverts += 1
+        s.rssi = adv.rssi
+        s.name = adv.name or s.name
+        s.manufacturer_ids.update(adv.manufacturer_data)
+        s.service_data.update(adv.service_data)
+        fam = identify(adv)
+        if fam is None:
+            if NUS_SERVICE in (u.lower() for u in adv.service_uuids):
+                s.driver, s.note = "ble_nus", "Nordic UART Service (connect to read)"
+            return
+        s.driver = fam
+        try:
+            values = FAMILIES[fam].decode(adv, self.keys.get(adv.address))
+        except DecodeError as e:
+            s.note = f"cannot decode: {e}"
+            return
+        if values:
+            s.sample = dict(values)
+            s.note = ""
+
+
+async def _scan(cfg: AgentConfig | None, seconds: float) -> tuple[Collector, dict[str, Any]]:
+    from drivers.ble.scanner import BleScanner, ScannerSettings
+
+    b = cfg.ble if cfg else None
+    settings = ScannerSettings(adapter=b.adapter if b else None, scanning_mode="active")
+    scanner = BleScanner(settings)
+    collector = Collector(cfg)
+    scanner.add_listener(collector)
+    try:
+        await asyncio.sleep(seconds)  # the scanner task collects in the background
+    finally:
+        status = scanner.status()
+        await scanner.aclose()
+    return collector, status
+
+
+def scan_ble(args: argparse.Namespace) -> int:
+    cfg = _optional_config(args)
+    if args.seconds <= 0:
+        raise CliExit(2, "edge-agent scan ble: --seconds must be positive")
+    collector, status = asyncio.run(_scan(cfg, args.seconds))
+    rows = sorted(
+        collector.seen.values(), key=lambda s: (s.driver is None, -(s.rssi or -999), s.address)
+    )
+    if not rows and status["state"] != "scanning":
+        why = status["last_fault"] or status["state"]
+        raise CliExit(EXIT_FAILURE, f"edge-agent scan ble: BLE scanning failed: {why}")
+    if args.json:
+        print_json(
+            {"seconds": args.seconds, "mode": status["mode"], "devices": [s.view() for s in rows]}
+        )
+        return 0
+    if not rows:
+        print(f"no BLE adverts heard in {args.seconds:g}s ({status['state']}).")
+        return 0
+    out = []
+    for s in rows:
+        sample = ", ".join(f"{k}={v}" for k, v in (s.sample or {}).items()) or s.note
+        out.append(
+            [
+                s.address,
+                "" if s.rssi is None else str(s.rssi),
+                s.name or "",
+                s.driver or "-",
+                s.device_id or "",
+                sample[:100],
+            ]
+        )
+    print(table(out, ["ADDRESS", "RSSI", "NAME", "DRIVER", "CONFIGURED", "SAMPLE"]))
+    known = sum(1 for s in rows if s.driver)
+    print(
+        f"\n{len(rows)} device(s), {known} with a known driver; add one as "
+        "[[devices]] id=... driver=<DRIVER> address=<ADDRESS>."
+    )
+    return 0
