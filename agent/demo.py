@@ -24,31 +24,38 @@ from agent.mosquitto import LocalBroker, free_port, mosquitto_path
 
 @dataclass(frozen=True, slots=True)
 class DemoDevice:
-    """A simulated serial device: `frames()` yields the bytes to write every `interval` seconds."""
+    """A simulated device: a pty fed with `frames()` every `interval` s, or a `sim` device (frames None)."""
 
     id: str
     driver: str
-    frames: Callable[[], Iterator[bytes]]
+    frames: Callable[[], Iterator[bytes]] | None
     interval: float
-    baud: int = 9600
-    tags: str = ""
+    extra: str = ""  # more TOML keys of the device
 
 
 def demo_devices() -> list[DemoDevice]:
-    """Every simulator this build has, as a pty-backed device."""
+    """A delivery van and two classrooms, every family this build simulates."""
+    from drivers.lines import simulator as ls
     from drivers.nmea.simulator import epoch_bytes, fixes
+    from drivers.pms5003 import simulator as pms
+    from drivers.sds011 import simulator as sds
 
-    devs = [DemoDevice("van-3-gnss", "nmea", lambda: (epoch_bytes(f) for f in fixes()), 1.0,
-                       tags='{ vehicle = "van-3", route = "helsingborg-loop" }')]
-    for family, dev_id, room, interval in (("pms5003", "a101-pm", "A101", 2.0),
-                                           ("sds011", "a102-pm", "A102", 2.0)):
-        try:
-            mod = __import__(f"drivers.{family}.simulator", fromlist=["stream"])
-        except ImportError:
-            continue
-        if hasattr(mod, "stream"):
-            devs.append(DemoDevice(dev_id, family, mod.stream, interval, tags=f'{{ room = "{room}" }}'))
-    return devs
+    board_fields = ", ".join(f'{k} = {{ quantity = "{v["quantity"]}" }}' for k, v in ls.FIELDS.items())
+    return [
+        DemoDevice("van-3-gnss", "nmea", lambda: (epoch_bytes(f) for f in fixes()), 1.0,
+                   'tags = { vehicle = "van-3" }'),
+        DemoDevice("a101-pm", "pms5003", lambda: (pms.frame_bytes(x) for x in pms.samples()), 2.0,
+                   'tags = { room = "A101" }'),
+        DemoDevice("a102-pm", "sds011", lambda: (sds.frame_bytes(x) for x in sds.samples()), 2.0,
+                   'tags = { room = "A102" }'),
+        DemoDevice("a102-board", "lines", lambda: (ls.line_bytes(x, "json") for x in ls.samples()), 3.0,
+                   f'format = "json"\nfields = {{ {board_fields} }}\ntags = {{ room = "A102" }}'),
+        DemoDevice("a101-co2", "sim", None, 3.0, 'family = "senseair_s8"\ninterval = "3s"\ntags = { room = "A101" }'),
+        DemoDevice("a101-ruuvi", "sim", None, 4.0,
+                   'family = "ruuvi"\ninterval = "4s"\naddress = "C7:F5:2A:A1:B2:C3"\ntags = { room = "A101" }'),
+        DemoDevice("a102-aranet", "sim", None, 5.0,
+                   'family = "aranet4"\ninterval = "5s"\naddress = "D1:23:45:67:89:AB"\ntags = { room = "A102" }'),
+    ]
 
 
 class _Pty:
@@ -64,7 +71,7 @@ class _Pty:
                 os.close(fd)
 
 
-def _config(workdir: Path, port: int, devices: list[tuple[DemoDevice, str]]) -> Path:
+def _config(workdir: Path, port: int, devices: list[tuple[DemoDevice, str | None]]) -> Path:
     lines = [
         '[gateway]\nid = "gw-demo"\nhealth_interval = "10s"\n',
         '[buffer]\npath = "buffer.db"\nmax_bytes = "50MB"\ncommit_interval = "200ms"\n',
@@ -73,8 +80,9 @@ def _config(workdir: Path, port: int, devices: list[tuple[DemoDevice, str]]) -> 
     ]
     for dev, path in devices:
         lines.append(
-            f'[[devices]]\nid = "{dev.id}"\ndriver = "{dev.driver}"\nport = "{path}"\nbaud = {dev.baud}\n'
-            + (f"tags = {dev.tags}\n" if dev.tags else "")
+            f'[[devices]]\nid = "{dev.id}"\ndriver = "{dev.driver}"\n'
+            + (f'port = "{path}"\n' if path else "")
+            + (dev.extra + "\n" if dev.extra else "")
         )
     cfg = workdir / "agent.toml"
     cfg.write_text("\n".join(lines))
@@ -82,6 +90,7 @@ def _config(workdir: Path, port: int, devices: list[tuple[DemoDevice, str]]) -> 
 
 
 async def _feed(fd: int, dev: DemoDevice, stop: asyncio.Event) -> None:
+    assert dev.frames is not None
     frames = dev.frames()
     while not stop.is_set():
         try:
@@ -93,7 +102,7 @@ async def _feed(fd: int, dev: DemoDevice, stop: asyncio.Event) -> None:
 
 
 def _fmt_values(values: dict[str, object]) -> str:
-    keys = [k for k in values if k not in ("gnss_time",)]
+    keys = [k for k in values if k not in ("gnss_time", "packet_id", "measurement_sequence", "interval", "age")]
     return " ".join(f"{k}={values[k]}" for k in keys[:7])
 
 
@@ -109,12 +118,13 @@ async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, cou
                     body = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
                     kind = topic.rsplit("/", 1)[-1]
                     counts[kind] = counts.get(kind, 0) + 1
+                    if kind == "telemetry":
+                        counts["readings"] = counts.get("readings", 0) + len(body["readings"])
                     if as_json:
                         print(json.dumps({"topic": topic, "payload": body}), flush=True)
                     elif kind == "telemetry":
                         for r in body["readings"]:
-                            counts["readings"] = counts.get("readings", 0) + 1
-                            print(f"platform <- seq {r['seq']:>5}  {r['device']:<11} {r['ts'][11:23]}  "
+                            print(f"platform <- seq {r['seq']:>5}  {r['device']:<12} {r['ts'][11:23]}  "
                                   f"{_fmt_values(r['values'])}", flush=True)
                     elif kind == "status":
                         print(f"platform <- status: {body['state']} (gateway {body.get('gateway')})", flush=True)
@@ -143,24 +153,27 @@ async def _demo(seconds: float | None, workdir: Path, as_json: bool) -> int:
         port = free_port()
         print("demo: mosquitto not found: the agent will keep buffering to SQLite.\n"
               "      Install a broker to see data leave: sudo apt-get install mosquitto", file=sys.stderr)
-    ptys: list[_Pty] = []
-    devices = demo_devices()
-    pairs = []
-    for d in devices:
+    ptys: list[tuple[_Pty, DemoDevice]] = []
+    pairs: list[tuple[DemoDevice, str | None]] = []
+    for d in demo_devices():
+        if d.frames is None:
+            pairs.append((d, None))
+            continue
         p = _Pty()
-        ptys.append(p)
+        ptys.append((p, d))
         pairs.append((d, p.path))
     cfg = load_config(_config(workdir, port, pairs))
     setup_logging("warning")
     print(f"demo: working folder {workdir} (config agent.toml, buffer buffer.db)", file=sys.stderr)
     for d, path in pairs:
-        print(f"demo: simulated {d.driver} device {d.id!r} on {path}", file=sys.stderr)
+        where = f"on {path}" if path else "(in-process simulator)"
+        print(f"demo: simulated {d.driver} device {d.id!r} {where}", file=sys.stderr)
     agent = Agent(cfg)
     install_signal_handlers(agent)
     stop = asyncio.Event()
     counts: dict[str, int] = {}
     await agent.start()
-    tasks = [asyncio.create_task(_feed(p.master, d, stop)) for p, (d, _) in zip(ptys, pairs, strict=True)]
+    tasks = [asyncio.create_task(_feed(p.master, d, stop)) for p, d in ptys]
     if broker is not None:
         tasks.append(asyncio.create_task(_watch(port, cfg.topic_prefix, as_json, stop, counts)))
     t0 = time.monotonic()
@@ -176,7 +189,7 @@ async def _demo(seconds: float | None, workdir: Path, as_json: bool) -> int:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        for p in ptys:
+        for p, _ in ptys:
             p.close()
         if broker is not None:
             broker.stop()

@@ -1,6 +1,7 @@
 """`sim` driver: a simulated device of any serial family, its wire bytes decoded in-process.
 
-Keys: ``family`` = "nmea" | "pms5003" | "sds011" | "senseair_s8" | "lines" (required),
+Keys: ``family`` = "nmea" | "pms5003" | "sds011" | "senseair_s8" | "lines" | "ruuvi" | "aranet4"
+(required; the BLE families build real advertisements and decode them with the real decoders),
 ``interval`` (time between samples, default 1 s), ``format`` ("json" | "csv" | "kv", lines only).
 The family's simulator produces the same bytes a real device sends; the family's own protocol
 decodes them, so the demo exercises the real decoders without hardware.
@@ -18,8 +19,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from agent.units import parse_duration
 from drivers.base import Driver, StreamProtocol
 
-Family = Literal["nmea", "pms5003", "sds011", "senseair_s8", "lines"]
-FAMILIES: tuple[str, ...] = ("nmea", "pms5003", "sds011", "senseair_s8", "lines")
+Family = Literal["nmea", "pms5003", "sds011", "senseair_s8", "lines", "ruuvi", "aranet4"]
+FAMILIES: tuple[str, ...] = ("nmea", "pms5003", "sds011", "senseair_s8", "lines", "ruuvi", "aranet4")
+BLE_FAMILIES = ("ruuvi", "aranet4")
 
 
 class SimOptions(BaseModel):
@@ -84,6 +86,38 @@ def source(family: str, fmt: str = "json", start: float | None = None) -> tuple[
     raise ValueError(f"unknown family {family!r}")
 
 
+def classroom(seed: int = 0) -> Iterator[dict[str, float | int]]:
+    """A classroom's air over a school day: CO2 rises while occupied, temperature follows."""
+    import math
+
+    n = seed
+    while True:
+        occupied = (n // 600) % 2 == 0
+        co2 = 450 + (900 if occupied else 100) * (1 - math.exp(-(n % 600) / 200))
+        yield {"co2": int(co2), "temperature": round(20.5 + co2 / 1000, 2), "humidity": round(35 + co2 / 100, 1),
+               "pressure": 1013.2, "battery": 92, "battery_voltage": 2.95, "n": n}
+        n += 1
+
+
+def ble_source(family: str, address: str) -> Iterator[dict[str, float | int | str | bool]]:
+    """Decoded values of real adverts built by the family's encoder (scanner bypassed)."""
+    from drivers.ble.decoders import aranet4, ruuvi
+
+    for v in classroom():
+        if family == "ruuvi":
+            adv = ruuvi.encode(address, {"temperature": v["temperature"], "humidity": v["humidity"],
+                                         "pressure": v["pressure"], "battery_voltage": v["battery_voltage"],
+                                         "measurement_sequence": v["n"] % 65535})
+            out = ruuvi.decode(adv)
+        else:
+            adv = aranet4.encode(address, {"co2": v["co2"], "temperature": v["temperature"], "pressure": v["pressure"],
+                                           "humidity": int(v["humidity"]), "battery": v["battery"], "interval": 60,
+                                           "age": 1})
+            out = aranet4.decode(adv)
+        if out:
+            yield out
+
+
 class SimDriver(Driver):
     """Emits simulated readings every `interval` seconds; no hardware."""
 
@@ -94,6 +128,11 @@ class SimDriver(Driver):
 
     async def run(self) -> None:
         o: SimOptions = self.options
+        if o.family in BLE_FAMILIES:
+            self.ctx.set_link("connected", f"simulated {o.family}")
+            for values in ble_source(o.family, self.device.address or "C7:F5:2A:A1:B2:C3"):
+                self.ctx.emit(values)
+                await asyncio.sleep(o.interval)
         chunks, proto = source(o.family, o.format)
         self.ctx.set_link("connected", f"simulated {o.family}")
         seen = proto.errors.copy()
