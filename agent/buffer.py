@@ -248,7 +248,9 @@ class Outbox:
         return self._db
 
     # -- write path -----------------------------------------------------------------------
-    def commit(self, readings: Sequence[Reading], acks: Iterable[tuple[int, int]] = (), now: float | None = None) -> CommitResult:
+    def commit(
+        self, readings: Sequence[Reading], acks: Iterable[tuple[int, int]] = (), now: float | None = None
+    ) -> CommitResult:
         """One transaction: accept readings (assign seqs), apply acks, enforce limits.
 
         A full disk lowers the effective size limit to what fits (dropping or rejecting per
@@ -503,7 +505,9 @@ class Outbox:
 
     def fetch_events(self, limit: int = 100) -> list[tuple[int, str]]:
         """Undelivered events not already in flight, oldest first; marks them in flight."""
-        rows = self.db.execute("SELECT id, payload FROM events ORDER BY id LIMIT ?", (limit + len(self._events_inflight),)).fetchall()
+        rows = self.db.execute(
+            "SELECT id, payload FROM events ORDER BY id LIMIT ?", (limit + len(self._events_inflight),)
+        ).fetchall()
         out = [(i, p) for i, p in rows if i not in self._events_inflight][:limit]
         self._events_inflight.update(i for i, _ in out)
         self._events_sent.update(i for i, _ in out)
@@ -549,7 +553,8 @@ class Outbox:
         db = self.db
         pending = db.execute("SELECT count(*) FROM events").fetchone()[0]
         try:
-            file_bytes = sum(Path(str(self.path) + s).stat().st_size for s in ("", "-wal") if Path(str(self.path) + s).exists())
+            files = (Path(str(self.path) + suffix) for suffix in ("", "-wal"))
+            file_bytes = sum(f.stat().st_size for f in files if f.exists())
         except OSError:
             file_bytes = 0
         return BufferStats(

@@ -367,12 +367,13 @@ def masked_dump(cfg: AgentConfig) -> dict[str, Any]:
     """Effective config as plain data with secrets masked (for `config show`)."""
     data = cfg.model_dump(mode="json", exclude_none=False)
 
+    def secret(k: str, v: Any) -> bool:
+        k = k.lower()
+        return isinstance(v, str) and not k.endswith("_file") and (k in SECRET_KEYS or k.endswith(("_key", "password")))
+
     def walk(node: Any) -> Any:
         if isinstance(node, dict):
-            return {
-                k: ("***" if (k.lower() in SECRET_KEYS or k.lower().endswith(("_key", "password"))) and isinstance(v, str) and not k.endswith("_file") else walk(v))
-                for k, v in node.items()
-            }
+            return {k: "***" if secret(k, v) else walk(v) for k, v in node.items()}
         if isinstance(node, list):
             return [walk(x) for x in node]
         return node

@@ -115,7 +115,7 @@ async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, cou
                 await c.subscribe(f"{prefix}/#", qos=1)
                 async for msg in c.messages:
                     topic = str(msg.topic)
-                    body = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
+                    body = json.loads(bytes(msg.payload))  # type: ignore[arg-type,unused-ignore]
                     kind = topic.rsplit("/", 1)[-1]
                     counts[kind] = counts.get(kind, 0) + 1
                     if kind == "telemetry":

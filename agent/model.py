@@ -33,7 +33,7 @@ _sec_cache: tuple[int, str] = (-1, "")
 def format_ts(ts: float) -> str:
     """RFC 3339 UTC with millisecond precision, e.g. 2026-11-27T07:24:31.123Z."""
     global _sec_cache
-    ms = int(round(ts * 1000))
+    ms = round(ts * 1000)
     sec = ms // 1000
     if _sec_cache[0] != sec:  # readings come in bursts within one second: format it once
         _sec_cache = (sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S"))

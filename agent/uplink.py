@@ -263,7 +263,7 @@ class Uplink:
                 pipe.new_data.clear()
                 rows = await pipe.call(pipe.outbox.fetch_for_send, cursor, up.batch_max_readings * 4)
                 if not rows:
-                    waiter = asyncio.ensure_future(pipe.new_data.wait())
+                    waiter: asyncio.Future[Any] = asyncio.ensure_future(pipe.new_data.wait())
                     await asyncio.wait([waiter, failure], return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     if failure.done():

@@ -23,8 +23,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from agent.buffer import Outbox
-from agent.mosquitto import LocalBroker
 from agent.model import Reading, encode_reading
+from agent.mosquitto import LocalBroker
 from benchmarks.common import CountingSubscriber, machine, proc_status
 
 PAYLOAD_READING = Reading(
@@ -149,7 +149,7 @@ def end_to_end(port: int, n: int) -> dict[str, Any]:
             f'[[devices]]\nid = "gnss"\ndriver = "nmea"\nport = "{os.ttyname(slave)}"\nbaud = 115200\n'
         )
         sub = CountingSubscriber("127.0.0.1", port, "edge/gw-bench/telemetry")
-        log = open(Path(d) / "agent.log", "w")  # noqa: SIM115
+        log = open(Path(d) / "agent.log", "w")
         proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)],
                                 stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20

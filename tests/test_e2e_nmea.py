@@ -12,7 +12,7 @@ import pytest
 from drivers.nmea.simulator import epoch_bytes, expected_values, fixes
 from tests.support.agentproc import AgentProcess, write_config
 from tests.support.broker import Broker
-from tests.support.mqtt import Subscriber, wait_until
+from tests.support.mqtt import Subscriber
 from tests.support.pty import PtyDevice
 
 START = 1_790_000_000.0

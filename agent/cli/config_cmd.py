@@ -24,7 +24,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_config_arg(sh)
     add_json_arg(sh)
     sh.set_defaults(func=show)
-    p.set_defaults(func=lambda a: (_ for _ in ()).throw(CliExit(EXIT_USAGE, "usage: edge-agent config {check,schema,show}")))
+    p.set_defaults(func=_usage)
+
+
+def _usage(args: argparse.Namespace) -> int:
+    raise CliExit(EXIT_USAGE, "usage: edge-agent config {check,schema,show} [--config PATH]")
 
 
 def check(args: argparse.Namespace) -> int:

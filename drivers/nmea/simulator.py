@@ -62,8 +62,8 @@ def fixes(start: float | None = None, speed: float = 8.0, step: float = 1.0) -> 
         lat = la1 + (la2 - la1) * frac
         lon = lo1 + (lo2 - lo1) * frac
         course = (math.degrees(math.atan2(dx, dy)) + 360) % 360
-        lat_txt, lat_v = _ddmm(lat, 2)
-        lon_txt, lon_v = _ddmm(lon, 3)
+        _, lat_v = _ddmm(lat, 2)
+        _, lon_v = _ddmm(lon, 3)
         yield Fix(t, round(lat_v, 9), round(lon_v, 9), round(12.0 + 3 * math.sin(n / 20), 1),
                   round(round(speed / KNOT, 3) * KNOT, 4), round(course, 1), 7 + n % 5, round(0.8 + (n % 4) / 10, 1))
         n += 1

@@ -45,7 +45,7 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
-        self._logf = open(self.log, "ab")  # noqa: SIM115
+        self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--config", str(self.config), "--log-level", "debug"],
             stdout=self._logf, stderr=subprocess.STDOUT, env=self.env,
