@@ -5,7 +5,7 @@ marked `clock: "unsynced"`. When synchronisation is detected, readings still buf
 never handed to the uplink get their timestamp recomputed from the monotonic clock
 (`ts = mono + (time() - monotonic())` measured right after the sync) and are marked
 `"synced"`; readings that may already be on the wire keep their bytes (a redelivered seq must
-be byte-identical). Semantics: docs/PROTOCOL-clock.md.
+be byte-identical). Semantics: docs/PROTOCOL.md ("Clock correction").
 
 Detection, first match wins: EDGE_AGENT_CLOCK=synced|unsynced|file:PATH (tests, odd hosts);
 systemd-timesyncd's flag file; the kernel's adjtimex(2) STA_UNSYNC status (read-only
