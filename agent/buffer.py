@@ -64,6 +64,9 @@ CREATE TABLE IF NOT EXISTS drops (
 );
 """
 
+# SQLite page size of a new database file. Every commit appends the pages it touched to the WAL
+# as whole frames: smaller pages mean fewer bytes written per small commit (benchmarks/wear.py).
+PAGE_SIZE = 4096
 # Inserts go in statements of this many rows (6 parameters each; SQLite allows 32766 from 3.32).
 _ROWS_PER_STMT = 100
 _INSERT_ONE = "INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?)"
@@ -110,8 +113,10 @@ class Outbox:
         on_full: Literal["drop_oldest", "reject_new"] = "drop_oldest",
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         gateway: str = "",
+        page_size: int = PAGE_SIZE,
     ) -> None:
         self.path = Path(path)
+        self.page_size = page_size  # applies when the file is created; an existing file keeps its own
         self.max_bytes = max_bytes
         self.max_age = max_age
         self.on_full = on_full
@@ -148,6 +153,7 @@ class Outbox:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             db.execute("PRAGMA busy_timeout=5000")
+            db.execute(f"PRAGMA page_size={int(self.page_size)}")  # before WAL mode creates the file
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 log.warning("buffer: WAL not available (%s), using %s", self.path, mode)
@@ -232,15 +238,28 @@ class Outbox:
                     self.depth -= n
                     freed += b + ROW_OVERHEAD * n
             self.bytes -= freed
-            if readings:
-                self._insert(readings, now, res)
+            inserted = self._insert(readings, now, res) if readings else False
+            if not inserted:
+                self._save_next_seq()
             db.execute("COMMIT")
         except BaseException:
             self._rollback_state()
             raise
         return res
 
-    def _insert(self, readings: Sequence[Reading], now: float, res: CommitResult) -> None:
+    def _save_next_seq(self) -> None:
+        """Persist meta.next_seq unless the table's newest row already implies it.
+
+        On open next_seq = max(meta.next_seq, max(seq) + 1). A transaction that inserted rows
+        has the last seq handed out as its newest row, so it skips this: one page less per commit
+        in the WAL (SD-card wear). Only deletes without inserts (acks, expiry) need it.
+        """
+        top = self.db.execute("SELECT max(seq) FROM outbox").fetchone()[0] or 0
+        if top + 1 != self.next_seq:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (str(self.next_seq),))
+
+    def _insert(self, readings: Sequence[Reading], now: float, res: CommitResult) -> bool:
+        """Assign seqs, enforce the limits, insert; True if rows were inserted (the newest seqs)."""
         db = self.db
         seq = self.next_seq
         n = len(readings)
@@ -281,9 +300,9 @@ class Outbox:
         if hi > lo:
             self._insert_rows(seq + lo, readings[lo:hi], payloads[lo:hi], now)
         self.next_seq = seq + n if self.on_full != "reject_new" else seq + hi
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (str(self.next_seq),))
         self.depth += hi - lo
         self.bytes += added
+        return hi > lo
 
     def _insert_rows(self, first: int, readings: Sequence[Reading], payloads: list[str], now: float) -> None:
         """INSERT the rows first.. as multi-row statements of _ROWS_PER_STMT (fewer steps than one per row)."""
@@ -349,6 +368,7 @@ class Outbox:
                 self.depth -= n
                 self.bytes -= b + ROW_OVERHEAD * n
                 gaps.append(self._record_drop(first, last, n, "max_age", now))
+                self._save_next_seq()
             db.execute("COMMIT")
         except BaseException:
             self._rollback_state()

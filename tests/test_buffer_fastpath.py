@@ -1,5 +1,6 @@
-"""The wire form of a reading: the fast encoder is byte-identical to plain json.dumps; the
-outbox's batched insert keeps seq, payload and row columns exact."""
+"""The outbox hot path: the fast encoder is byte-identical to plain json.dumps, the batched
+insert keeps every column exact, and next_seq survives reopen though insert-only commits skip
+the meta write."""
 
 from __future__ import annotations
 
@@ -76,4 +77,40 @@ def test_batched_insert_rows_exact(tmp_path: Path) -> None:
     assert rows == expect
     assert ob.depth == n
     assert ob.bytes == ob.db.execute("SELECT sum(length(payload)) FROM outbox").fetchone()[0] + 48 * n
+    ob.close()
+
+
+def _meta_next_seq(ob: Outbox) -> int:
+    return int(ob.db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0])
+
+
+def _crash_reopen(ob: Outbox, path: Path) -> Outbox:
+    ob.db.close()  # no checkpoint, no clean close: what a kill leaves (committed WAL frames)
+    ob._db = None
+    return Outbox(path).open()
+
+
+def test_next_seq_never_reused_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    r = Reading(device="d", driver="sim", values={"n": 1}, ts=1_790_000_000.0, mono=1.0)
+    ob = Outbox(path).open()
+    ob.commit([r] * 3)
+    assert _meta_next_seq(ob) == 1, "insert-only commit: the newest row carries next_seq"
+    ob = _crash_reopen(ob, path)
+    assert [s for s, _ in ob.commit([r]).accepted] == [4]
+    ob.commit([], acks=[(1, 4)])  # the table is empty now: meta must carry it
+    assert _meta_next_seq(ob) == 5
+    ob = _crash_reopen(ob, path)
+    assert [s for s, _ in ob.commit([r, r]).accepted] == [5, 6]
+    ob.commit([], acks=[(6, 6)])  # the newest row acked, an older one left
+    ob = _crash_reopen(ob, path)
+    assert [s for s, _ in ob.commit([r]).accepted] == [7]
+    ob.commit([r], acks=[(5, 7)])  # acks and inserts in one transaction
+    ob = _crash_reopen(ob, path)
+    assert [s for s, _ in ob.commit([r]).accepted] == [9]
+    ob.max_age = 0.0
+    ob.expire(now=2_000_000_000.0)  # expiry empties the table
+    assert ob.depth == 0
+    ob = _crash_reopen(ob, path)
+    assert [s for s, _ in ob.commit([r]).accepted] == [10]
     ob.close()
