@@ -266,7 +266,7 @@ class Outbox:
         seqs = range(seq, seq + n)
         # Hot path: whole-batch C-level operations (map/zip/slices), no per-row Python statements.
         payloads = list(map(encode_reading, seqs, readings))
-        res.accepted = list(zip(seqs, readings))
+        res.accepted = list(zip(seqs, readings, strict=True))
         lo, hi = 0, n  # rows[lo:hi] are inserted
         added = sum(map(len, payloads)) + ROW_OVERHEAD * n
         over = self.bytes + added - self.max_bytes
