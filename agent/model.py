@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Literal
 
 Value = float | int | str | bool
@@ -28,16 +29,17 @@ class Reading:
 
 
 _sec_cache: tuple[int, str] = (-1, "")
+_MS = [f".{ms:03d}Z" for ms in range(1000)]
 
 
 def format_ts(ts: float) -> str:
     """RFC 3339 UTC with millisecond precision, e.g. 2026-11-27T07:24:31.123Z."""
     global _sec_cache
-    ms = round(ts * 1000)
-    sec = ms // 1000
-    if _sec_cache[0] != sec:  # readings come in bursts within one second: format it once
-        _sec_cache = (sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
-    return f"{_sec_cache[1]}.{ms % 1000:03d}Z"
+    sec, ms = divmod(round(ts * 1000), 1000)
+    cached = _sec_cache  # one read: another thread may replace it (a whole tuple) meanwhile
+    if cached[0] != sec:  # readings come in bursts within one second: format it once
+        cached = _sec_cache = (sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return cached[1] + _MS[ms]
 
 
 def parse_ts(text: str) -> float:
@@ -53,17 +55,30 @@ def clean_values(values: Mapping[str, Value]) -> dict[str, Value]:
 
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+# The C encoder behind `_dumps`, made once (JSONEncoder.encode builds a new one per call), with
+# allow_nan=False so a non-finite float raises instead of needing a scan before every encode.
+_c_values = (
+    c_make_encoder(None, json.JSONEncoder().default, encode_basestring, None, ":", ",", False, False, False)
+    if c_make_encoder is not None else None
+)
+
+
+def _values_json(values: Mapping[str, Value]) -> str:
+    if _c_values is None:
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values.values()):
+            raise ValueError("non-finite float")
+        return _dumps(values)
+    return "".join(_c_values(values, 0))
 
 
 def encode_reading(seq: int, r: Reading) -> str:
     """The reading's wire form `R` (compact JSON); fixed once the seq is assigned."""
-    values = r.values
-    for v in values.values():
-        if isinstance(v, float) and not math.isfinite(v):
-            values = clean_values(values)
-            break
+    try:
+        values = _values_json(r.values)
+    except ValueError:  # a non-finite float: JSON cannot carry it, the key is dropped
+        values = _values_json(clean_values(r.values))
     return (
-        f'{{"seq":{seq},"device":{_dumps(r.device)},"driver":{_dumps(r.driver)},'
-        f'"ts":"{format_ts(r.ts)}","clock":"{r.clock}","values":{_dumps(values)},'
+        f'{{"seq":{seq},"device":{encode_basestring(r.device)},"driver":{encode_basestring(r.driver)},'
+        f'"ts":"{format_ts(r.ts)}","clock":"{r.clock}","values":{values},'
         f'"tags":{_dumps(r.tags) if r.tags else "{}"}}}'
     )

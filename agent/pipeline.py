@@ -149,7 +149,7 @@ class Pipeline:
         if res.accepted:
             self.accepted += len(res.accepted)
             self.new_data.set()
-            for seq, r in res.accepted:
+            for seq, r in res.accepted if self.listeners else ():
                 for fn in self.listeners:
                     try:
                         fn(seq, r)

@@ -137,7 +137,7 @@ class Uplink:
     def _client_for_session(self) -> aiomqtt.Client:
         up = self.cfg.uplink
         will = aiomqtt.Will(f"{self.prefix}/status", self._status("offline"), qos=1, retain=True)
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             up.host,
             up.port,
             username=up.username,
@@ -152,6 +152,9 @@ class Uplink:
             tls_context=self._tls,
             logger=self._mqtt_log,  # type: ignore[arg-type]
         )
+        # Our window is the intended number of pending publishes: no "pending publish calls" warnings.
+        client.pending_calls_threshold = up.max_inflight + 4
+        return client
 
     # -- main loop ----------------------------------------------------------------------
     async def run(self) -> None:
