@@ -73,7 +73,7 @@ def main() -> None:
         cfg.write_text(f'[gateway]\nid = "gw-load"\n[buffer]\npath = "b.db"\n[uplink]\nport = {broker.port}\n'
                        f'[control]\nsocket = "c.sock"\n' + devs)
         sub = CountingSubscriber("127.0.0.1", broker.port, "edge/gw-load/telemetry")
-        log = open(Path(d) / "agent.log", "w")  # noqa: SIM115
+        log = open(Path(d) / "agent.log", "w")
         p = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)], stdout=log, stderr=log)
         try:
             deadline = time.monotonic() + 30

@@ -18,7 +18,7 @@ from agent.model import Reading, encode_reading, format_ts
 
 
 def reference_ts(ts: float) -> str:
-    ms = int(round(ts * 1000))
+    ms = round(ts * 1000)
     sec = ms // 1000
     return datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
 
