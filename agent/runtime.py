@@ -83,9 +83,13 @@ class Agent:
         self.ready = asyncio.Event()
         self.on_ready: list[Callable[[], None]] = []
         self._cpu0 = (time.process_time(), time.monotonic())
+        self.control: Any = None  # agent.control.ControlServer, the CLI's socket
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        from agent.control import start_control
+
+        self.control = await start_control(self)  # first: a second agent stops here
         b = self.cfg.buffer
         outbox = Outbox(b.path, max_bytes=b.max_bytes, max_age=b.max_age, on_full=b.on_full,
                         synchronous=b.synchronous, gateway=self.cfg.gateway.id)
@@ -132,6 +136,8 @@ class Agent:
     async def stop(self) -> None:
         """Stop drivers, flush memory to SQLite, say goodbye on MQTT, close. Bounded in time."""
         log.info("stopping: flushing %d queued readings", self.pipeline.queued if self.pipeline else 0)
+        if self.control is not None:
+            await self.control.stop()
         for dev_id in list(self.devices):
             await self.remove_device(dev_id)
         if self.pipeline is not None:
