@@ -293,6 +293,8 @@ class ControlServer:
         h["uplink"]["tls"] = up.tls is not None
         drivers: dict[str, dict[str, int]] = {}
         for d in self.devices():
+            if d["id"] in h["devices"]:
+                h["devices"][d["id"]]["state"] = d["state"]
             s = drivers.setdefault(d["driver"], {"devices": 0, "online": 0, "offline": 0, "starting": 0,
                                                  "disabled": 0, "readings": 0, "errors": 0})
             s["devices"] += 1

@@ -29,6 +29,7 @@ UNIT = "edge-agent.service"
 BROKER_TIMEOUT = 5.0
 CERT_WARN_DAYS = 30
 MIN_FREE = 64 * 1000 * 1000
+SYSTEMD_RUN = "/run/systemd/system"  # exists when booted with systemd
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +391,7 @@ def check_clock() -> Check:
 
 
 def _systemctl_show(*props: str) -> dict[str, str]:
-    if not os.path.isdir("/run/systemd/system") or not shutil.which("systemctl"):
+    if not os.path.isdir(SYSTEMD_RUN) or not shutil.which("systemctl"):
         return {}
     try:
         out = subprocess.run(["systemctl", "show", UNIT, *(f"--property={p}" for p in props)],
@@ -401,7 +402,7 @@ def _systemctl_show(*props: str) -> dict[str, str]:
 
 
 def check_systemd() -> Check:
-    if not os.path.isdir("/run/systemd/system"):
+    if not os.path.isdir(SYSTEMD_RUN):
         return Check("systemd", "skipped", "this system was not booted with systemd")
     p = _systemctl_show("LoadState", "ActiveState", "SubState", "UnitFileState", "FragmentPath")
     if not p:
@@ -431,7 +432,7 @@ def check_agent(cfg: AgentConfig) -> Check:
     detail = (f"pid {st['pid']}, up {age(st['uptime'])}, uplink {up['state']}"
               + (f" ({up['last_error']})" if up["state"] != "connected" and up["last_error"] else "")
               + f", {st['buffer']['depth']} readings buffered")
-    offline = [i for i, d in (st.get("devices") or {}).items() if not d["online"]]
+    offline = [i for i, d in (st.get("devices") or {}).items() if d.get("state", "offline") == "offline"]
     if offline:
         return Check("agent", "warn", detail + f"; not delivering: {', '.join(offline)}",
                      "see `edge-agent devices`")

@@ -111,7 +111,8 @@ def render_status(st: dict[str, Any]) -> str:
                            f"({up['last_error'] or state}); {count(buf['depth'])} readings are kept and "
                            "will be sent when it reconnects. Check with `edge-agent doctor`; "
                            "carry data out with `edge-agent buffer export`.", "fail"))
-    offline = [(dev_id, dev) for dev_id, dev in (st.get("devices") or {}).items() if not dev["online"]]
+    offline = [(dev_id, dev) for dev_id, dev in (st.get("devices") or {}).items()
+               if dev.get("state", "offline") == "offline"]
     if offline:
         lines.append(paint(f"! {len(offline)} device(s) not delivering: "
                            + ", ".join(f"{i} (link {d['link']})" for i, d in offline)

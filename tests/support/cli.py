@@ -28,7 +28,10 @@ def run_cli(*argv: str | Path) -> CliResult:
     """`edge-agent *argv` in this process (no TTY: no colour); never from inside an event loop."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in argv])
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse: usage errors (2), --help (0)
+            code = e.code if isinstance(e.code, int) else 1
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
