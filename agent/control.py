@@ -120,8 +120,12 @@ class ControlServer:
         """Bind the socket (mode and group set before it becomes visible) and serve."""
         sock = self._bind()
         self._server = await asyncio.start_unix_server(self._client, sock=sock, limit=MAX_LINE)
-        log.info("control socket %s (mode %04o%s)", self.path, self.cfg.mode,
-                 f", group {self.cfg.group}" if self.cfg.group else "")
+        log.info(
+            "control socket %s (mode %04o%s)",
+            self.path,
+            self.cfg.mode,
+            f", group {self.cfg.group}" if self.cfg.group else "",
+        )
 
     def attach(self) -> None:
         """Subscribe to accepted readings (once the pipeline exists)."""
@@ -144,8 +148,11 @@ class ControlServer:
                 try:
                     gid = grp.getgrnam(self.cfg.group).gr_gid
                 except KeyError:
-                    log.error("control.group: no group %r on this system; socket keeps group %d",
-                              self.cfg.group, os.getgid())
+                    log.error(
+                        "control.group: no group %r on this system; socket keeps group %d",
+                        self.cfg.group,
+                        os.getgid(),
+                    )
                 else:
                     os.chown(tmp, -1, gid)
             os.replace(tmp, path)
@@ -167,7 +174,9 @@ class ControlServer:
         except FileNotFoundError:
             return
         if not stat.S_ISSOCK(st.st_mode):
-            raise ControlError(f"control.socket: {path} exists and is not a socket; remove it or change the path")
+            raise ControlError(
+                f"control.socket: {path} exists and is not a socket; remove it or change the path"
+            )
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         probe.settimeout(1.0)
         try:
@@ -217,7 +226,9 @@ class ControlServer:
         self._clients.add(task)
         try:
             if len(self._clients) > MAX_CLIENTS:
-                await self._send(writer, _error(None, "busy", f"too many control clients (max {MAX_CLIENTS})"))
+                await self._send(
+                    writer, _error(None, "busy", f"too many control clients (max {MAX_CLIENTS})")
+                )
                 return
             await self._serve(reader, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
@@ -239,7 +250,9 @@ class ControlServer:
                 line = await reader.readline()
             except (asyncio.LimitOverrunError, ValueError):
                 self.bad_requests += 1
-                await self._send(writer, _error(None, "line_too_long", f"request longer than {MAX_LINE} bytes"))
+                await self._send(
+                    writer, _error(None, "line_too_long", f"request longer than {MAX_LINE} bytes")
+                )
                 return
             if not line:
                 return
@@ -252,7 +265,9 @@ class ControlServer:
                 except (json.JSONDecodeError, UnicodeDecodeError) as e:
                     raise RequestError("bad_json", f"not a JSON line: {e}") from None
                 if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
-                    raise RequestError("bad_request", 'expected an object like {"id": 1, "cmd": "status"}')
+                    raise RequestError(
+                        "bad_request", 'expected an object like {"id": 1, "cmd": "status"}'
+                    )
                 rid = req.get("id")
                 if req["cmd"] == "tail":
                     await self._tail(req, writer, reader)
@@ -265,21 +280,29 @@ class ControlServer:
             await self._send(writer, {"id": rid, "ok": True, "result": result})
 
     async def _send(self, writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
-        writer.write(json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode() + b"\n")
+        writer.write(
+            json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=str).encode() + b"\n"
+        )
         async with asyncio.timeout(WRITE_TIMEOUT):
             await writer.drain()
 
     async def _dispatch(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req["cmd"]
         if cmd == "ping":
-            return {"version": __version__, "pid": os.getpid(), "gateway": self.agent.cfg.gateway.id}
+            return {
+                "version": __version__,
+                "pid": os.getpid(),
+                "gateway": self.agent.cfg.gateway.id,
+            }
         if not self.agent.ready.is_set():
             raise RequestError("starting", "the agent is still starting; try again in a moment")
         if cmd == "status":
             return await self.status()
         if cmd == "devices":
             return {"devices": self.devices()}
-        raise RequestError("unknown_command", f"unknown command {cmd!r} (known: ping, status, devices, tail)")
+        raise RequestError(
+            "unknown_command", f"unknown command {cmd!r} (known: ping, status, devices, tail)"
+        )
 
     # -- views --------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
@@ -295,15 +318,29 @@ class ControlServer:
         for d in self.devices():
             if d["id"] in h["devices"]:
                 h["devices"][d["id"]]["state"] = d["state"]
-            s = drivers.setdefault(d["driver"], {"devices": 0, "online": 0, "offline": 0, "starting": 0,
-                                                 "disabled": 0, "readings": 0, "errors": 0})
+            s = drivers.setdefault(
+                d["driver"],
+                {
+                    "devices": 0,
+                    "online": 0,
+                    "offline": 0,
+                    "starting": 0,
+                    "disabled": 0,
+                    "readings": 0,
+                    "errors": 0,
+                },
+            )
             s["devices"] += 1
             s[d["state"]] += 1
             s["readings"] += d["readings"]
             s["errors"] += sum(d["errors"].values())
         h["drivers"] = drivers
-        h["control"] = {"clients": len(self._clients), "tail_clients": len(self._subs),
-                        "tail_dropped": self.tail_dropped, "bad_requests": self.bad_requests}
+        h["control"] = {
+            "clients": len(self._clients),
+            "tail_clients": len(self._subs),
+            "tail_dropped": self.tail_dropped,
+            "bad_requests": self.bad_requests,
+        }
         return h
 
     def devices(self) -> list[dict[str, Any]]:
@@ -313,14 +350,31 @@ class ControlServer:
         for dev in a.cfg.devices:
             runner = a.devices.get(dev.id)
             if runner is None:
-                rows.append({"id": dev.id, "driver": dev.driver, "state": "disabled", "online": False,
-                             "link": "disabled", "link_detail": "", "readings": 0, "last_reading_age": None,
-                             "rate": 0.0, "errors": {}, "restarts": 0, "last_error": "", "last_values": {},
-                             "expected_interval": dev.expected_interval, "port": dev.port,
-                             "address": dev.address})
+                rows.append(
+                    {
+                        "id": dev.id,
+                        "driver": dev.driver,
+                        "state": "disabled",
+                        "online": False,
+                        "link": "disabled",
+                        "link_detail": "",
+                        "readings": 0,
+                        "last_reading_age": None,
+                        "rate": 0.0,
+                        "errors": {},
+                        "restarts": 0,
+                        "last_error": "",
+                        "last_values": {},
+                        "expected_interval": dev.expected_interval,
+                        "port": dev.port,
+                        "address": dev.address,
+                    }
+                )
                 continue
             v = a.device_view(runner)
-            v["state"] = "starting" if runner.online is None else ("online" if runner.online else "offline")
+            v["state"] = (
+                "starting" if runner.online is None else ("online" if runner.online else "offline")
+            )
             v["expected_interval"] = runner.expected_interval
             v["port"] = dev.port
             v["address"] = dev.address
@@ -329,7 +383,9 @@ class ControlServer:
         return rows
 
     # -- tail -------------------------------------------------------------------------------
-    async def _tail(self, req: dict[str, Any], writer: asyncio.StreamWriter, reader: asyncio.StreamReader) -> None:
+    async def _tail(
+        self, req: dict[str, Any], writer: asyncio.StreamWriter, reader: asyncio.StreamReader
+    ) -> None:
         rid = req.get("id")
         device = req.get("device")
         if device is not None and device not in {d.id for d in self.agent.cfg.devices}:
@@ -343,8 +399,14 @@ class ControlServer:
         # The client sends nothing more; its EOF (or anything else) ends the subscription.
         closed = asyncio.ensure_future(reader.read(1))
         try:
-            await self._send(writer, {"id": rid, "ok": True, "result": {"subscribed": True, "device": device,
-                                                                        "queue": limit}})
+            await self._send(
+                writer,
+                {
+                    "id": rid,
+                    "ok": True,
+                    "result": {"subscribed": True, "device": device, "queue": limit},
+                },
+            )
             while True:
                 item = sub.take()
                 if item is None:
@@ -363,8 +425,11 @@ class ControlServer:
                     writer.write(json.dumps(msg).encode() + b"\n")
                 else:
                     seq, r = item
-                    writer.write(b'{"event":"reading","seq":%d,"reading":' % seq
-                                 + encode_reading(seq, r).encode() + b"}\n")
+                    writer.write(
+                        b'{"event":"reading","seq":%d,"reading":' % seq
+                        + encode_reading(seq, r).encode()
+                        + b"}\n"
+                    )
                     sub.sent += 1
                 # Back-pressure lands here, on this client's task only: the queue meanwhile drops.
                 drain = asyncio.ensure_future(writer.drain())
@@ -397,7 +462,10 @@ async def start_control(agent: Agent) -> ControlServer | None:
     try:
         await server.start()
     except OSError as e:
-        log.error("control socket %s unavailable (%s): `edge-agent status` will not reach this agent",
-                  server.path, e.strerror or e)
+        log.error(
+            "control socket %s unavailable (%s): `edge-agent status` will not reach this agent",
+            server.path,
+            e.strerror or e,
+        )
         return None
     return server

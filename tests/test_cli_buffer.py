@@ -1,4 +1,4 @@
-"""The technician's backlog story: see data buffering, read the buffer with the agent stopped, export it."""
+"""Technician backlog story: see data buffering, read the stopped agent's buffer, export it."""
 
 from __future__ import annotations
 
@@ -24,16 +24,22 @@ def status(cfg: Path) -> dict:  # type: ignore[type-arg]
     return r.json()  # type: ignore[no-any-return]
 
 
-def test_buffering_backlog_stats_and_export_round_trip(tmp_path: Path, pty_factory: type[PtyDevice]) -> None:
+def test_buffering_backlog_stats_and_export_round_trip(
+    tmp_path: Path, pty_factory: type[PtyDevice]
+) -> None:
     broker = Broker()  # its port is chosen, but nothing listens yet: the platform is unreachable
     dev = pty_factory()
-    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=f"""
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        broker_port=broker.port,
+        devices=f"""
         [[devices]]
         id = "van-gnss"
         driver = "nmea"
         port = "{dev.port}"
         tags = {{ vehicle = "van-3" }}
-        """)
+        """,
+    )
     agent = AgentProcess(cfg).start_and_wait_port()
     sub = None
     try:
@@ -89,19 +95,27 @@ def test_buffering_backlog_stats_and_export_round_trip(tmp_path: Path, pty_facto
         assert [e["seq"] for e in exported] == list(range(1, 21))
         assert [e["values"] for e in exported] == [expected_values(f) for f in fs]
         assert not (out.parent / "backlog.jsonl.part").exists()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(mid)) + f".{int(mid * 1000) % 1000:03d}Z"
+        stamp = (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(mid)) + f".{int(mid * 1000) % 1000:03d}Z"
+        )
         late = run_cli("buffer", "export", "--config", cfg, "--since", stamp)
         assert [json.loads(x)["seq"] for x in late.out.splitlines()] == list(range(11, 21))
         early = run_cli("buffer", "export", "--config", cfg, "--until", stamp)
         assert [json.loads(x)["seq"] for x in early.out.splitlines()] == list(range(1, 11))
-        assert run_cli("buffer", "export", "--config", cfg, "--since", "1h").out.splitlines() == lines
+        assert (
+            run_cli("buffer", "export", "--config", cfg, "--since", "1h").out.splitlines() == lines
+        )
         assert run_cli("buffer", "export", "--config", cfg, "--until", "1h").out == ""
         r = run_cli("buffer", "export", "--config", cfg, "--format", "csv")
         rows = list(csv.DictReader(io.StringIO(r.out)))
         assert len(rows) == 20
         assert list(rows[0])[:7] == ["gateway", "epoch", "seq", "ts", "device", "driver", "clock"]
         for row, e in zip(rows, exported, strict=True):
-            assert (row["gateway"], row["epoch"], int(row["seq"])) == ("gw-test", bs["epoch"], e["seq"])
+            assert (row["gateway"], row["epoch"], int(row["seq"])) == (
+                "gw-test",
+                bs["epoch"],
+                e["seq"],
+            )
             assert row["tag.vehicle"] == "van-3"
             assert float(row["latitude"]) == e["values"]["latitude"]
             assert int(row["satellites"]) == e["values"]["satellites"]

@@ -29,7 +29,9 @@ from tests.support.pty import PtyDevice
 
 
 @contextlib.asynccontextmanager
-async def agent_in_process(tmp_path: Path, broker_port: int, extra: str = "") -> AsyncIterator[Agent]:
+async def agent_in_process(
+    tmp_path: Path, broker_port: int, extra: str = ""
+) -> AsyncIterator[Agent]:
     cfg = load_config(write_config(tmp_path / "agent.toml", broker_port=broker_port, extra=extra))
     agent = Agent(cfg)
     await agent.start()
@@ -39,13 +41,17 @@ async def agent_in_process(tmp_path: Path, broker_port: int, extra: str = "") ->
         await agent.stop()
 
 
-async def request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: bytes) -> dict[str, object]:
+async def request(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, line: bytes
+) -> dict[str, object]:
     writer.write(line)
     await writer.drain()
     return json.loads(await asyncio.wait_for(reader.readline(), 10))  # type: ignore[no-any-return]
 
 
-async def test_socket_mode_group_stale_file_and_single_agent(tmp_path: Path, broker: Broker) -> None:
+async def test_socket_mode_group_stale_file_and_single_agent(
+    tmp_path: Path, broker: Broker
+) -> None:
     sock_path = tmp_path / "control.sock"
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(sock_path))  # left behind by a killed agent
@@ -56,14 +62,22 @@ async def test_socket_mode_group_stale_file_and_single_agent(tmp_path: Path, bro
         assert stat.S_ISSOCK(st.st_mode)
         assert stat.S_IMODE(st.st_mode) == 0o640
         assert st.st_gid == grp.getgrnam(group).gr_gid
-        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".control")] == []  # no temp leftovers
+        leftovers = [p for p in os.listdir(tmp_path) if p.startswith(".control")]
+        assert leftovers == []  # no temp files left behind
         # A second agent on the same socket refuses to start (it would share the buffer).
         with pytest.raises(ControlError, match="another agent is already running"):
             await ControlServer(agent).start()
         reader, writer = await asyncio.open_unix_connection(str(sock_path))
         resp = await request(reader, writer, b'{"id": 7, "cmd": "ping"}\n')
-        assert resp == {"id": 7, "ok": True, "result": {"version": resp["result"]["version"],  # type: ignore[index]
-                                                        "pid": os.getpid(), "gateway": "gw-test"}}
+        assert resp == {
+            "id": 7,
+            "ok": True,
+            "result": {
+                "version": resp["result"]["version"],  # type: ignore[index]
+                "pid": os.getpid(),
+                "gateway": "gw-test",
+            },
+        }
         writer.close()
         await writer.wait_closed()
     assert not sock_path.exists()  # removed on stop
@@ -82,16 +96,26 @@ async def test_a_non_socket_file_in_the_way_is_reported(tmp_path: Path, broker: 
     assert (tmp_path / "control.sock").read_text() == "not a socket"  # never deleted
 
 
-async def test_protocol_errors_are_answered_and_the_connection_survives(tmp_path: Path, broker: Broker) -> None:
+async def test_protocol_errors_are_answered_and_the_connection_survives(
+    tmp_path: Path, broker: Broker
+) -> None:
     async with agent_in_process(tmp_path, broker.port):
-        reader, writer = await asyncio.open_unix_connection(str(tmp_path / "control.sock"), limit=1 << 20)
+        reader, writer = await asyncio.open_unix_connection(
+            str(tmp_path / "control.sock"), limit=1 << 20
+        )
         r = await request(reader, writer, b"\x00\xffgarbage{{\n")
         assert r["ok"] is False and r["error"]["code"] == "bad_json"  # type: ignore[index]
         r = await request(reader, writer, b"[1, 2]\n")
         assert r["error"]["code"] == "bad_request"  # type: ignore[index]
         r = await request(reader, writer, b'{"id": "x", "cmd": "reboot"}\n')
-        assert r == {"id": "x", "ok": False, "error": {"code": "unknown_command",
-                                                       "message": "unknown command 'reboot' (known: ping, status, devices, tail)"}}
+        assert r == {
+            "id": "x",
+            "ok": False,
+            "error": {
+                "code": "unknown_command",
+                "message": "unknown command 'reboot' (known: ping, status, devices, tail)",
+            },
+        }
         r = await request(reader, writer, b'{"id": 1, "cmd": "tail", "device": "nope"}\n')
         assert r["error"]["code"] == "unknown_device"  # type: ignore[index]
         r = await request(reader, writer, b'{"id": 2, "cmd": "tail", "queue": 0}\n')
@@ -106,7 +130,9 @@ async def test_protocol_errors_are_answered_and_the_connection_survives(tmp_path
         await writer.wait_closed()
 
 
-async def test_slow_tail_client_loses_readings_counted_never_blocks(tmp_path: Path, broker: Broker) -> None:
+async def test_slow_tail_client_loses_readings_counted_never_blocks(
+    tmp_path: Path, broker: Broker
+) -> None:
     """A subscriber that stops reading gets drop notices that account for every reading exactly."""
     total = 3000
     sub = Subscriber(broker.host, broker.port, "edge/gw-test/telemetry")
@@ -147,7 +173,9 @@ async def test_slow_tail_client_loses_readings_counted_never_blocks(tmp_path: Pa
             st = await agent.control.status()
             assert st["control"]["tail_dropped"] == sum(c for _, c in dropped)
             wait = asyncio.get_running_loop().run_in_executor(
-                None, lambda: sub.wait_for(lambda: len(sub.readings()) >= total, 60, "all at broker"))
+                None,
+                lambda: sub.wait_for(lambda: len(sub.readings()) >= total, 60, "all at broker"),
+            )
             await wait
             writer.close()
             await writer.wait_closed()
@@ -157,15 +185,20 @@ async def test_slow_tail_client_loses_readings_counted_never_blocks(tmp_path: Pa
         sub.close()
 
 
-def test_misbehaving_clients_do_not_disturb_ingestion(tmp_path: Path, broker: Broker,
-                                                      pty_factory: type[PtyDevice]) -> None:
+def test_misbehaving_clients_do_not_disturb_ingestion(
+    tmp_path: Path, broker: Broker, pty_factory: type[PtyDevice]
+) -> None:
     dev = pty_factory()
-    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=f"""
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        broker_port=broker.port,
+        devices=f"""
         [[devices]]
         id = "van-gnss"
         driver = "nmea"
         port = "{dev.port}"
-        """)
+        """,
+    )
     sub = Subscriber(broker.host, broker.port, "edge/gw-test/telemetry")
     agent = AgentProcess(cfg).start_and_wait_port()
     path = str(tmp_path / "control.sock")

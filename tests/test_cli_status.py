@@ -45,7 +45,9 @@ def devices_toml(live_port: str) -> str:
 @pytest.fixture
 def running(tmp_path: Path, broker: Broker, pty_factory: type[PtyDevice]):  # type: ignore[no-untyped-def]
     dev = pty_factory()
-    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=devices_toml(dev.port))
+    cfg = write_config(
+        tmp_path / "agent.toml", broker_port=broker.port, devices=devices_toml(dev.port)
+    )
     sub = Subscriber(broker.host, broker.port, "edge/gw-test/#")
     agent = AgentProcess(cfg).start_and_wait_port()
     yield dev, cfg, sub
@@ -59,7 +61,11 @@ def test_status_devices_and_tail_on_a_running_agent(running) -> None:  # type: i
     tail_one = Spawned("tail", "--config", cfg, "--device", "van-gnss", "--count", "3")
     try:
         for t in (tail_json, tail_one):
-            wait_until(lambda t=t: any("following readings" in line for line in t.err), 20, "tail subscribed")
+            wait_until(
+                lambda t=t: any("following readings" in line for line in t.err),
+                20,
+                "tail subscribed",
+            )
         fs = list(itertools.islice(fixes(start=START), 10))
         for f in fs:
             dev.write(epoch_bytes(f))
@@ -77,10 +83,26 @@ def test_status_devices_and_tail_on_a_running_agent(running) -> None:  # type: i
         tail_json.close()
         tail_one.close()
 
-    # The dead sensor goes offline after its expected_interval (1 s).
-    wait_until(lambda: run_cli("status", "--config", cfg, "--json").json()["drivers"]["nmea"]["offline"] == 1,
-               20, "dead-gnss offline")
-    wait_until(lambda: run_cli("status", "--config", cfg, "--json").json()["buffer"]["depth"] == 0, 20, "acked")
+    # Liveness is judged once a second: the live one turns online, the dead one offline after 1 s.
+    wait_until(
+        lambda: (
+            run_cli("status", "--config", cfg, "--json").json()["drivers"]["nmea"]["online"] == 1
+        ),
+        20,
+        "van-gnss online",
+    )
+    wait_until(
+        lambda: (
+            run_cli("status", "--config", cfg, "--json").json()["drivers"]["nmea"]["offline"] == 1
+        ),
+        20,
+        "dead-gnss offline",
+    )
+    wait_until(
+        lambda: run_cli("status", "--config", cfg, "--json").json()["buffer"]["depth"] == 0,
+        20,
+        "acked",
+    )
     r = run_cli("status", "--config", cfg, "--json")
     assert r.code == 0, r.err
     st = r.json()
@@ -91,8 +113,17 @@ def test_status_devices_and_tail_on_a_running_agent(running) -> None:  # type: i
     assert st["buffer"]["next_seq"] == 11
     assert st["buffer"]["dropped"] == {}
     assert st["devices"]["van-gnss"]["readings"] == 10
-    assert st["drivers"] == {"nmea": {"devices": 3, "online": 1, "offline": 1, "starting": 0, "disabled": 1,
-                                      "readings": 10, "errors": 0}}
+    assert st["drivers"] == {
+        "nmea": {
+            "devices": 3,
+            "online": 1,
+            "offline": 1,
+            "starting": 0,
+            "disabled": 1,
+            "readings": 10,
+            "errors": 0,
+        }
+    }, st["drivers"]
     assert st["clock"] in ("synced", "unsynced")
 
     human = run_cli("status", "--config", cfg)
@@ -109,15 +140,35 @@ def test_status_devices_and_tail_on_a_running_agent(running) -> None:  # type: i
     rows = {d["id"]: d for d in r.json()["devices"]}
     assert list(rows) == ["van-gnss", "dead-gnss", "spare-gnss"]  # config order, one row each
     live, dead, spare = rows["van-gnss"], rows["dead-gnss"], rows["spare-gnss"]
-    assert (live["state"], live["link"], live["driver"], live["readings"]) == ("online", "connected", "nmea", 10)
+    assert (live["state"], live["link"], live["driver"], live["readings"]) == (
+        "online",
+        "connected",
+        "nmea",
+        10,
+    )
     assert live["last_values"] == expected_values(fs[-1])
     assert live["errors"] == {} and live["last_reading_age"] >= 0 and live["rate"] > 0
-    assert (dead["state"], dead["link"], dead["readings"], dead["last_reading_age"]) == ("offline", "disconnected", 0, None)
+    assert (dead["state"], dead["link"], dead["readings"], dead["last_reading_age"]) == (
+        "offline",
+        "disconnected",
+        0,
+        None,
+    )
     assert "usb-not-plugged-in" in dead["link_detail"]
     assert (spare["state"], spare["link"]) == ("disabled", "disabled")
 
     human = run_cli("devices", "--config", cfg).out.splitlines()
-    assert human[0].split() == ["DEVICE", "DRIVER", "STATE", "LINK", "LAST", "RATE", "ERRORS", "LAST", "VALUES"]
+    assert human[0].split() == [
+        "DEVICE",
+        "DRIVER",
+        "STATE",
+        "LINK",
+        "LAST",
+        "RATE",
+        "ERRORS",
+        "LAST",
+        "VALUES",
+    ]
     assert human[1].split()[:4] == ["van-gnss", "nmea", "online", "connected"]
     assert human[2].split()[:5] == ["dead-gnss", "nmea", "offline", "disconnected", "-"]
     assert human[3].split()[:4] == ["spare-gnss", "nmea", "disabled", "disabled"]

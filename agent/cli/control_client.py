@@ -61,9 +61,13 @@ class ControlClient:
             try:
                 chunk = self._sock.recv(65536)
             except TimeoutError:
-                raise AgentNotReachable(f"the agent on {self.path} did not answer within {self.timeout:g} s") from None
+                raise AgentNotReachable(
+                    f"the agent on {self.path} did not answer within {self.timeout:g} s"
+                ) from None
             except OSError as e:
-                raise AgentNotReachable(f"lost the agent on {self.path}: {e.strerror or e}") from None
+                raise AgentNotReachable(
+                    f"lost the agent on {self.path}: {e.strerror or e}"
+                ) from None
             if not chunk:
                 raise AgentNotReachable(f"the agent on {self.path} closed the connection")
             self._buf += chunk
@@ -106,11 +110,15 @@ def _why(path: Path, e: OSError) -> str:
 
 def unreachable_exit(cfg: AgentConfig, e: AgentNotReachable) -> CliExit:
     """Exit 69 with a hint for the technician."""
-    return CliExit(EXIT_UNREACHABLE, (
-        f"edge-agent: agent not reachable: {e}\n"
-        f"  is the service running?  systemctl status edge-agent\n"
-        f"  socket tried: {cfg.control.socket} (from [control].socket in {cfg.source_path})\n"
-        f"  without the agent: edge-agent buffer stats, edge-agent doctor"))
+    return CliExit(
+        EXIT_UNREACHABLE,
+        (
+            f"edge-agent: agent not reachable: {e}\n"
+            f"  is the service running?  systemctl status edge-agent\n"
+            f"  socket tried: {cfg.control.socket} (from [control].socket in {cfg.source_path})\n"
+            f"  without the agent: edge-agent buffer stats, edge-agent doctor"
+        ),
+    )
 
 
 def ask(cfg: AgentConfig, cmd: str, **args: Any) -> dict[str, Any]:

@@ -44,13 +44,21 @@ class Check:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "doctor", help="check config, permissions, buffer, disk, ports, Bluetooth, broker/TLS, clock, service",
-        description="Run every on-site check and print a verdict for each (ok, warn, FAIL, skipped) "
-                    "with a hint. Exit 1 when any check fails, 78 when the config is invalid.")
+        "doctor",
+        help="check config, permissions, buffer, disk, ports, Bluetooth, broker, clock, service",
+        description="Run every on-site check and print a verdict for each "
+        "(ok, warn, FAIL, skipped) "
+        "with a hint. Exit 1 when any check fails, 78 when the config is invalid.",
+    )
     add_config_arg(p)
     add_json_arg(p)
-    p.add_argument("--timeout", type=float, default=BROKER_TIMEOUT, metavar="S",
-                   help=f"broker connection timeout in seconds (default {BROKER_TIMEOUT:g})")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=BROKER_TIMEOUT,
+        metavar="S",
+        help=f"broker connection timeout in seconds (default {BROKER_TIMEOUT:g})",
+    )
     p.set_defaults(func=doctor)
 
 
@@ -60,14 +68,16 @@ def _mode(p: Path) -> int:
 
 
 def check_permissions(cfg: AgentConfig) -> Check:
-    """Config not world-writable (nor world-readable with inline secrets); secret files 0600/0640."""
+    """Config not world-writable (nor world-readable holding secrets); secret files 0600/0640."""
     problems: list[str] = []
     notes: list[str] = []
     src = cfg.source_path
     if src is not None:
         m = _mode(src)
         inline = masked_dump(cfg) != cfg.model_dump(mode="json", exclude_none=False)
-        refs = cfg.uplink.password_file is not None or (cfg.uplink.tls is not None and cfg.uplink.tls.key_file)
+        refs = cfg.uplink.password_file is not None or (
+            cfg.uplink.tls is not None and cfg.uplink.tls.key_file
+        )
         if m & 0o002:
             problems.append(f"{src} is world-writable ({m:04o}): anyone can redirect the uplink")
         if m & 0o004 and inline:
@@ -94,8 +104,12 @@ def check_permissions(cfg: AgentConfig) -> Check:
         if not os.access(p, os.R_OK):
             problems.append(f"{key}: {p} is not readable by this user")
     if problems:
-        return Check("permissions", "fail", "; ".join(problems),
-                     "chmod 0640 the config (owner root, group edge-agent) and 0600/0640 the secret files")
+        return Check(
+            "permissions",
+            "fail",
+            "; ".join(problems),
+            "chmod 0640 the config (owner root, group edge-agent) and 0600/0640 the secret files",
+        )
     if any("world-readable" in n for n in notes):
         return Check("permissions", "warn", "; ".join(notes), "chmod o-r the config")
     return Check("permissions", "ok", ", ".join(notes) or "no secret files configured")
@@ -106,9 +120,15 @@ def check_buffer(cfg: AgentConfig) -> Check:
     path = Path(cfg.buffer.path)
     if not path.exists():
         if not path.parent.exists():
-            return Check("buffer", "warn", f"{path.parent} does not exist yet",
-                         "the agent creates it on start; check [buffer].path")
-        return Check("buffer", "ok", f"{path} not created yet (the agent creates it on first start)")
+            return Check(
+                "buffer",
+                "warn",
+                f"{path.parent} does not exist yet",
+                "the agent creates it on start; check [buffer].path",
+            )
+        return Check(
+            "buffer", "ok", f"{path} not created yet (the agent creates it on first start)"
+        )
     uri = "file:" + quote(str(path.resolve()))
     err: Exception | None = None
     for params in ("mode=ro", "mode=ro&immutable=1"):
@@ -124,15 +144,30 @@ def check_buffer(cfg: AgentConfig) -> Check:
             err = e
             continue
         except sqlite3.DatabaseError as e:
-            return Check("buffer", "fail", f"{path}: {e}",
-                         "the agent quarantines a corrupt database on start (kept as *.corrupt-*)")
+            return Check(
+                "buffer",
+                "fail",
+                f"{path}: {e}",
+                "the agent quarantines a corrupt database on start (kept as *.corrupt-*)",
+            )
         if res != ["ok"]:
-            return Check("buffer", "fail", f"{path}: quick_check: {'; '.join(res[:3])}",
-                         "restart the agent: it quarantines the file and starts a fresh epoch")
-        corrupt = [p.name for p in path.parent.glob(f"{path.name}.corrupt-*") if not p.name.endswith(("-wal", "-shm"))]
+            return Check(
+                "buffer",
+                "fail",
+                f"{path}: quick_check: {'; '.join(res[:3])}",
+                "restart the agent: it quarantines the file and starts a fresh epoch",
+            )
+        corrupt = [
+            p.name
+            for p in path.parent.glob(f"{path.name}.corrupt-*")
+            if not p.name.endswith(("-wal", "-shm"))
+        ]
         extra = f"; quarantined copies kept: {', '.join(corrupt)}" if corrupt else ""
-        return Check("buffer", "warn" if corrupt else "ok",
-                     f"{path}: quick_check ok, journal {jm}, {depth} readings waiting{extra}")
+        return Check(
+            "buffer",
+            "warn" if corrupt else "ok",
+            f"{path}: quick_check ok, journal {jm}, {depth} readings waiting{extra}",
+        )
     return Check("buffer", "fail", f"{path}: cannot open: {err}", "check the file's owner and mode")
 
 
@@ -147,11 +182,24 @@ def check_disk(cfg: AgentConfig) -> Check:
     path = Path(cfg.buffer.path)
     used = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
     growth = max(0, cfg.buffer.max_bytes - used)
-    detail = f"{size(du.free)} free of {size(du.total)} on {d}; the buffer may grow by {size(growth)} more"
+    detail = (
+        f"{size(du.free)} free of {size(du.total)} on {d}; "
+        f"the buffer may grow by {size(growth)} more"
+    )
     if du.free < MIN_FREE:
-        return Check("disk", "fail", detail, "free space on the SD card (old logs: journalctl --vacuum-size=50M)")
+        return Check(
+            "disk",
+            "fail",
+            detail,
+            "free space on the SD card (old logs: journalctl --vacuum-size=50M)",
+        )
     if du.free < growth:
-        return Check("disk", "warn", detail, "lower [buffer].max_bytes or free space: the disk fills before the buffer")
+        return Check(
+            "disk",
+            "warn",
+            detail,
+            "lower [buffer].max_bytes or free space: the disk fills before the buffer",
+        )
     return Check("disk", "ok", detail)
 
 
@@ -189,14 +237,30 @@ def check_serial(cfg: AgentConfig, user: tuple[str, int, set[int]] | None = None
         port = Path(d.port or "")
         label = f"serial:{d.id}"
         if not port.exists():
-            hint = ("plug the adapter in; list candidates with `ls -l /dev/serial/by-id/` "
-                    "or `edge-agent probe serial PORT`")
-            out.append(Check(label, "fail", f"{port} not present" + (" (dangling link)" if port.is_symlink() else ""), hint))
+            hint = (
+                "plug the adapter in; list candidates with `ls -l /dev/serial/by-id/` "
+                "or `edge-agent probe serial PORT`"
+            )
+            out.append(
+                Check(
+                    label,
+                    "fail",
+                    f"{port} not present" + (" (dangling link)" if port.is_symlink() else ""),
+                    hint,
+                )
+            )
             continue
         real = port.resolve()
         st = real.stat()
         if not stat.S_ISCHR(st.st_mode):
-            out.append(Check(label, "fail", f"{port} -> {real} is not a character device", "check [[devices]].port"))
+            out.append(
+                Check(
+                    label,
+                    "fail",
+                    f"{port} -> {real} is not a character device",
+                    "check [[devices]].port",
+                )
+            )
             continue
         try:
             group = grp.getgrgid(st.st_gid).gr_name
@@ -204,12 +268,24 @@ def check_serial(cfg: AgentConfig, user: tuple[str, int, set[int]] | None = None
             group = str(st.st_gid)
         where = f"{port}" + (f" -> {real}" if real != port else "")
         if can_rw(st, uid, gids):
-            out.append(Check(label, "ok", f"{where} ({stat.S_IMODE(st.st_mode):04o}, group {group}), "
-                                          f"read/write for {name}"))
+            out.append(
+                Check(
+                    label,
+                    "ok",
+                    f"{where} ({stat.S_IMODE(st.st_mode):04o}, group {group}), "
+                    f"read/write for {name}",
+                )
+            )
         else:
-            out.append(Check(label, "fail", f"{where} ({stat.S_IMODE(st.st_mode):04o}, group {group}) "
-                                            f"is not read/write for {name}",
-                             f"sudo usermod -aG {group} {name}, then restart the service"))
+            out.append(
+                Check(
+                    label,
+                    "fail",
+                    f"{where} ({stat.S_IMODE(st.st_mode):04o}, group {group}) "
+                    f"is not read/write for {name}",
+                    f"sudo usermod -aG {group} {name}, then restart the service",
+                )
+            )
     return out
 
 
@@ -230,17 +306,23 @@ def _ble_devices(cfg: AgentConfig) -> list[str]:
     return out
 
 
-async def _bluez_adapters(timeout: float) -> list[dict[str, Any]] | None:
+async def _bluez_adapters(limit: float) -> list[dict[str, Any]] | None:
     """Adapters known to BlueZ over the system bus; None when org.bluez is not on the bus."""
     from dbus_fast import BusType, Message, MessageType
     from dbus_fast.aio import MessageBus
 
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(limit):
         bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
     try:
-        async with asyncio.timeout(timeout):
-            reply = await bus.call(Message(destination="org.bluez", path="/", interface="org.freedesktop.DBus.ObjectManager",
-                                           member="GetManagedObjects"))
+        async with asyncio.timeout(limit):
+            reply = await bus.call(
+                Message(
+                    destination="org.bluez",
+                    path="/",
+                    interface="org.freedesktop.DBus.ObjectManager",
+                    member="GetManagedObjects",
+                )
+            )
         if reply is None or reply.message_type == MessageType.ERROR:
             return None
         adapters = []
@@ -255,7 +337,7 @@ async def _bluez_adapters(timeout: float) -> list[dict[str, Any]] | None:
 
 def check_bluetooth(cfg: AgentConfig, timeout: float = 3.0) -> Check:
     ble = _ble_devices(cfg)
-    need = "fail" if ble else "warn"
+    need: Verdict = "fail" if ble else "warn"
     try:
         import dbus_fast  # noqa: F401
     except ImportError:
@@ -263,24 +345,44 @@ def check_bluetooth(cfg: AgentConfig, timeout: float = 3.0) -> Check:
     try:
         adapters = asyncio.run(_bluez_adapters(timeout))
     except (OSError, TimeoutError, ValueError, EOFError) as e:
-        return Check("bluetooth", "skipped" if not ble else "fail",
-                     f"D-Bus system bus not reachable ({type(e).__name__}: {e})",
-                     "" if not ble else "is dbus running? systemctl status dbus")
+        return Check(
+            "bluetooth",
+            "skipped" if not ble else "fail",
+            f"D-Bus system bus not reachable ({type(e).__name__}: {e})",
+            "" if not ble else "is dbus running? systemctl status dbus",
+        )
     except Exception as e:  # dbus_fast errors (AuthError, DBusError...)
-        return Check("bluetooth", "skipped" if not ble else "fail", f"D-Bus: {type(e).__name__}: {e}")
+        return Check(
+            "bluetooth", "skipped" if not ble else "fail", f"D-Bus: {type(e).__name__}: {e}"
+        )
     if adapters is None:
         if not ble:
             return Check("bluetooth", "skipped", "BlueZ is not running; no BLE devices configured")
-        return Check("bluetooth", "fail", "BlueZ (org.bluez) is not on the system bus",
-                     "sudo systemctl start bluetooth")
+        return Check(
+            "bluetooth",
+            "fail",
+            "BlueZ (org.bluez) is not on the system bus",
+            "sudo systemctl start bluetooth",
+        )
     if not adapters:
-        return Check("bluetooth", need if ble else "skipped", "no Bluetooth adapter",
-                     "check `bluetoothctl list`; a USB dongle may need replugging" if ble else "")
-    names = ", ".join(f"{a['path'].rsplit('/', 1)[-1]} {a.get('Address', '?')}"
-                      f" {'powered' if a.get('Powered') else 'OFF'}" for a in adapters)
+        return Check(
+            "bluetooth",
+            need if ble else "skipped",
+            "no Bluetooth adapter",
+            "check `bluetoothctl list`; a USB dongle may need replugging" if ble else "",
+        )
+    names = ", ".join(
+        f"{a['path'].rsplit('/', 1)[-1]} {a.get('Address', '?')}"
+        f" {'powered' if a.get('Powered') else 'OFF'}"
+        for a in adapters
+    )
     if not any(a.get("Powered") for a in adapters):
-        return Check("bluetooth", need, f"adapter present but not powered: {names}",
-                     "rfkill unblock bluetooth; bluetoothctl power on")
+        return Check(
+            "bluetooth",
+            need,
+            f"adapter present but not powered: {names}",
+            "rfkill unblock bluetooth; bluetoothctl power on",
+        )
     return Check("bluetooth", "ok", f"{names}" + ("" if ble else " (no BLE devices configured)"))
 
 
@@ -302,9 +404,15 @@ def check_broker(cfg: AgentConfig, timeout: float = BROKER_TIMEOUT) -> list[Chec
         raw = socket.create_connection((up.host, up.port), timeout=timeout)
     except OSError as e:
         why = "timed out" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        return [Check("broker", "fail", f"{where} unreachable: {why}",
-                      "check network (ping, DNS), [uplink].host/port and the firewall; "
-                      "readings are kept in the buffer meanwhile")]
+        return [
+            Check(
+                "broker",
+                "fail",
+                f"{where} unreachable: {why}",
+                "check network (ping, DNS), [uplink].host/port and the firewall; "
+                "readings are kept in the buffer meanwhile",
+            )
+        ]
     checks: list[Check] = []
     try:
         if up.tls is not None:
@@ -316,58 +424,108 @@ def check_broker(cfg: AgentConfig, timeout: float = BROKER_TIMEOUT) -> list[Chec
                     exp = _cert_expiry(t)
                     version = t.version()
             except ConfigError as e:
-                return [Check("tls", "fail", "; ".join(e.problems), "check the files named in [uplink].tls")]
+                return [
+                    Check(
+                        "tls",
+                        "fail",
+                        "; ".join(e.problems),
+                        "check the files named in [uplink].tls",
+                    )
+                ]
             except ssl.SSLCertVerificationError as e:
                 msg = e.verify_message or str(e)
-                return [Check("broker", "ok", f"{where} reachable (TCP)"),
-                        Check("tls", "fail", f"certificate of {where} rejected: {msg}",
-                              "expired or wrong CA: check [uplink].tls.ca_file and the system clock")]
+                return [
+                    Check("broker", "ok", f"{where} reachable (TCP)"),
+                    Check(
+                        "tls",
+                        "fail",
+                        f"certificate of {where} rejected: {msg}",
+                        "expired or wrong CA: check [uplink].tls.ca_file and the system clock",
+                    ),
+                ]
             except (ssl.SSLError, OSError) as e:
-                return [Check("broker", "ok", f"{where} reachable (TCP)"),
-                        Check("tls", "fail", f"TLS handshake with {where} failed: {e}",
-                              "is this port a TLS listener? check [uplink].port")]
+                return [
+                    Check("broker", "ok", f"{where} reachable (TCP)"),
+                    Check(
+                        "tls",
+                        "fail",
+                        f"TLS handshake with {where} failed: {e}",
+                        "is this port a TLS listener? check [uplink].port",
+                    ),
+                ]
             if exp is None:
                 checks.append(Check("tls", "warn", f"{version}; certificate has no expiry date"))
             else:
                 days = (exp - time.time()) / 86400
                 when = time.strftime("%Y-%m-%d", time.gmtime(exp))
                 if days < CERT_WARN_DAYS:
-                    checks.append(Check("tls", "warn", f"{version}; server certificate expires {when} "
-                                                       f"(in {days:.0f} days)", "ask the platform to renew it"))
+                    checks.append(
+                        Check(
+                            "tls",
+                            "warn",
+                            f"{version}; server certificate expires {when} (in {days:.0f} days)",
+                            "ask the platform to renew it",
+                        )
+                    )
                 else:
-                    checks.append(Check("tls", "ok", f"{version}; server certificate valid until {when} "
-                                                     f"({days:.0f} days)"))
+                    checks.append(
+                        Check(
+                            "tls",
+                            "ok",
+                            f"{version}; server certificate valid until {when} ({days:.0f} days)",
+                        )
+                    )
     finally:
         raw.close()
     try:
         password = read_password(cfg)
     except ConfigError as e:
-        return [*checks, Check("broker", "fail", "; ".join(e.problems), "check [uplink].password_file")]
+        return [
+            *checks,
+            Check("broker", "fail", "; ".join(e.problems), "check [uplink].password_file"),
+        ]
     err = asyncio.run(_mqtt_connect(cfg, password, timeout))
     if err:
-        checks.insert(0, Check("broker", "fail", f"{where} reachable but MQTT CONNECT failed: {err}",
-                               "check [uplink].username / password_file with the platform"))
+        checks.insert(
+            0,
+            Check(
+                "broker",
+                "fail",
+                f"{where} reachable but MQTT CONNECT failed: {err}",
+                "check [uplink].username / password_file with the platform",
+            ),
+        )
     else:
-        checks.insert(0, Check("broker", "ok", f"{where} reachable, MQTT CONNECT accepted"
-                                               + (" (TLS)" if up.tls else "")))
+        checks.insert(
+            0,
+            Check(
+                "broker",
+                "ok",
+                f"{where} reachable, MQTT CONNECT accepted" + (" (TLS)" if up.tls else ""),
+            ),
+        )
     return checks
 
 
-async def _mqtt_connect(cfg: AgentConfig, password: str | None, timeout: float) -> str:
-    """'' when the broker accepts an MQTT session (own client id, so the agent is not kicked off)."""
+async def _mqtt_connect(cfg: AgentConfig, password: str | None, limit: float) -> str:
+    """'' when the broker accepts an MQTT session (own client id: the agent is not kicked off)."""
     import aiomqtt
 
     from agent.uplink import build_tls_context
 
     up = cfg.uplink
     client = aiomqtt.Client(
-        up.host, up.port, username=up.username, password=password,
+        up.host,
+        up.port,
+        username=up.username,
+        password=password,
         identifier=f"{cfg.client_id}-doctor-{os.getpid()}",
         protocol=aiomqtt.ProtocolVersion.V5 if up.protocol == "5" else aiomqtt.ProtocolVersion.V311,
-        timeout=timeout, tls_context=build_tls_context(cfg),
+        timeout=limit,
+        tls_context=build_tls_context(cfg),
     )
     try:
-        async with asyncio.timeout(timeout + 1):
+        async with asyncio.timeout(limit + 1):
             async with client:
                 pass
     except (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError) as e:
@@ -381,21 +539,36 @@ def check_clock() -> Check:
 
     state = ClockMonitor().detect()
     forced = os.environ.get("EDGE_AGENT_CLOCK") in ("synced", "unsynced")
-    src = ("EDGE_AGENT_CLOCK" if forced else "systemd-timesyncd" if os.path.exists(TIMESYNC_FLAG)
-           else "kernel (adjtimex)" if kernel_synced() is not None else "unknown (assumed synced)")
+    src = (
+        "EDGE_AGENT_CLOCK"
+        if forced
+        else "systemd-timesyncd"
+        if os.path.exists(TIMESYNC_FLAG)
+        else "kernel (adjtimex)"
+        if kernel_synced() is not None
+        else "unknown (assumed synced)"
+    )
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if state == "synced":
         return Check("clock", "ok", f"synchronised ({src}); now {now}")
-    return Check("clock", "fail", f"not synchronised ({src}); now {now}; readings are marked clock=unsynced",
-                 "timedatectl status; check NTP reachability (systemd-timesyncd) or add an RTC")
+    return Check(
+        "clock",
+        "fail",
+        f"not synchronised ({src}); now {now}; readings are marked clock=unsynced",
+        "timedatectl status; check NTP reachability (systemd-timesyncd) or add an RTC",
+    )
 
 
 def _systemctl_show(*props: str) -> dict[str, str]:
     if not os.path.isdir(SYSTEMD_RUN) or not shutil.which("systemctl"):
         return {}
     try:
-        out = subprocess.run(["systemctl", "show", UNIT, *(f"--property={p}" for p in props)],
-                             capture_output=True, text=True, timeout=10).stdout
+        out = subprocess.run(
+            ["systemctl", "show", UNIT, *(f"--property={p}" for p in props)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return {}
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -408,13 +581,24 @@ def check_systemd() -> Check:
     if not p:
         return Check("systemd", "fail", "systemctl did not answer")
     if p.get("LoadState") != "loaded":
-        return Check("systemd", "fail", f"{UNIT} is not installed ({p.get('LoadState', '?')})",
-                     "install it: sudo systemd/install.sh (see README)")
-    detail = f"{UNIT} {p.get('ActiveState')}/{p.get('SubState')}, {p.get('UnitFileState')} ({p.get('FragmentPath')})"
+        return Check(
+            "systemd",
+            "fail",
+            f"{UNIT} is not installed ({p.get('LoadState', '?')})",
+            "install it: sudo systemd/install.sh (see README)",
+        )
+    detail = (
+        f"{UNIT} {p.get('ActiveState')}/{p.get('SubState')}, {p.get('UnitFileState')} "
+        f"({p.get('FragmentPath')})"
+    )
     if p.get("ActiveState") != "active":
-        return Check("systemd", "fail", detail, f"sudo systemctl start {UNIT}; journalctl -u {UNIT} -n 50")
+        return Check(
+            "systemd", "fail", detail, f"sudo systemctl start {UNIT}; journalctl -u {UNIT} -n 50"
+        )
     if p.get("UnitFileState") not in ("enabled", "static", "enabled-runtime"):
-        return Check("systemd", "warn", detail, f"it will not start at boot: sudo systemctl enable {UNIT}")
+        return Check(
+            "systemd", "warn", detail, f"it will not start at boot: sudo systemctl enable {UNIT}"
+        )
     return Check("systemd", "ok", detail)
 
 
@@ -429,20 +613,33 @@ def check_agent(cfg: AgentConfig) -> Check:
     except ControlError as e:
         return Check("agent", "warn", f"answers but refused status: {e}")
     up = st["uplink"]
-    detail = (f"pid {st['pid']}, up {age(st['uptime'])}, uplink {up['state']}"
-              + (f" ({up['last_error']})" if up["state"] != "connected" and up["last_error"] else "")
-              + f", {st['buffer']['depth']} readings buffered")
-    offline = [i for i, d in (st.get("devices") or {}).items() if d.get("state", "offline") == "offline"]
+    detail = (
+        f"pid {st['pid']}, up {age(st['uptime'])}, uplink {up['state']}"
+        + (f" ({up['last_error']})" if up["state"] != "connected" and up["last_error"] else "")
+        + f", {st['buffer']['depth']} readings buffered"
+    )
+    offline = [
+        i for i, d in (st.get("devices") or {}).items() if d.get("state", "offline") == "offline"
+    ]
     if offline:
-        return Check("agent", "warn", detail + f"; not delivering: {', '.join(offline)}",
-                     "see `edge-agent devices`")
+        return Check(
+            "agent",
+            "warn",
+            detail + f"; not delivering: {', '.join(offline)}",
+            "see `edge-agent devices`",
+        )
     return Check("agent", "ok", detail)
 
 
 # -- the verb -----------------------------------------------------------------------------
 def run_checks(cfg: AgentConfig, timeout: float = BROKER_TIMEOUT) -> list[Check]:
-    checks = [Check("config", "ok", f"{cfg.source_path}: valid (gateway {cfg.gateway.id}, "
-                                    f"{len(cfg.devices)} devices)")]
+    checks = [
+        Check(
+            "config",
+            "ok",
+            f"{cfg.source_path}: valid (gateway {cfg.gateway.id}, {len(cfg.devices)} devices)",
+        )
+    ]
     checks.append(check_permissions(cfg))
     checks.append(check_buffer(cfg))
     checks.append(check_disk(cfg))
@@ -468,7 +665,12 @@ def doctor(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"ok": code == 0, "config": str(path), "checks": [asdict(c) for c in checks]})
         return code
-    style = {"ok": ("ok", "ok"), "warn": ("warn", "warn"), "fail": ("FAIL", "fail"), "skipped": ("skip", "dim")}
+    style = {
+        "ok": ("ok", "ok"),
+        "warn": ("warn", "warn"),
+        "fail": ("FAIL", "fail"),
+        "skipped": ("skip", "dim"),
+    }
     w = max(len(c.name) for c in checks)
     print(f"edge-agent doctor ({path})")
     for c in checks:
@@ -478,6 +680,12 @@ def doctor(args: argparse.Namespace) -> int:
             print(f"  {'':<5} {'':<{w}}  -> {c.hint}")
     failed = sum(c.verdict == "fail" for c in checks)
     warned = sum(c.verdict == "warn" for c in checks)
-    print(paint(f"{failed} failed, {warned} warnings", "fail") if failed else
-          paint(f"all checks passed ({warned} warnings)" if warned else "all checks passed", "warn" if warned else "ok"))
+    print(
+        paint(f"{failed} failed, {warned} warnings", "fail")
+        if failed
+        else paint(
+            f"all checks passed ({warned} warnings)" if warned else "all checks passed",
+            "warn" if warned else "ok",
+        )
+    )
     return code

@@ -8,7 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.cli.common import EXIT_FAILURE, EXIT_UNREACHABLE, CliExit, add_config_arg, add_json_arg, load, print_json, table
+from agent.cli.common import (
+    EXIT_FAILURE,
+    EXIT_UNREACHABLE,
+    CliExit,
+    add_config_arg,
+    add_json_arg,
+    load,
+    print_json,
+    table,
+)
 from agent.cli.control_client import ControlClient, ask, unreachable_exit
 from agent.cli.fmt import age, count, paint, size, values_text
 from agent.errors import AgentNotReachable, ControlError
@@ -17,27 +26,38 @@ from agent.model import parse_ts
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
-        "status", help="is data leaving? uplink, buffer, clock and device health of the running agent",
-        description="Ask the running agent how it is: uplink state (connected, last PUBACK, backoff), "
-                    "buffer depth/bytes/oldest age/time to full, drops, clock, per-driver health. "
-                    "Exit 69 when no agent answers on the control socket.")
+        "status",
+        help="is data leaving? uplink, buffer, clock and device health of the running agent",
+        description="Ask the running agent how it is: "
+        "uplink state (connected, last PUBACK, backoff), "
+        "buffer depth/bytes/oldest age/time to full, drops, clock, per-driver health. "
+        "Exit 69 when no agent answers on the control socket.",
+    )
     add_config_arg(p)
     add_json_arg(p)
     p.set_defaults(func=status)
     d = sub.add_parser(
-        "devices", help="one row per configured device: state, link, last reading, rate, errors, values",
-        description="Find a dead sensor: every configured device with its driver, link state, age of "
-                    "the last reading, reading rate, error counters and last values.")
+        "devices",
+        help="one row per configured device: state, link, last reading, rate, errors, values",
+        description="Find a dead sensor: every configured device with its driver, "
+        "link state, age of "
+        "the last reading, reading rate, error counters and last values.",
+    )
     add_config_arg(d)
     add_json_arg(d)
     d.set_defaults(func=devices)
     t = sub.add_parser(
-        "tail", help="follow readings live as the agent accepts them",
-        description="Print each reading as it is committed to the buffer (Ctrl-C to stop).")
+        "tail",
+        help="follow readings live as the agent accepts them",
+        description="Print each reading as it is committed to the buffer (Ctrl-C to stop).",
+    )
     add_config_arg(t)
     t.add_argument("--device", metavar="ID", help="only this device")
-    t.add_argument("--json", action="store_true",
-                   help="one wire-form reading (JSON) per line, as sent on P/telemetry")
+    t.add_argument(
+        "--json",
+        action="store_true",
+        help="one wire-form reading (JSON) per line, as sent on P/telemetry",
+    )
     t.add_argument("--count", "-n", type=int, metavar="N", help="stop after N readings")
     t.set_defaults(func=tail)
 
@@ -55,11 +75,19 @@ def status(args: argparse.Namespace) -> int:
 
 def render_status(st: dict[str, Any]) -> str:
     up, buf = st["uplink"], st["buffer"]
-    lines = [paint(f"{st['gateway']}", "bold") + f"  edge-agent {st['version']}  pid {st['pid']}  "
-             f"up {age(st['uptime'])} (since {st['started']})"]
+    lines = [
+        paint(f"{st['gateway']}", "bold") + f"  edge-agent {st['version']}  pid {st['pid']}  "
+        f"up {age(st['uptime'])} (since {st['started']})"
+    ]
     clock = st["clock"]
-    lines.append(f"clock     {paint(clock, 'ok' if clock == 'synced' else 'warn')}"
-                 + ("" if clock == "synced" else "  (readings are stamped clock=unsynced; see `edge-agent doctor`)"))
+    lines.append(
+        f"clock     {paint(clock, 'ok' if clock == 'synced' else 'warn')}"
+        + (
+            ""
+            if clock == "synced"
+            else "  (readings are stamped clock=unsynced; see `edge-agent doctor`)"
+        )
+    )
     state = up["state"]
     now = parse_ts(st["ts"])
 
@@ -68,23 +96,34 @@ def render_status(st: dict[str, Any]) -> str:
 
     puback = ago(up["last_puback"])
     if state == "connected":
-        lines.append(f"uplink    {paint('connected', 'ok')} to {up['broker']}"
-                     f"{' (TLS)' if up.get('tls') else ''} since {up['connected_since']} "
-                     f"({ago(up['connected_since'])})")
+        lines.append(
+            f"uplink    {paint('connected', 'ok')} to {up['broker']}"
+            f"{' (TLS)' if up.get('tls') else ''} since {up['connected_since']} "
+            f"({ago(up['connected_since'])})"
+        )
     else:
         err = up["last_error"] or "not connected yet"
         lines.append(f"uplink    {paint(state.upper(), 'fail')}  broker {up['broker']}: {err}")
         if up.get("backoff_until"):
-            lines.append(f"          backing off: next attempt in {age(max(0.0, parse_ts(up['backoff_until']) - now))}")
-    lines.append(f"          last PUBACK {puback}; published {count(up['published'])} batches, "
-                 f"acked {count(up['readings_acked'])} readings, reconnects {up['reconnects']}, "
-                 f"in flight {up['inflight']}")
+            lines.append(
+                "          backing off: next attempt in "
+                f"{age(max(0.0, parse_ts(up['backoff_until']) - now))}"
+            )
+    lines.append(
+        f"          last PUBACK {puback}; published {count(up['published'])} batches, "
+        f"acked {count(up['readings_acked'])} readings, reconnects {up['reconnects']}, "
+        f"in flight {up['inflight']}"
+    )
     pct = 100.0 * buf["bytes"] / buf["max_bytes"] if buf["max_bytes"] else 0.0
-    lines.append(f"buffer    {count(buf['depth'])} readings waiting, {size(buf['bytes'])} of "
-                 f"{size(buf['max_bytes'])} ({pct:.1f}%), oldest {age(buf['oldest_age'])}")
+    lines.append(
+        f"buffer    {count(buf['depth'])} readings waiting, {size(buf['bytes'])} of "
+        f"{size(buf['max_bytes'])} ({pct:.1f}%), oldest {age(buf['oldest_age'])}"
+    )
     ttf = "-" if buf["time_to_full"] is None else age(buf["time_to_full"])
-    lines.append(f"          accepting {buf['accept_rate']:g}/s, full in {ttf}; next seq {buf['next_seq']}, "
-                 f"epoch {buf['epoch']}")
+    lines.append(
+        f"          accepting {buf['accept_rate']:g}/s, full in {ttf}; next seq {buf['next_seq']}, "
+        f"epoch {buf['epoch']}"
+    )
     dropped = {k: v for k, v in (buf.get("dropped") or {}).items() if v}
     drops = ", ".join(f"{v} ({k})" for k, v in dropped.items()) or "none"
     extra = []
@@ -92,8 +131,10 @@ def render_status(st: dict[str, Any]) -> str:
         extra.append(f"rejected {buf['rejected']} (buffer full, on_full=reject_new)")
     if buf.get("queue_overflow"):
         extra.append(f"queue overflow {buf['queue_overflow']}")
-    lines.append(f"drops     {paint(drops, 'ok' if drops == 'none' else 'warn')}"
-                 + (("; " + "; ".join(extra)) if extra else ""))
+    lines.append(
+        f"drops     {paint(drops, 'ok' if drops == 'none' else 'warn')}"
+        + (("; " + "; ".join(extra)) if extra else "")
+    )
     drivers = st.get("drivers") or {}
     if not drivers:
         lines.append("devices   none configured")
@@ -104,19 +145,35 @@ def render_status(st: dict[str, Any]) -> str:
                 parts.append(f"{d[k]} {k}")
         parts.append(f"{count(d['readings'])} readings, {d['errors']} errors")
         text = f"{name:<12} " + ", ".join(parts)
-        lines.append(("drivers   " if i == 0 else "          ") + paint(text, "warn" if d["offline"] else "ok"))
+        lines.append(
+            ("drivers   " if i == 0 else "          ")
+            + paint(text, "warn" if d["offline"] else "ok")
+        )
     # Verdicts a technician acts on.
     if state != "connected":
-        lines.append(paint(f"! DATA IS BUFFERING: the uplink to {up['broker']} is down "
-                           f"({up['last_error'] or state}); {count(buf['depth'])} readings are kept and "
-                           "will be sent when it reconnects. Check with `edge-agent doctor`; "
-                           "carry data out with `edge-agent buffer export`.", "fail"))
-    offline = [(dev_id, dev) for dev_id, dev in (st.get("devices") or {}).items()
-               if dev.get("state", "offline") == "offline"]
+        lines.append(
+            paint(
+                f"! DATA IS BUFFERING: the uplink to {up['broker']} is down "
+                f"({up['last_error'] or state}); {count(buf['depth'])} readings are kept and "
+                "will be sent when it reconnects. Check with `edge-agent doctor`; "
+                "carry data out with `edge-agent buffer export`.",
+                "fail",
+            )
+        )
+    offline = [
+        (dev_id, dev)
+        for dev_id, dev in (st.get("devices") or {}).items()
+        if dev.get("state", "offline") == "offline"
+    ]
     if offline:
-        lines.append(paint(f"! {len(offline)} device(s) not delivering: "
-                           + ", ".join(f"{i} (link {d['link']})" for i, d in offline)
-                           + "; see `edge-agent devices`", "warn"))
+        lines.append(
+            paint(
+                f"! {len(offline)} device(s) not delivering: "
+                + ", ".join(f"{i} (link {d['link']})" for i, d in offline)
+                + "; see `edge-agent devices`",
+                "warn",
+            )
+        )
     return "\n".join(lines)
 
 
@@ -140,12 +197,26 @@ def render_devices(rows: list[dict[str, Any]]) -> str:
         errs = " ".join(f"{k}={v}" for k, v in sorted(d["errors"].items())) or "0"
         if d.get("restarts"):
             errs += f" restarts={d['restarts']}"
-        body.append([d["id"], d["driver"], d["state"], d["link"], age(d["last_reading_age"]),
-                     f"{d['rate']:g}/s", errs, values_text(d["last_values"])])
-    text = table(body, ["DEVICE", "DRIVER", "STATE", "LINK", "LAST", "RATE", "ERRORS", "LAST VALUES"])
+        body.append(
+            [
+                d["id"],
+                d["driver"],
+                d["state"],
+                d["link"],
+                age(d["last_reading_age"]),
+                f"{d['rate']:g}/s",
+                errs,
+                values_text(d["last_values"]),
+            ]
+        )
+    text = table(
+        body, ["DEVICE", "DRIVER", "STATE", "LINK", "LAST", "RATE", "ERRORS", "LAST VALUES"]
+    )
     out = text.splitlines()
     for i, d in enumerate(rows, start=1):  # colour after alignment, so widths stay right
-        out[i] = out[i].replace(f" {d['state']} ", " " + paint(d["state"], style.get(d["state"], "")) + " ", 1)
+        out[i] = out[i].replace(
+            f" {d['state']} ", " " + paint(d["state"], style.get(d["state"], "")) + " ", 1
+        )
     notes = []
     for d in rows:
         if d["state"] in ("offline", "starting") or d["link"] in ("disconnected", "failed"):
@@ -153,14 +224,18 @@ def render_devices(rows: list[dict[str, Any]]) -> str:
             why = d.get("link_detail") or d.get("last_error") or ""
             exp = d.get("expected_interval")
             seen = "never" if d["last_reading_age"] is None else f"{age(d['last_reading_age'])} ago"
-            notes.append(f"  {d['id']}: {d['state']}, link {d['link']}{(' ' + where) if where else ''}"
-                         f"{(': ' + why) if why and why != where else ''}; last reading {seen}"
-                         + (f" (expected every {exp:g}s)" if exp else ""))
+            notes.append(
+                f"  {d['id']}: {d['state']}, link {d['link']}{(' ' + where) if where else ''}"
+                f"{(': ' + why) if why and why != where else ''}; last reading {seen}"
+                + (f" (expected every {exp:g}s)" if exp else "")
+            )
     if notes:
         out.append("")
         out.append(paint("not delivering:", "warn"))
         out.extend(notes)
-        out.append("  check cabling and power; `edge-agent doctor` checks ports and the Bluetooth adapter")
+        out.append(
+            "  check cabling and power; `edge-agent doctor` checks ports and the Bluetooth adapter"
+        )
     return "\n".join(out)
 
 
@@ -168,22 +243,37 @@ def render_devices(rows: list[dict[str, Any]]) -> str:
 def tail(args: argparse.Namespace) -> int:
     cfg = load(args)
     if args.device is not None and args.device not in {d.id for d in cfg.devices}:
-        raise CliExit(EXIT_FAILURE, f"edge-agent tail: no device {args.device!r} in {cfg.source_path} "
-                                    f"(configured: {', '.join(d.id for d in cfg.devices) or 'none'})")
+        raise CliExit(
+            EXIT_FAILURE,
+            f"edge-agent tail: no device {args.device!r} in {cfg.source_path} "
+            f"(configured: {', '.join(d.id for d in cfg.devices) or 'none'})",
+        )
     seen = 0
     client = ControlClient(Path(cfg.control.socket))
     try:
         client.connect()
         client.subscribe(args.device)
-        print(paint(f"following readings{' of ' + args.device if args.device else ''} live from "
-                    f"{cfg.gateway.id} via {cfg.control.socket} (Ctrl-C to stop)", "dim"),
-              file=sys.stderr, flush=True)
+        print(
+            paint(
+                f"following readings{' of ' + args.device if args.device else ''} live from "
+                f"{cfg.gateway.id} via {cfg.control.socket} (Ctrl-C to stop)",
+                "dim",
+            ),
+            file=sys.stderr,
+            flush=True,
+        )
         for ev in client.events():
             if ev.get("event") == "dropped":
                 note = {"event": "dropped", "count": ev["count"]}
-                print(json.dumps(note) if args.json else
-                      paint(f"… {ev['count']} readings skipped (this terminal reads too slowly)", "warn"),
-                      file=sys.stderr, flush=True)
+                print(
+                    json.dumps(note)
+                    if args.json
+                    else paint(
+                        f"… {ev['count']} readings skipped (this terminal reads too slowly)", "warn"
+                    ),
+                    file=sys.stderr,
+                    flush=True,
+                )
                 continue
             if ev.get("event") != "reading":
                 continue
@@ -191,9 +281,12 @@ def tail(args: argparse.Namespace) -> int:
             if args.json:
                 sys.stdout.write(json.dumps(r, separators=(",", ":"), ensure_ascii=False) + "\n")
             else:
-                sys.stdout.write(f"{r['ts']}  {r['seq']:>8}  {r['device']} ({r['driver']})  "
-                                 f"{values_text(r['values'], 200)}"
-                                 + ("" if r["clock"] == "synced" else "  [clock unsynced]") + "\n")
+                sys.stdout.write(
+                    f"{r['ts']}  {r['seq']:>8}  {r['device']} ({r['driver']})  "
+                    f"{values_text(r['values'], 200)}"
+                    + ("" if r["clock"] == "synced" else "  [clock unsynced]")
+                    + "\n"
+                )
             sys.stdout.flush()
             seen += 1
             if args.count is not None and seen >= args.count:

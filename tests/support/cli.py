@@ -37,8 +37,14 @@ def run_cli(*argv: str | Path) -> CliResult:
 
 def spawn_cli(*argv: str | Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     """`python -m agent *argv` as a subprocess with piped, line-buffered text output."""
-    return subprocess.Popen([sys.executable, "-m", "agent", *(str(a) for a in argv)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, bufsize=1, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", *(str(a) for a in argv)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+        env=env,
+    )
 
 
 class Spawned:
@@ -50,8 +56,10 @@ class Spawned:
         self.proc = spawn_cli(*argv, env=env)
         self.out: list[str] = []
         self.err: list[str] = []
-        self._threads = [threading.Thread(target=self._pump, args=(s, dst), daemon=True)
-                         for s, dst in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))]
+        self._threads = [
+            threading.Thread(target=self._pump, args=(s, dst), daemon=True)
+            for s, dst in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
         for t in self._threads:
             t.start()
 
