@@ -680,11 +680,12 @@ def doctor(args: argparse.Namespace) -> int:
             print(f"  {'':<5} {'':<{w}}  -> {c.hint}")
     failed = sum(c.verdict == "fail" for c in checks)
     warned = sum(c.verdict == "warn" for c in checks)
+    warnings = f"{warned} warning" + ("" if warned == 1 else "s")
     print(
-        paint(f"{failed} failed, {warned} warnings", "fail")
+        paint(f"{failed} failed, {warnings}", "fail")
         if failed
         else paint(
-            f"all checks passed ({warned} warnings)" if warned else "all checks passed",
+            f"all checks passed ({warnings})" if warned else "all checks passed",
             "warn" if warned else "ok",
         )
     )
