@@ -258,3 +258,21 @@ def test_misbehaving_clients_do_not_disturb_ingestion(
         agent.close()
         sub.close()
     wait_until(lambda: not Path(path).exists(), 5, "socket removed on exit")
+
+
+def test_a_second_agent_on_the_same_socket_refuses_to_start(tmp_path: Path, broker: Broker) -> None:
+    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port)
+    first = AgentProcess(cfg).start()
+    second = AgentProcess(cfg.with_name("agent.toml"))
+    second.log = tmp_path / "second.log"
+    try:
+        first.wait_log("control socket")
+        second.start()
+        assert second.wait(20) == 1
+        assert "another agent is already running" in second.output()
+        assert "Traceback" not in second.output()
+        assert run_cli("status", "--config", cfg, "--json").json()["pid"] == first.proc.pid  # type: ignore[union-attr]
+        assert first.terminate() == 0
+    finally:
+        first.close()
+        second.close()
