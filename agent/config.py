@@ -259,7 +259,9 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
     return p if p.is_absolute() else (base / p)
 
 
-def parse_config(data: dict[str, Any], *, source: Path | None = None, text: str = "") -> AgentConfig:
+def parse_config(
+    data: dict[str, Any], *, source: Path | None = None, text: str = "", check_files: bool = True
+) -> AgentConfig:
     """Validate a parsed TOML document; raise ConfigError listing every problem."""
     problems: list[str] = []
 
@@ -301,7 +303,7 @@ def parse_config(data: dict[str, Any], *, source: Path | None = None, text: str 
         )
     from agent.auth import check_uplink_files
 
-    for key, msg in check_uplink_files(cfg):  # files exist; password file private
+    for key, msg in check_uplink_files(cfg) if check_files else ():  # files exist; password file private
         add(key, msg)
     if problems:
         raise ConfigError(problems, str(source) if source else None)
@@ -342,7 +344,7 @@ def _check_devices(devices: list[DeviceConfig] | list[DeviceConfig | None], add:
             add(f"devices[{i}]" + (f".{key}" if key else ""), msg)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
+def load_config(path: str | os.PathLike[str] | None = None, *, check_files: bool = True) -> AgentConfig:
     """Read and validate a config file; ConfigError on any problem."""
     p = Path(path) if path is not None else default_config_path()
     try:
@@ -357,7 +359,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> AgentConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"TOML syntax error: {e}"], str(p)) from None
-    return parse_config(data, source=p, text=text)
+    return parse_config(data, source=p, text=text, check_files=check_files)
 
 
 SECRET_KEYS = frozenset({"password", "key", "bindkey", "secret", "token", "psk"})

@@ -82,9 +82,13 @@ class Agent:
         self.on_ready: list[Callable[[], None]] = []
         self.failure: str | None = None  # why a core task died (the process then exits 1)
         self._reload_task: asyncio.Task[Any] | None = None
+        self.control: Any = None  # agent.control.ControlServer, the CLI's socket
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        from agent.control import start_control
+
+        self.control = await start_control(self)  # first: a second agent stops here
         b = self.cfg.buffer
         outbox = Outbox(b.path, max_bytes=b.max_bytes, max_age=b.max_age, on_full=b.on_full,
                         synchronous=b.synchronous, gateway=self.cfg.gateway.id,
@@ -171,6 +175,8 @@ class Agent:
             self._reload_task.cancel()
             await asyncio.gather(self._reload_task, return_exceptions=True)
         log.info("stopping: flushing %d queued readings", self.pipeline.queued if self.pipeline else 0)
+        if self.control is not None:
+            await self.control.stop()
         for dev_id in list(self.devices):
             await self.remove_device(dev_id)
         for name, svc in self.services.items():

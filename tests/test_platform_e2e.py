@@ -41,7 +41,9 @@ def buffer_state(db: Path) -> tuple[int, int, int]:
     """(accepted = next_seq - 1, rows waiting, events waiting) read from the agent's live database."""
     con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
     try:
-        nxt = int(con.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0])
+        meta_next = int(con.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0])
+        top = con.execute("SELECT max(seq) FROM outbox").fetchone()[0] or 0
+        nxt = max(meta_next, top + 1)  # meta is written only when the newest row does not imply it
         rows = con.execute("SELECT count(*) FROM outbox").fetchone()[0]
         evs = con.execute("SELECT count(*) FROM events").fetchone()[0]
     finally:

@@ -1,0 +1,409 @@
+"""`edge-agent doctor`: a verdict per check; real brokers (plain and TLS), ptys and D-Bus."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.cli import doctor
+from agent.config import load_config
+from tests.support.agentproc import AgentProcess, write_config
+from tests.support.broker import Broker, free_port
+from tests.support.cli import run_cli
+from tests.support.mqtt import wait_until
+from tests.support.pty import PtyDevice
+
+
+@pytest.fixture(autouse=True)
+def _host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Pin what the host would otherwise decide: clock synced, no system bus, no systemd."""
+    monkeypatch.setenv("EDGE_AGENT_CLOCK", "synced")
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", f"unix:path={tmp_path}/no-system-bus")
+    monkeypatch.setattr(doctor, "SYSTEMD_RUN", str(tmp_path / "no-systemd"))
+
+
+def verdicts(result_json: dict) -> dict[str, str]:  # type: ignore[type-arg]
+    return {c["name"]: c["verdict"] for c in result_json["checks"]}
+
+
+def test_doctor_passes_with_a_healthy_gateway(
+    tmp_path: Path, broker: Broker, pty_factory: type[PtyDevice]
+) -> None:
+    dev = pty_factory()
+    pw = tmp_path / "mqtt-password"
+    pw.write_text("s3cret\n")
+    pw.chmod(0o600)
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        broker_port=broker.port,
+        uplink='username = "gw-test"\npassword_file = "mqtt-password"',
+        devices=f"""
+        [[devices]]
+        id = "van-gnss"
+        driver = "nmea"
+        port = "{dev.port}"
+        """,
+    )
+    cfg.chmod(0o640)
+    agent = AgentProcess(cfg, env={"EDGE_AGENT_CLOCK": "synced"}).start_and_wait_port()
+    try:
+        r = run_cli("doctor", "--config", cfg, "--json")
+        assert r.code == 0, r.out
+        assert r.json()["ok"] is True
+        assert verdicts(r.json()) == {
+            "config": "ok",
+            "permissions": "ok",
+            "buffer": "ok",
+            "disk": "ok",
+            "serial:van-gnss": "ok",
+            "bluetooth": "skipped",
+            "broker": "ok",
+            "clock": "ok",
+            "systemd": "skipped",
+            "agent": "ok",
+        }
+        checks = {c["name"]: c for c in r.json()["checks"]}
+        assert checks["permissions"]["detail"] == "agent.toml 0640, mqtt-password 0600"
+        assert "MQTT CONNECT accepted" in checks["broker"]["detail"]
+        assert "quick_check ok" in checks["buffer"]["detail"]
+        assert f"{dev.port} (" in checks["serial:van-gnss"]["detail"]
+        human = run_cli("doctor", "--config", cfg)
+        assert human.code == 0
+        assert human.out.splitlines()[-1] == "all checks passed"
+        assert "  ok    broker" in human.out and "  skip  systemd" in human.out
+    finally:
+        agent.close()
+
+
+def test_doctor_names_every_problem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGE_AGENT_CLOCK", "unsynced")
+    pw = tmp_path / "mqtt-password"
+    pw.write_text("s3cret\n")
+    pw.chmod(0o644)
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        broker_port=free_port(),
+        uplink='username = "gw-test"\npassword_file = "mqtt-password"',
+        devices="""
+        [[devices]]
+        id = "pm-sensor"
+        driver = "nmea"
+        port = "/dev/serial/by-id/usb-unplugged-if00"
+        """,
+    )
+    r = run_cli("doctor", "--config", cfg, "--json")
+    assert r.code == 1
+    assert r.json()["ok"] is False
+    v = verdicts(r.json())
+    assert v == {
+        "config": "ok",
+        "permissions": "fail",
+        "buffer": "ok",
+        "disk": "ok",
+        "serial:pm-sensor": "fail",
+        "bluetooth": "skipped",
+        "broker": "fail",
+        "clock": "fail",
+        "systemd": "skipped",
+        "agent": "fail",
+    }
+    checks = {c["name"]: c for c in r.json()["checks"]}
+    assert "mode 0644 (want 0600 or 0640)" in checks["permissions"]["detail"]
+    assert (
+        checks["serial:pm-sensor"]["detail"] == "/dev/serial/by-id/usb-unplugged-if00 not present"
+    )
+    assert "unreachable: Connection refused" in checks["broker"]["detail"]
+    assert "not synchronised" in checks["clock"]["detail"]
+    human = run_cli("doctor", "--config", cfg)
+    assert human.code == 1
+    assert "  FAIL  broker" in human.out and "-> check network" in human.out
+    assert human.out.splitlines()[-1] == "5 failed, 0 warnings"
+    assert "Traceback" not in human.out + human.err
+
+
+def test_world_writable_config_fails(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path / "agent.toml", broker_port=1)
+    cfg.chmod(0o666)
+    c = doctor.check_permissions(load_config(cfg))
+    assert c.verdict == "fail" and "world-writable (0666)" in c.detail
+    cfg.chmod(0o644)
+    assert doctor.check_permissions(load_config(cfg)).verdict == "ok"
+
+
+def test_doctor_with_invalid_config_exits_78(tmp_path: Path) -> None:
+    bad = tmp_path / "agent.toml"
+    bad.write_text('[gateway]\nid = "Bad Id"\n')
+    r = run_cli("doctor", "--config", bad, "--json")
+    assert r.code == 78
+    assert (
+        r.json()["checks"][0]["name"] == "config"
+        and "gateway.id" in r.json()["checks"][0]["detail"]
+    )
+
+
+def test_serial_access_for_the_service_user(pty_factory: type[PtyDevice], tmp_path: Path) -> None:
+    dev = pty_factory()
+    cfg = load_config(
+        write_config(
+            tmp_path / "agent.toml",
+            broker_port=1,
+            devices=f"""
+        [[devices]]
+        id = "van-gnss"
+        driver = "nmea"
+        port = "{dev.port}"
+        """,
+        )
+    )
+    st = os.stat(dev.port)
+    os.chmod(dev.port, 0o660)
+    try:
+        stranger = ("edge-agent", 54321, {54321})
+        [c] = doctor.check_serial(cfg, stranger)
+        assert c.verdict == "fail" and "is not read/write for edge-agent" in c.detail
+        assert c.hint.startswith("sudo usermod -aG ")
+        member = ("edge-agent", 54321, {54321, st.st_gid})
+        assert doctor.check_serial(cfg, member)[0].verdict == "ok"
+    finally:
+        os.chmod(dev.port, st.st_mode & 0o7777)
+    assert doctor.can_rw(os.stat_result((0o20666, 0, 0, 1, 1, 5, 0, 0, 0, 0)), 54321, {7})
+    assert not doctor.can_rw(os.stat_result((0o20600, 0, 0, 1, 1, 5, 0, 0, 0, 0)), 54321, {5})
+
+
+# -- TLS ------------------------------------------------------------------------------------
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, server certs for 127.0.0.1 (400 days, 10 days, expired) and a stranger CA."""
+    d = tmp_path_factory.mktemp("pki")
+    (d / "ca.cnf").write_text(
+        textwrap.dedent("""\
+        [ca]
+        default_ca = CA_default
+        [CA_default]
+        database = index.txt
+        new_certs_dir = .
+        serial = serial
+        default_md = sha256
+        policy = policy_any
+        copy_extensions = copy
+        unique_subject = no
+        [policy_any]
+        commonName = supplied
+        """)
+    )
+    (d / "index.txt").write_text("")
+    (d / "serial").write_text("01\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=test-ca",
+        cwd=d,
+    )
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "other.key",
+        "-out",
+        "other-ca.pem",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=other-ca",
+        cwd=d,
+    )
+    _openssl(
+        "req",
+        *ec,
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        cwd=d,
+    )
+    sign = [
+        "ca",
+        "-batch",
+        "-config",
+        "ca.cnf",
+        "-cert",
+        "ca.pem",
+        "-keyfile",
+        "ca.key",
+        "-in",
+        "server.csr",
+    ]
+    _openssl(*sign, "-out", "long.pem", "-days", "400", cwd=d)
+    _openssl(*sign, "-out", "short.pem", "-days", "10", cwd=d)
+    _openssl(
+        *sign,
+        "-out",
+        "expired.pem",
+        "-startdate",
+        "20200101000000Z",
+        "-enddate",
+        "20200201000000Z",
+        cwd=d,
+    )
+    return d
+
+
+@pytest.mark.parametrize(
+    ("cert", "ca", "verdict", "text"),
+    [
+        ("long.pem", "ca.pem", "ok", "valid until"),
+        ("short.pem", "ca.pem", "warn", "expires"),
+        ("expired.pem", "ca.pem", "fail", "certificate has expired"),
+        ("long.pem", "other-ca.pem", "fail", "rejected"),
+    ],
+)
+def test_broker_tls_verdicts(
+    pki: Path, tmp_path: Path, cert: str, ca: str, verdict: str, text: str
+) -> None:
+    b = Broker(
+        extra=f"user root\ncafile {pki / 'ca.pem'}\ncertfile {pki / cert}\n"
+        f"keyfile {pki / 'server.key'}\n"
+    ).start()
+    try:
+        cfg = load_config(
+            write_config(
+                tmp_path / "agent.toml",
+                broker_port=b.port,
+                uplink=f'tls = {{ ca_file = "{pki / ca}" }}',
+            )
+        )
+        checks = {c.name: c for c in doctor.check_broker(cfg, timeout=5)}
+        assert checks["tls"].verdict == verdict, checks
+        assert text in checks["tls"].detail
+        if verdict != "fail":
+            assert checks["broker"].verdict == "ok"
+            assert checks["broker"].detail.endswith("reachable, MQTT CONNECT accepted (TLS)")
+    finally:
+        b.close()
+
+
+def test_plaintext_port_with_tls_configured_fails(
+    pki: Path, tmp_path: Path, broker: Broker
+) -> None:
+    cfg = load_config(
+        write_config(
+            tmp_path / "agent.toml",
+            broker_port=broker.port,
+            uplink=f'tls = {{ ca_file = "{pki / "ca.pem"}" }}',
+        )
+    )
+    checks = {c.name: c for c in doctor.check_broker(cfg, timeout=3)}
+    assert checks["tls"].verdict == "fail"
+
+
+# -- Bluetooth over a private D-Bus with a scripted BlueZ -----------------------------------
+FAKE_BLUEZ = r"""
+import asyncio, sys
+from dbus_fast.aio import MessageBus
+from dbus_fast.constants import PropertyAccess
+from dbus_fast.service import ServiceInterface, dbus_property
+
+class Adapter(ServiceInterface):
+    def __init__(self, address, powered):
+        super().__init__("org.bluez.Adapter1")
+        self._address, self._powered = address, powered
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Address(self) -> "s":
+        return self._address
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Powered(self) -> "b":
+        return self._powered
+
+async def main():
+    bus = await MessageBus(bus_address=sys.argv[1]).connect()
+    # dbus-fast answers org.freedesktop.DBus.ObjectManager.GetManagedObjects for what is exported.
+    for i, state in enumerate(sys.argv[2:]):
+        bus.export(f"/org/bluez/hci{i}", Adapter(f"DC:A6:32:00:00:0{i}", state == "on"))
+    await bus.request_name("org.bluez")
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def private_bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    address = f"unix:path={tmp_path}/bus"
+    proc = subprocess.Popen(
+        ["dbus-daemon", "--session", "--nofork", f"--address={address}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def up() -> bool:
+        with socket.socket(socket.AF_UNIX) as s:
+            return s.connect_ex(f"{tmp_path}/bus") == 0
+
+    wait_until(up, 10, "dbus-daemon")
+    monkeypatch.setenv("DBUS_SYSTEM_BUS_ADDRESS", address)
+    yield address
+    proc.kill()
+    proc.wait()
+
+
+def _bluez(address: str, *adapters: str) -> subprocess.Popen[str]:
+    p = subprocess.Popen(
+        [sys.executable, "-c", FAKE_BLUEZ, address, *adapters], stdout=subprocess.PIPE, text=True
+    )
+    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    return p
+
+
+def test_bluetooth_verdicts(
+    private_bus: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = load_config(write_config(tmp_path / "agent.toml", broker_port=1))
+    c = doctor.check_bluetooth(cfg)
+    assert (c.verdict, c.detail) == ("skipped", "BlueZ is not running; no BLE devices configured")
+    monkeypatch.setattr(
+        doctor, "_ble_devices", lambda cfg: ["tag-1"]
+    )  # as if a BLE sensor were configured
+    c = doctor.check_bluetooth(cfg)
+    assert (c.verdict, c.hint) == ("fail", "sudo systemctl start bluetooth")
+    for adapters, verdict, text in [
+        (("on",), "ok", "hci0 DC:A6:32:00:00:00 powered"),
+        (("off",), "fail", "adapter present but not powered: hci0 DC:A6:32:00:00:00 OFF"),
+        ((), "fail", "no Bluetooth adapter"),
+        (("off", "on"), "ok", "hci1 DC:A6:32:00:00:01 powered"),
+    ]:
+        bluez = _bluez(private_bus, *adapters)
+        try:
+            c = doctor.check_bluetooth(cfg)
+            assert c.verdict == verdict, c
+            assert text in c.detail
+        finally:
+            bluez.kill()
+            bluez.wait()
