@@ -169,3 +169,12 @@ def test_shipped_example_config_is_valid() -> None:
     for example in sorted((root / "config").glob("*.toml")):
         r = cli("config", "check", str(example))
         assert r.returncode == 0, f"{example.name}: {r.stderr}"
+
+
+def test_config_option_works_before_and_after_the_action(tmp_path: Path) -> None:
+    (tmp_path / "agent.toml").write_text('[gateway]\nid = "gw-x"\n')
+    for args in (("config", "--config", str(tmp_path / "agent.toml"), "show", "--json"),
+                 ("config", "show", "--config", str(tmp_path / "agent.toml"), "--json")):
+        r = cli(*args)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["gateway"]["id"] == "gw-x"

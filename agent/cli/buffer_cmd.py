@@ -43,6 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Read the buffer database read-only: nothing is changed or removed, "
         "whether the agent runs or not.",
     )
+    add_config_arg(p)
     bsub = p.add_subparsers(dest="buffer_verb", metavar="ACTION")
     s = bsub.add_parser(
         "stats",

@@ -27,7 +27,9 @@ class CliExit(Exception):
 
 
 def add_config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", metavar="PATH",
+    # SUPPRESS: `edge-agent buffer --config X stats` and `... stats --config X` both work (a
+    # sub-command's default must not overwrite the value given to its group).
+    p.add_argument("--config", "-c", metavar="PATH", default=argparse.SUPPRESS,
                    help=f"configuration file (default: $EDGE_AGENT_CONFIG or {default_config_path()})")
 
 

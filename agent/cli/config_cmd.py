@@ -11,6 +11,7 @@ from agent.config import json_schema, masked_dump
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("config", help="check, show or describe the configuration")
+    add_config_arg(p)
     csub = p.add_subparsers(dest="config_verb", metavar="ACTION")
     c = csub.add_parser("check", help="validate a config file (exit 78 listing every problem)")
     c.add_argument("path", nargs="?", help="file to check (default: --config or the default path)")

@@ -653,7 +653,8 @@ def run_checks(cfg: AgentConfig, timeout: float = BROKER_TIMEOUT) -> list[Check]
 
 
 def doctor(args: argparse.Namespace) -> int:
-    path = Path(args.config) if args.config else default_config_path()
+    given = getattr(args, "config", None)
+    path = Path(given) if given else default_config_path()
     try:
         # Referenced files (password, TLS) get verdicts of their own below, next to every other check.
         cfg = load_config(path, check_files=False)

@@ -11,7 +11,7 @@ import signal
 import sys
 from pathlib import Path
 
-from agent.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliExit, add_json_arg
+from agent.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliExit, add_config_arg, add_json_arg, load
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -23,8 +23,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                     "report received / duplicates / invalid / gaps / unexplained missing seqs. "
                     "Exit 0 when everything adds up, 1 otherwise.",
     )
-    p.add_argument("--broker", required=True, metavar="HOST:PORT", help="MQTT broker")
-    p.add_argument("--topic-prefix", required=True, metavar="P", help="the gateway's uplink.topic_prefix")
+    p.add_argument("--broker", metavar="HOST:PORT", help="MQTT broker (default: the agent config's [uplink])")
+    p.add_argument("--topic-prefix", metavar="P",
+                   help="the gateway's uplink.topic_prefix (default: from the agent config)")
+    add_config_arg(p)
     p.add_argument("--db", metavar="PATH", default=":memory:", help="SQLite file for readings (default: memory)")
     p.add_argument("--seconds", type=float, help="stop after this long (default: until Ctrl-C / SIGTERM)")
     p.add_argument("--every", type=float, default=0.0, metavar="S",
@@ -44,9 +46,31 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=receive)
 
 
+def _from_config(args: argparse.Namespace) -> None:
+    """Fill --broker, --topic-prefix, TLS and credentials from the agent's config file."""
+    if args.broker and args.topic_prefix:
+        return
+    if not args.broker and not args.topic_prefix and getattr(args, "config", None) is None:
+        from agent.config import default_config_path
+
+        if not default_config_path().exists():
+            raise CliExit(EXIT_USAGE, "receive: give --broker HOST:PORT and --topic-prefix P, or --config PATH")
+    cfg = load(args)
+    up = cfg.uplink
+    args.broker = args.broker or f"{up.host}:{up.port}"
+    args.topic_prefix = args.topic_prefix or cfg.topic_prefix
+    if up.tls is not None and not (args.tls or args.tls_ca):
+        args.tls = True
+        args.tls_ca = str(up.tls.ca_file) if up.tls.ca_file else None
+    if up.username and not args.username:
+        args.username = up.username
+        args.password_file = args.password_file or (str(up.password_file) if up.password_file else None)
+
+
 def _endpoint(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from agent.receiver import Endpoint
 
+    _from_config(args)
     host, sep, port = args.broker.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise CliExit(EXIT_USAGE, f"--broker: expected HOST:PORT, got {args.broker!r}")

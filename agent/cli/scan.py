@@ -20,6 +20,7 @@ NUS_SERVICE = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("scan", help="look for devices (BLE adverts) to put in the config")
+    add_config_arg(p)
     kinds = p.add_subparsers(dest="kind", metavar="KIND")
     b = kinds.add_parser(
         "ble", help="listen to BLE adverts: address, RSSI, name, driver, decoded sample"
