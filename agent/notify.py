@@ -131,6 +131,11 @@ def stall_reason(agent: Agent, stall_after: float, now: float | None = None) -> 
         and now - pipe.last_commit > stall_after + pipe.commit_interval
     ):
         return f"{pipe.queued} readings waiting {now - pipe.last_commit:.0f}s for a commit"
+    for name, svc in agent.services.items():
+        # A service at the end of its own recovery ladder (e.g. the BLE scanner after restarts
+        # and an adapter power-cycle) asks systemd's watchdog to restart the agent.
+        if getattr(svc, "healthy", True) is False:
+            return f"{name}: {getattr(svc, 'unhealthy_reason', '') or 'unhealthy'}"
     return None
 
 

@@ -108,3 +108,16 @@ async def test_journal_handler_structured_device_fields(tmp_path: Path) -> None:
         "3",
     )
     assert "EDGE_DEVICE" not in got[2] and got[2]["PRIORITY"] == "6"
+
+
+def test_an_unhealthy_service_stops_the_watchdog() -> None:
+    import types
+
+    from agent.notify import stall_reason
+
+    pipe = types.SimpleNamespace(busy_since=None, queued=0, last_commit=0.0, commit_interval=0.5)
+    scanner = types.SimpleNamespace(healthy=True, unhealthy_reason="")
+    agent = types.SimpleNamespace(pipeline=pipe, services={"ble": scanner})
+    assert stall_reason(agent, 10.0, now=1.0) is None  # type: ignore[arg-type]
+    scanner.healthy, scanner.unhealthy_reason = False, "no powered Bluetooth adapter"
+    assert stall_reason(agent, 10.0, now=1.0) == "ble: no powered Bluetooth adapter"  # type: ignore[arg-type]
