@@ -171,6 +171,7 @@ class AgentConfig(_Section):
     ble: BleConfig = BleConfig()
     devices: list[DeviceConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    health_interval: Duration | None = Field(default=None, gt=0)  # alias of gateway.health_interval
     source_path: Path | None = Field(default=None, exclude=True)
 
     @property
@@ -178,8 +179,9 @@ class AgentConfig(_Section):
         return self.uplink.topic_prefix or f"edge/{self.gateway.id}"
 
     @property
-    def health_interval(self) -> float:
-        return self.uplink.health_interval or self.gateway.health_interval
+    def health_every(self) -> float:
+        """Period of P/health: uplink.health_interval, top-level health_interval or gateway's (60 s)."""
+        return self.uplink.health_interval or self.health_interval or self.gateway.health_interval
 
     @property
     def client_id(self) -> str:

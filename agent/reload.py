@@ -131,7 +131,7 @@ def plan(old: AgentConfig, new: AgentConfig, running: set[str]) -> ReloadPlan:
         for k in (*LIVE_BUFFER, "commit_interval")
         if getattr(eff.buffer, k) != getattr(old.buffer, k)
     )
-    uplink = eff.uplink != old.uplink or eff.health_interval != old.health_interval
+    uplink = eff.uplink != old.uplink or eff.health_every != old.health_every
     return ReloadPlan(
         config=eff,
         remove=remove,

@@ -175,6 +175,11 @@ class Uplink:
             except* (aiomqtt.MqttError, OSError, TimeoutError) as eg:
                 self._lost(str(_first(eg)))
             finally:
+                # aiomqtt leaves the reason of an unexpected disconnect in a future nobody awaits
+                # once the session is over: retrieve it (no "exception was never retrieved").
+                gone = getattr(client, "_disconnected", None)
+                if isinstance(gone, asyncio.Future) and gone.done() and not gone.cancelled():
+                    gone.exception()
                 self._client = self._connecting = None
                 self.connected.clear()
                 self.stats.inflight = 0
@@ -327,7 +332,7 @@ class Uplink:
     async def _send_health(self, client: aiomqtt.Client) -> None:
         assert self.health is not None
         topic = f"{self.prefix}/health"
-        interval = self.cfg.health_interval
+        interval = self.cfg.health_every
         while True:
             body = await self.health()
             await client.publish(topic, json.dumps(body, separators=(",", ":")).encode(), qos=0)
