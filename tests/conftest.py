@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import drivers
 from tests.support.broker import Broker
 from tests.support.pty import PtyDevice
 
@@ -54,3 +55,14 @@ def pty_factory(tmp_path: Path) -> Iterator[type[PtyDevice]]:
     yield Factory
     for d in made:
         d.close()
+
+
+@pytest.fixture
+def counter_driver() -> Iterator[None]:
+    """Registers the test-only `counter` driver (tests/support/crashy.py) for in-process agents."""
+    drivers._REGISTRY["counter"] = "tests.support.crashy:CounterDriver"
+    old = drivers.KNOWN_DRIVERS
+    drivers.KNOWN_DRIVERS = frozenset(drivers._REGISTRY)
+    yield
+    del drivers._REGISTRY["counter"]
+    drivers.KNOWN_DRIVERS = old

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-import drivers
 from agent.config import parse_config
 from agent.runtime import Agent
 from drivers.nmea.simulator import epoch_bytes, fixes
@@ -24,16 +23,6 @@ from tests.support.agentproc import AgentProcess, write_config
 from tests.support.broker import Broker, free_port
 from tests.support.mqtt import Subscriber
 from tests.support.pty import PtyDevice
-
-
-@pytest.fixture
-def counter_driver() -> Iterator[None]:
-    drivers._REGISTRY["counter"] = "tests.support.crashy:CounterDriver"
-    old = drivers.KNOWN_DRIVERS
-    drivers.KNOWN_DRIVERS = frozenset(drivers._REGISTRY)
-    yield
-    del drivers._REGISTRY["counter"]
-    drivers.KNOWN_DRIVERS = old
 
 
 @pytest.fixture

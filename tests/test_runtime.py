@@ -5,26 +5,12 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-import drivers
 from agent.config import parse_config
 from agent.runtime import Agent
 from tests.support.broker import Broker
 from tests.support.mqtt import Subscriber
-
-
-@pytest.fixture
-def counter_driver() -> Iterator[None]:
-    drivers._REGISTRY["counter"] = "tests.support.crashy:CounterDriver"
-    old = drivers.KNOWN_DRIVERS
-    drivers.KNOWN_DRIVERS = frozenset(drivers._REGISTRY)
-    yield
-    del drivers._REGISTRY["counter"]
-    drivers.KNOWN_DRIVERS = old
 
 
 async def wait_for(pred, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
