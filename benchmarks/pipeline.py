@@ -134,10 +134,19 @@ def drain(port: int, n: int) -> dict[str, float]:
     return {"seconds": dt, "rate": n / dt, "received_all": float(got)}
 
 
-def end_to_end(port: int, n: int) -> dict[str, Any]:
-    """pty (NMEA bytes) -> agent process -> Mosquitto -> subscriber."""
+def wire(protocol: str, n: int) -> list[bytes]:
+    """n readings' worth of real wire bytes: SDS011 frames (10 B) or NMEA epochs (4 sentences)."""
+    if protocol == "sds011":
+        from drivers.sds011.simulator import frame_bytes, samples
+
+        return [frame_bytes(s) for s, _ in zip(samples(), range(n), strict=False)]
     from drivers.nmea.simulator import epoch_bytes, fixes
 
+    return [epoch_bytes(f) for f, _ in zip(fixes(start=1_790_000_000), range(n), strict=False)]
+
+
+def end_to_end(port: int, n: int, protocol: str = "sds011") -> dict[str, Any]:
+    """pty (real wire bytes) -> agent process -> Mosquitto -> subscriber."""
     with tempfile.TemporaryDirectory() as d:
         master, slave = os.openpty()
         tty.setraw(master)
@@ -146,7 +155,7 @@ def end_to_end(port: int, n: int) -> dict[str, Any]:
         cfg.write_text(
             f'[gateway]\nid = "gw-bench"\n[buffer]\npath = "b.db"\n[uplink]\nport = {port}\n'
             f'[control]\nsocket = "c.sock"\n'
-            f'[[devices]]\nid = "gnss"\ndriver = "nmea"\nport = "{os.ttyname(slave)}"\nbaud = 115200\n'
+            f'[[devices]]\nid = "gnss"\ndriver = "{protocol}"\nport = "{os.ttyname(slave)}"\nbaud = 115200\n'
         )
         sub = CountingSubscriber("127.0.0.1", port, "edge/gw-bench/telemetry")
         log = open(Path(d) / "agent.log", "w")
@@ -157,7 +166,7 @@ def end_to_end(port: int, n: int) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError("agent did not open the pty")
             time.sleep(0.02)
-        data = [epoch_bytes(f) for f, _ in zip(fixes(start=1_790_000_000), range(n), strict=False)]
+        data = wire(protocol, n)
         t0 = time.perf_counter()
         for chunk in data:
             os.write(master, chunk)
@@ -189,13 +198,14 @@ def main() -> None:
         res["bare_qos1_sequential_msgs_s"] = bare_publish(broker.port, min(n, 5000), pipelined=False)
         res["bare_qos1_pipelined_msgs_s"] = bare_publish(broker.port, n, pipelined=True)
         res["drain"] = drain(broker.port, 200_000)
-        res["end_to_end"] = end_to_end(broker.port, n)
+        res["end_to_end"] = end_to_end(broker.port, n, "sds011")
+        res["end_to_end_nmea"] = end_to_end(broker.port, n, "nmea")
     finally:
         broker.close()
     if a.json:
         print(json.dumps(res, indent=2))
         return
-    e2e, dr = res["end_to_end"], res["drain"]
+    e2e, dr, e2n = res["end_to_end"], res["drain"], res["end_to_end_nmea"]
     print(f"machine: {res['machine']}")
     print(f"limit  raw sqlite3 executemany, WAL, synchronous=FULL, 500/commit : {res['raw_sqlite_full_rows_s']:>10,.0f} rows/s")
     print(f"limit  raw sqlite3 executemany, WAL, synchronous=NORMAL            : {res['raw_sqlite_normal_rows_s']:>10,.0f} rows/s")
@@ -203,8 +213,11 @@ def main() -> None:
     print(f"limit  bare paho QoS 1, one reading/message, pipelined             : {res['bare_qos1_pipelined_msgs_s']:>10,.0f} msg/s")
     print(f"agent  outbox accept (Outbox.commit, FULL, 500/commit)             : {res['outbox_accept_readings_s']:>10,.0f} readings/s")
     print(f"agent  drain of a 200k backlog to the broker                        : {dr['rate']:>10,.0f} readings/s ({dr['seconds']:.1f} s)")
-    print(f"agent  end to end pty -> agent -> broker -> subscriber ({n} readings): {e2e['rate']:>10,.0f} readings/s "
-          f"(complete={e2e['complete']}, peak RSS {e2e['peak_rss_mb']:.1f} MB)")
+    for name, e in (("SDS011", e2e), ("NMEA", e2n)):
+        print(f"agent  end to end, {name:6} pty -> agent -> broker -> subscriber      : {e['rate']:>10,.0f} readings/s "
+              f"(complete={e['complete']}, peak RSS {e['peak_rss_mb']:.1f} MB)")
+    print(f"ratio  end to end (SDS011) / bare one-reading-per-message QoS 1 sequential, pipelined: "
+          f"{e2e['rate'] / res['bare_qos1_sequential_msgs_s']:.1f}x, {e2e['rate'] / res['bare_qos1_pipelined_msgs_s']:.1f}x")
 
 
 if __name__ == "__main__":
