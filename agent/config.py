@@ -55,8 +55,8 @@ class GatewayConfig(_Section):
 
 class BufferConfig(_Section):
     path: Path = Path("buffer.db")
-    max_bytes: Size = 256 * 1000 * 1000
-    max_age: Duration = 14 * 86400.0
+    max_bytes: Size = Field(default=256 * 1000 * 1000, ge=1024)  # a handful of readings at least
+    max_age: Duration = Field(default=14 * 86400.0, ge=60)
     on_full: Literal["drop_oldest", "reject_new"] = "drop_oldest"
     # Readings wait in memory at most this long before one batched commit (power-loss window).
     commit_interval: Duration = Field(default=0.5, le=60)
