@@ -130,9 +130,11 @@ class SimDriver(Driver):
         o: SimOptions = self.options
         if o.family in BLE_FAMILIES:
             self.ctx.set_link("connected", f"simulated {o.family}")
+            next_t = time.monotonic()
             for values in ble_source(o.family, self.device.address or "C7:F5:2A:A1:B2:C3"):
                 self.ctx.emit(values)
-                await asyncio.sleep(o.interval)
+                next_t += o.interval  # a fixed sampling grid, no drift (like the serial families)
+                await asyncio.sleep(max(0.0, next_t - time.monotonic()))
         chunks, proto = source(o.family, o.format)
         self.ctx.set_link("connected", f"simulated {o.family}")
         seen = proto.errors.copy()
