@@ -38,8 +38,7 @@ class _ModbusS8Protocol(StreamProtocol):
     """Poll-reply adapter: each fed chunk is one (request + reply) exchange of the S8 simulator."""
 
     def feed(self, data: bytes) -> list[dict[str, float | int | str | bool]]:
-        from drivers.modbus.driver import S8_REGISTERS
-        from drivers.modbus.protocol import ModbusReplyError, decode_block, parse_reply, plan_reads
+        from drivers.modbus.protocol import S8_REGISTERS, ModbusReplyError, decode_block, parse_reply, plan_reads
 
         request, answer = data[:8], data[8:]
         try:

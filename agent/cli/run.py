@@ -30,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
                                               *(f"  {k}: {m}" for k, m in unreadable)]))
     setup_logging(args.log_level or cfg.log_level)
     from agent.errors import ConfigError
+    from agent.memory import release_startup_memory
     from agent.notify import Supervision
     from agent.reload import remember_uplink_files
     from agent.runtime import Agent, install_signal_handlers
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
         agent = Agent(cfg)
         install_signal_handlers(agent)
         agent.on_ready.append(lambda: remember_uplink_files(agent))
+        # Once connected and settled: start-up garbage back to the OS (agent/memory.py).
+        agent.on_ready.append(lambda: asyncio.get_running_loop().call_later(5.0, release_startup_memory))
         async with Supervision(agent) as sv:  # sd_notify READY/STATUS/WATCHDOG/STOPPING
             try:
                 await agent.run_until_stopped()
