@@ -16,6 +16,7 @@ from agent.buffer import Outbox
 from agent.clock import ClockMonitor, watch_clock
 from agent.config import AgentConfig, DeviceConfig
 from agent.logs import device_context
+from agent.memory import malloc_trim
 from agent.pipeline import Pipeline
 from agent.ticks import next_tick
 from agent.uplink import Uplink
@@ -223,6 +224,7 @@ class Agent:
             now = time.monotonic()
             if now >= next_expire:
                 await self.pipeline.expire()
+                malloc_trim()  # memory a burst or a drain needed goes back to the OS
                 next_expire = next_tick(expire_every, now)
             wake = next_expire
             for runner in list(self.devices.values()):
