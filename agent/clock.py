@@ -15,7 +15,6 @@ timesyncd runs here, else synced (assume the host keeps time).
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import dataclasses
 import json

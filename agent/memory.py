@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import logging
+from typing import Any
 
-log = logging.getLogger(__name__)
-
-_trim: ctypes._CFuncPtr | None | bool = None  # None: not looked up yet; False: unavailable
+_trim: Any = None  # glibc's malloc_trim; None: not looked up yet; False: unavailable
 
 
 def malloc_trim() -> bool:
@@ -27,7 +25,7 @@ def malloc_trim() -> bool:
             _trim = False
     if _trim is False:
         return False
-    return bool(_trim(0))  # type: ignore[operator]
+    return bool(_trim(0))
 
 
 def release_startup_memory() -> None:

@@ -255,7 +255,7 @@ def main() -> int:
         os.set_blocking(master, False)
         ptys.append((master, slave, driver))
     cfg = write_config(work, broker.port, [(d, os.ttyname(s)) for _, s, d in ptys], a.rate)
-    log = open(work / "agent.log", "ab")  # noqa: SIM115
+    log = open(work / "agent.log", "ab")
     stop = threading.Event()
     feeder = threading.Thread(target=pty_feeder, args=([(m, d) for m, _, d in ptys], a.rate, stop), daemon=True)
     soak = Soak()

@@ -35,12 +35,15 @@ def run(args: argparse.Namespace) -> int:
     from agent.reload import remember_uplink_files
     from agent.runtime import Agent, install_signal_handlers
 
+    def release_later() -> None:
+        """Once connected and settled: start-up garbage back to the OS (agent/memory.py)."""
+        asyncio.get_running_loop().call_later(5.0, release_startup_memory)
+
     async def main() -> int:
         agent = Agent(cfg)
         install_signal_handlers(agent)
         agent.on_ready.append(lambda: remember_uplink_files(agent))
-        # Once connected and settled: start-up garbage back to the OS (agent/memory.py).
-        agent.on_ready.append(lambda: asyncio.get_running_loop().call_later(5.0, release_startup_memory))
+        agent.on_ready.append(release_later)
         async with Supervision(agent) as sv:  # sd_notify READY/STATUS/WATCHDOG/STOPPING
             try:
                 await agent.run_until_stopped()
