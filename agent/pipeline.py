@@ -121,7 +121,10 @@ class Pipeline:
         want = self._want
         if want is not None and res.accepted:
             self._want = None
-            self._fetched = (want[0], self.outbox.fetch_for_send(want[1], want[2]))
+            try:
+                self._fetched = (want[0], self.outbox.fetch_for_send(want[1], want[2]))
+            except Exception:  # e.g. a full disk: the commit stands; the uplink fetches itself
+                log.debug("prefetch for the uplink failed", exc_info=True)
         return res
 
     @property
