@@ -15,7 +15,6 @@ timesyncd runs here, else synced (assume the host keeps time).
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import dataclasses
 import json
@@ -25,6 +24,7 @@ import time
 from typing import TYPE_CHECKING, Literal
 
 from agent.model import Reading, format_ts
+from agent.ticks import sleep_to_tick
 
 if TYPE_CHECKING:
     from agent.buffer import Outbox
@@ -37,7 +37,8 @@ TIMESYNC_FLAG = "/run/systemd/timesync/synchronized"
 TIMESYNC_DIR = "/run/systemd/timesync"
 STA_UNSYNC = 0x0040
 TIME_ERROR = 5
-POLL_INTERVAL = 1.0
+POLL_INTERVAL = 1.0  # while unsynced: re-stamp soon after the sync
+SYNCED_POLL_INTERVAL = 10.0  # while synced: only a loss to notice (ClockMonitor rechecks as often)
 ClockState = Literal["synced", "unsynced"]
 
 
@@ -68,12 +69,17 @@ class _Timex(ctypes.Structure):
     ]
 
 
+_libc: ctypes.CDLL | None = None
+
+
 def kernel_synced() -> bool | None:
     """adjtimex(2) view (modes=0: read only): True synced, False unsynced, None when unavailable."""
+    global _libc
     try:
-        libc = ctypes.CDLL(None, use_errno=True)  # the process's own libc: no ldconfig subprocess
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)  # the process's own libc: no ldconfig subprocess
         tx = _Timex()
-        rc = libc.adjtimex(ctypes.byref(tx))
+        rc = _libc.adjtimex(ctypes.byref(tx))
     except (OSError, AttributeError):
         return None
     if rc < 0:
@@ -172,12 +178,17 @@ async def correct_buffered(pipeline: Pipeline, offset: float) -> Correction:
     return await pipeline.call(correct_outbox, pipeline.outbox, offset)
 
 
-async def watch_clock(agent: Agent, interval: float = POLL_INTERVAL) -> None:
-    """Poll the sync state; on unsynced -> synced, correct what is still buffered."""
+async def watch_clock(agent: Agent, interval: float = POLL_INTERVAL,
+                      synced_interval: float = SYNCED_POLL_INTERVAL) -> None:
+    """Poll the sync state; on unsynced -> synced, correct what is still buffered.
+
+    Polls on the shared timer grid (agent/ticks.py): every `interval` while unsynced, every
+    `synced_interval` while synced.
+    """
     mon = agent.clock
     prev = mon.refresh()
     while True:
-        await asyncio.sleep(interval)
+        await sleep_to_tick(interval if prev == "unsynced" else synced_interval)
         before = mon.offset
         cur = mon.refresh()
         mon.offset = time.time() - time.monotonic()

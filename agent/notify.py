@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from agent.ticks import next_tick, sleep_to_tick
+
 if TYPE_CHECKING:
     from agent.runtime import Agent
 
@@ -231,8 +233,8 @@ class Supervision:
                 stop_sent = True
             self.tick()
             if stop_sent:
-                await asyncio.sleep(self.period)  # keep pinging while stop() drains
+                await sleep_to_tick(self.period)  # keep pinging while stop() drains
                 continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.period):
+            with contextlib.suppress(TimeoutError):  # on the shared timer grid (agent/ticks.py)
+                async with asyncio.timeout_at(next_tick(self.period)):
                     await self.agent.stop_event.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,11 @@ T = TypeVar("T")
 
 AcceptListener = Callable[[int, Reading], None]
 
+# Acknowledged rows are safe at the broker: deleting them is not urgent. Acks alone wait up to
+# this long and normally ride along with the next commit of readings (one transaction, one
+# fsync, instead of one extra commit per PUBACK at light load).
+ACK_LINGER = 5.0
+
 
 class Pipeline:
     """Owns the outbox thread: drivers `submit`, the writer commits, the uplink reads and acks."""
@@ -31,6 +37,8 @@ class Pipeline:
         self.batch_max = batch_max
         self._queue: collections.deque[Reading] = collections.deque()
         self._acks: list[tuple[int, int]] = []
+        self._acks_since = 0.0  # monotonic time of the oldest pending ack
+        self.ack_linger = ACK_LINGER
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="buffer")
         self._wake = asyncio.Event()
         self.new_data = asyncio.Event()  # set after every commit that accepted readings
@@ -47,6 +55,11 @@ class Pipeline:
         self._closed = False
         self.disk_full = False
         self._full_batch = 0
+        # The uplink, caught up and waiting, asks for the rows the next commit adds: they are
+        # fetched in the same buffer-thread job as the commit (one thread round trip, not two).
+        self._want: tuple[int, int, int] | None = None  # (token, after_seq, limit)
+        self._fetched: tuple[int, list[tuple[int, str]]] | None = None  # (token, rows)
+        self._tokens = 0
 
     # -- thread helpers -----------------------------------------------------------------
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -74,12 +87,45 @@ class Pipeline:
 
     def ack(self, lo: int, hi: int) -> None:
         """The broker acknowledged seqs lo..hi: delete them at the next commit."""
+        if not self._acks:
+            self._acks_since = time.monotonic()
+            if not self._queue:
+                self._wake.set()  # the writer sleeps without a deadline: give it one
         self._acks.append((lo, hi))
-        self._wake.set()
 
     def rewrite_queued(self, fn: Callable[[Reading], Reading]) -> None:
         """Replace every queued (not yet committed) reading by fn(reading) (clock correction)."""
         self._queue = collections.deque(fn(r) for r in self._queue)
+
+    def want_rows(self, after_seq: int, limit: int) -> int:
+        """Ask the next commit that accepts readings to fetch_for_send(after_seq, limit); a token."""
+        self._tokens += 1
+        self._fetched = None
+        self._want = (self._tokens, after_seq, limit)
+        return self._tokens
+
+    def take_rows(self, token: int) -> list[tuple[int, str]] | None:
+        """The rows fetched for `token`, if no later commit may have added more; cancels the wish."""
+        self._want = None
+        got = self._fetched
+        if got is None or got[0] != token:
+            return None
+        self._fetched = None
+        return got[1]
+
+    def _commit_job(self, batch: list[Reading], acks: list[tuple[int, int]]) -> CommitResult:
+        """Buffer thread: commit, then fetch for a waiting uplink (prefetched rows of an earlier
+        commit are dropped first: they may miss this commit's rows)."""
+        self._fetched = None
+        res = self.outbox.commit(batch, acks)
+        want = self._want
+        if want is not None and res.accepted:
+            self._want = None
+            try:
+                self._fetched = (want[0], self.outbox.fetch_for_send(want[1], want[2]))
+            except Exception:  # e.g. a full disk: the commit stands; the uplink fetches itself
+                log.debug("prefetch for the uplink failed", exc_info=True)
+        return res
 
     @property
     def queued(self) -> int:
@@ -91,15 +137,25 @@ class Pipeline:
         while True:
             if not self._queue and not self._acks:
                 await self._wake.wait()
-            self._wake.clear()
-            if len(self._queue) < self.batch_max:
-                try:
-                    async with asyncio.timeout(self.commit_interval):
-                        while len(self._queue) < self.batch_max:
+                self._wake.clear()
+                continue
+            if not self._queue:
+                # Acks only: wait for readings to commit them with, at most until the linger ends.
+                left = self._acks_since + self.ack_linger - time.monotonic()
+                if left > 0:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(left):
                             await self._wake.wait()
-                            self._wake.clear()
-                except TimeoutError:
-                    pass
+                    self._wake.clear()
+                    continue
+            else:
+                self._wake.clear()
+                if len(self._queue) < self.batch_max:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.commit_interval):
+                            while len(self._queue) < self.batch_max:
+                                await self._wake.wait()
+                                self._wake.clear()
             await self.flush()
             if self.disk_full:
                 await asyncio.sleep(1.0)
@@ -116,7 +172,7 @@ class Pipeline:
             t0 = time.monotonic()
             self.busy_since = t0
             try:
-                res = await self.call(self.outbox.commit, batch, acks)
+                res = await self.call(self._commit_job, batch, acks)
             except BufferFull:
                 # Keep them in memory (bounded by queue_size) and try again later.
                 self._queue.extendleft(reversed(batch))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -15,7 +16,9 @@ from agent.buffer import Outbox
 from agent.clock import ClockMonitor, watch_clock
 from agent.config import AgentConfig, DeviceConfig
 from agent.logs import device_context
+from agent.memory import malloc_trim
 from agent.pipeline import Pipeline
+from agent.ticks import next_tick
 from agent.uplink import Uplink
 from drivers import driver_class
 from drivers.base import DeviceContext, Driver
@@ -23,6 +26,7 @@ from drivers.base import DeviceContext, Driver
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 8.0  # SIGTERM must end within 10 s
+LIVENESS_TICK = 1.0  # liveness deadlines are checked on this grid (shared wake-ups, 1 s precision)
 
 
 class DeviceRunner:
@@ -83,6 +87,7 @@ class Agent:
         self.failure: str | None = None  # why a core task died (the process then exits 1)
         self._reload_task: asyncio.Task[Any] | None = None
         self.control: Any = None  # agent.control.ControlServer, the CLI's socket
+        self._upkeep_wake = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -130,6 +135,7 @@ class Agent:
         runner = DeviceRunner(self, dev)
         self.devices[dev.id] = runner
         runner.task = asyncio.create_task(runner.run(), name=f"device:{dev.id}")
+        self._upkeep_wake.set()  # its liveness deadline
         return runner
 
     async def remove_device(self, device_id: str) -> None:
@@ -212,17 +218,46 @@ class Agent:
 
     # -- upkeep ---------------------------------------------------------------------------
     async def _upkeep(self) -> None:
-        """Max-age expiry and device liveness."""
+        """Max-age expiry and device liveness; sleeps until the next instant something can change.
+
+        A device online goes offline exactly `expected_interval` after its last reading; one not
+        online comes back with its next reading (its context wakes us then). Nothing is polled.
+        """
         expire_every = max(1.0, min(60.0, self.cfg.buffer.max_age / 20))
-        last_expire = 0.0
+        next_expire = 0.0
         while True:
+            self._upkeep_wake.clear()
             now = time.monotonic()
-            if now - last_expire >= expire_every:
-                last_expire = now
+            if now >= next_expire:
                 await self.pipeline.expire()
+                malloc_trim()  # memory a burst or a drain needed goes back to the OS
+                next_expire = next_tick(expire_every, now)
+            wake = next_expire
             for runner in list(self.devices.values()):
                 await self._check_liveness(runner, now)
-            await asyncio.sleep(1.0)
+                wake = min(wake, self._liveness_deadline(runner))
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, wake - time.monotonic())):
+                    await self._upkeep_wake.wait()
+
+    def _liveness_deadline(self, runner: DeviceRunner) -> float:
+        """When the device's liveness changes without a reading (inf: only a reading changes it)."""
+        ctx = runner.ctx
+        if runner.online:
+            ctx.on_reading = None
+            assert ctx.last_reading_mono is not None
+            return next_tick(LIVENESS_TICK, ctx.last_reading_mono + runner.expected_interval)
+        ctx.on_reading = self._wake_upkeep  # the next reading may bring it online
+        last = ctx.last_reading_mono
+        if last is not None and time.monotonic() - last <= runner.expected_interval:
+            return 0.0  # a reading came while we were busy: check again now
+        if runner.online is None:
+            return next_tick(LIVENESS_TICK, runner.started + runner.expected_interval)  # still starting
+        return math.inf
+
+    def _wake_upkeep(self, ctx: DeviceContext) -> None:
+        ctx.on_reading = None
+        self._upkeep_wake.set()
 
     async def _check_liveness(self, runner: DeviceRunner, now: float) -> None:
         ctx = runner.ctx

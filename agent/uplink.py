@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 
 from agent import __version__
 from agent.backoff import Backoff
@@ -24,8 +25,13 @@ from agent.config import AgentConfig
 from agent.errors import ConfigError
 from agent.model import format_ts
 from agent.pipeline import Pipeline
+from agent.ticks import sleep_to_tick
 
 log = logging.getLogger(__name__)
+
+# paho's keepalive check (PINGREQ due, PINGRESP overdue) runs on this grid; a ping goes out at
+# most this late, well inside the broker's 1.5 x keepalive grace (keepalive < 20 s: every 1 s).
+MISC_PERIOD = 5.0
 
 
 @dataclass(slots=True)
@@ -88,6 +94,15 @@ class _MqttLog(logging.LoggerAdapter):  # type: ignore[type-arg]
         super().log(level, msg, *args, **kw)
 
 
+class _Client(aiomqtt.Client):
+    """aiomqtt's client with paho's housekeeping (keepalive) on the shared timer grid."""
+
+    async def _misc_loop(self) -> None:  # aiomqtt: `loop_misc()` then sleep(1), forever
+        period = 1.0 if self._client.keepalive < 20 else MISC_PERIOD
+        while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:
+            await sleep_to_tick(period)
+
+
 def _first(eg: BaseExceptionGroup[BaseException]) -> BaseException:
     e: BaseException = eg
     while isinstance(e, BaseExceptionGroup):
@@ -137,7 +152,7 @@ class Uplink:
     def _client_for_session(self) -> aiomqtt.Client:
         up = self.cfg.uplink
         will = aiomqtt.Will(f"{self.prefix}/status", self._status("offline"), qos=1, retain=True)
-        client = aiomqtt.Client(
+        client = _Client(
             up.host,
             up.port,
             username=up.username,
@@ -266,17 +281,25 @@ class Uplink:
             self.stats.last_puback = time.time()
 
         tasks: set[asyncio.Task[None]] = set()
+        limit = up.batch_max_readings * 4
+        caught_up = False  # the last fetch returned everything committed before it
         try:
             while True:
-                pipe.new_data.clear()
-                rows = await pipe.call(pipe.outbox.fetch_for_send, cursor, up.batch_max_readings * 4)
-                if not rows:
+                rows = None
+                if caught_up and not pipe.new_data.is_set():
+                    token = pipe.want_rows(cursor, limit)  # fetched along with the next commit
                     waiter: asyncio.Future[Any] = asyncio.ensure_future(pipe.new_data.wait())
                     await asyncio.wait([waiter, failure], return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     if failure.done():
                         failure.result()
-                    continue
+                    pipe.new_data.clear()
+                    rows = pipe.take_rows(token)
+                else:
+                    pipe.new_data.clear()
+                if rows is None:
+                    rows = await pipe.call(pipe.outbox.fetch_for_send, cursor, limit)
+                caught_up = len(rows) < limit
                 for chunk in self._batches(rows):
                     await window.acquire()
                     if failure.done():
@@ -291,6 +314,7 @@ class Uplink:
                     t.add_done_callback(tasks.discard)
                     cursor = hi
         finally:
+            pipe.take_rows(0)  # withdraw a pending wish
             for t in tasks:
                 t.cancel()
             if not failure.done():
@@ -336,7 +360,7 @@ class Uplink:
         while True:
             body = await self.health()
             await client.publish(topic, json.dumps(body, separators=(",", ":")).encode(), qos=0)
-            await asyncio.sleep(interval)
+            await (sleep_to_tick(interval) if interval >= 10 else asyncio.sleep(interval))
 
     async def publish_offline(self) -> None:
         """Clean shutdown: retained offline status, best effort."""

@@ -48,6 +48,7 @@ class DeviceContext:
         self.last_values: Mapping[str, Value] = {}
         self.restarts = 0
         self.on_link_change: Callable[[DeviceContext], None] | None = None
+        self.on_reading: Callable[[DeviceContext], None] | None = None  # set by the supervisor while offline
 
     def emit(self, values: Mapping[str, Value], ts: float | None = None, driver: str | None = None) -> None:
         """Hand one decoded sample to the pipeline (never blocks)."""
@@ -67,6 +68,8 @@ class DeviceContext:
         self.last_reading_mono = time.monotonic()
         self.last_values = r.values
         self._sink(r)
+        if self.on_reading is not None:
+            self.on_reading(self)
 
     def count_error(self, kind: str, n: int = 1) -> None:
         """Count a recoverable problem (bad checksum, timeout, ...)."""

@@ -38,8 +38,7 @@ class _ModbusS8Protocol(StreamProtocol):
     """Poll-reply adapter: each fed chunk is one (request + reply) exchange of the S8 simulator."""
 
     def feed(self, data: bytes) -> list[dict[str, float | int | str | bool]]:
-        from drivers.modbus.driver import S8_REGISTERS
-        from drivers.modbus.protocol import ModbusReplyError, decode_block, parse_reply, plan_reads
+        from drivers.modbus.protocol import S8_REGISTERS, ModbusReplyError, decode_block, parse_reply, plan_reads
 
         request, answer = data[:8], data[8:]
         try:
@@ -130,9 +129,11 @@ class SimDriver(Driver):
         o: SimOptions = self.options
         if o.family in BLE_FAMILIES:
             self.ctx.set_link("connected", f"simulated {o.family}")
+            next_t = time.monotonic()
             for values in ble_source(o.family, self.device.address or "C7:F5:2A:A1:B2:C3"):
                 self.ctx.emit(values)
-                await asyncio.sleep(o.interval)
+                next_t += o.interval  # a fixed sampling grid, no drift (like the serial families)
+                await asyncio.sleep(max(0.0, next_t - time.monotonic()))
         chunks, proto = source(o.family, o.format)
         self.ctx.set_link("connected", f"simulated {o.family}")
         seen = proto.errors.copy()

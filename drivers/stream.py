@@ -77,6 +77,10 @@ class StreamDriver(Driver):
             except TransportClosed as e:
                 log.warning("%s: port lost: %s; reopening", self.device.id, e)
                 self.ctx.set_link("disconnected", str(e))
+            except asyncio.CancelledError:
+                for values in proto.flush():  # stopping: what the decoder held back goes to the buffer too
+                    self.ctx.emit(values)
+                raise
             finally:
                 await port.close()
             await asyncio.sleep(backoff.next())

@@ -30,14 +30,20 @@ def run(args: argparse.Namespace) -> int:
                                               *(f"  {k}: {m}" for k, m in unreadable)]))
     setup_logging(args.log_level or cfg.log_level)
     from agent.errors import ConfigError
+    from agent.memory import release_startup_memory
     from agent.notify import Supervision
     from agent.reload import remember_uplink_files
     from agent.runtime import Agent, install_signal_handlers
+
+    def release_later() -> None:
+        """Once connected and settled: start-up garbage back to the OS (agent/memory.py)."""
+        asyncio.get_running_loop().call_later(5.0, release_startup_memory)
 
     async def main() -> int:
         agent = Agent(cfg)
         install_signal_handlers(agent)
         agent.on_ready.append(lambda: remember_uplink_files(agent))
+        agent.on_ready.append(release_later)
         async with Supervision(agent) as sv:  # sd_notify READY/STATUS/WATCHDOG/STOPPING
             try:
                 await agent.run_until_stopped()

@@ -21,6 +21,7 @@ from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOEx
 from agent.backoff import Backoff
 from drivers.base import DeviceContext, Driver
 from drivers.modbus.protocol import (
+    S8_REGISTERS,
     Block,
     Duration,
     ModbusOptions,
@@ -46,7 +47,6 @@ SCD30_REGISTERS = (
     Register(quantity="humidity", address=0x2C, function=3, type="float32", unit="%RH"),
 )
 SCD30_START_CONTINUOUS = 0x0036  # write the ambient pressure in mbar, 0 = no compensation
-S8_REGISTERS = (Register(quantity="co2", address=3, function=4, type="int16", unit="ppm"),)
 
 
 class _Failed(Exception):

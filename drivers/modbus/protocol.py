@@ -77,6 +77,10 @@ class Block:
     members: tuple[Register, ...]
 
 
+# Senseair S8: CO2 in input register 3 (here so the `sim` driver needs no pymodbus).
+S8_REGISTERS = (Register(quantity="co2", address=3, function=4, type="int16", unit="ppm"),)
+
+
 def plan_reads(registers: Sequence[Register], max_gap: int = 8) -> list[Block]:
     """Group registers into contiguous reads (gaps up to `max_gap` words are read and ignored)."""
     blocks: list[Block] = []

@@ -22,10 +22,12 @@ import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
-
-from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+from typing import TYPE_CHECKING
 
 from agent.errors import DriverError
+
+if TYPE_CHECKING:  # cryptography (~7 MB resident) loads only when an encrypted advert is decoded
+    from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 Values = dict[str, float | int | str | bool]
 
@@ -82,7 +84,19 @@ def mac_bytes(address: str) -> bytes:
 @functools.lru_cache(maxsize=128)
 def aes_ccm(key: bytes) -> AESCCM:
     """AES-CCM with a 4-byte tag for `key` (cached: one cipher object per device key)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESCCM
+
     return AESCCM(key, tag_length=4)
+
+
+def ccm_decrypt(key: bytes, nonce: bytes, data: bytes, aad: bytes | None) -> bytes | None:
+    """AES-CCM (4-byte tag) decryption; None when the tag does not match (wrong key, garbled)."""
+    from cryptography.exceptions import InvalidTag
+
+    try:
+        return aes_ccm(key).decrypt(nonce, data, aad)
+    except InvalidTag:
+        return None
 
 
 def mac_str(raw: bytes) -> str:

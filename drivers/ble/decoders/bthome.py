@@ -34,15 +34,13 @@ import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESCCM
-
 from drivers.ble.decoders import (
     Advert,
     DecodeError,
     KeyRequired,
     Values,
     aes_ccm,
+    ccm_decrypt,
     mac_bytes,
     mac_str,
     service_data,
@@ -251,10 +249,10 @@ def _payload(adv: Advert, data: bytes, key: bytes | None) -> bytes:
         mac = mac_bytes(adv.address)
     ciphertext, counter, mic = body[:-8], body[-8:-4], body[-4:]
     nonce = mac + b"\xd2\xfc" + bytes([info]) + counter
-    try:
-        return aes_ccm(key).decrypt(nonce, ciphertext + mic, None)
-    except InvalidTag:
-        raise DecodeError(f"bthome: MIC check failed for {mac_str(mac)} (wrong key?)") from None
+    plain = ccm_decrypt(key, nonce, ciphertext + mic, None)
+    if plain is None:
+        raise DecodeError(f"bthome: MIC check failed for {mac_str(mac)} (wrong key?)")
+    return plain
 
 
 def parse_objects(payload: bytes) -> Values:
@@ -381,7 +379,7 @@ def encode_service_data(
         return head + body
     ctr = counter.to_bytes(4, "little")
     nonce = mac + b"\xd2\xfc" + bytes([info]) + ctr
-    sealed = AESCCM(key, tag_length=4).encrypt(nonce, body, None)
+    sealed = aes_ccm(key).encrypt(nonce, body, None)
     return head + sealed[:-4] + ctr + sealed[-4:]
 
 

@@ -37,15 +37,13 @@ import math
 import struct
 from collections.abc import Mapping
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESCCM
-
 from drivers.ble.decoders import (
     Advert,
     DecodeError,
     KeyRequired,
     Values,
     aes_ccm,
+    ccm_decrypt,
     mac_bytes,
     mac_str,
     service_data,
@@ -79,12 +77,13 @@ def decode(adv: Advert, key: bytes | None = None) -> Values | None:
     return None
 
 
-def _cipher(key: bytes | None, what: str) -> AESCCM:
+def _cipher(key: bytes | None, what: str) -> bytes:
+    """The checked key of an encrypted advert."""
     if key is None:
         raise KeyRequired(f"xiaomi: {what} advert is encrypted; the device needs a key")
     if len(key) != 16:
         raise DecodeError(f"xiaomi: key must be 16 bytes, got {len(key)}")
-    return aes_ccm(key)
+    return key
 
 
 def decode_custom(adv: Advert, data: bytes, key: bytes | None = None) -> Values:
@@ -114,10 +113,9 @@ def decode_custom(adv: Advert, data: bytes, key: bytes | None = None) -> Values:
         cipher = _cipher(key, "custom-format")
         mac = mac_bytes(adv.address)
         nonce = mac[::-1] + bytes([n + 3, 0x16, 0x1A, 0x18, data[0]])
-        try:
-            plain = cipher.decrypt(nonce, data[1:], _AAD)
-        except InvalidTag:
-            raise DecodeError(f"xiaomi: MIC check failed for {mac_str(mac)} (wrong key?)") from None
+        plain = ccm_decrypt(cipher, nonce, data[1:], _AAD)
+        if plain is None:
+            raise DecodeError(f"xiaomi: MIC check failed for {mac_str(mac)} (wrong key?)")
         if n == 11:
             t, h, batt, _flags = struct.unpack("<hHBB", plain)
             return {
@@ -169,10 +167,10 @@ def decode_mibeacon(adv: Advert, data: bytes, key: bytes | None = None) -> Value
         if len(data) < i + 9:
             raise DecodeError(f"xiaomi: encrypted MiBeacon frame of {len(data)} bytes is too short")
         nonce = mac[::-1] + data[2:5] + data[-7:-4]
-        try:
-            payload = cipher.decrypt(nonce, data[i:-7] + data[-4:], _AAD)
-        except InvalidTag:
-            raise DecodeError(f"xiaomi: MIC check failed for {mac_str(mac)} (wrong key?)") from None
+        decrypted = ccm_decrypt(cipher, nonce, data[i:-7] + data[-4:], _AAD)
+        if decrypted is None:
+            raise DecodeError(f"xiaomi: MIC check failed for {mac_str(mac)} (wrong key?)")
+        payload = decrypted
     else:
         if len(data) < i + 3:
             raise DecodeError("xiaomi: MiBeacon object truncated")
@@ -293,7 +291,7 @@ def encode_custom(
         raise ValueError(f"xiaomi: unknown custom format {fmt!r}")
     n = 1 + len(plain) + 4
     nonce = mac[::-1] + bytes([n + 3, 0x16, 0x1A, 0x18, cnt])
-    return bytes([cnt]) + AESCCM(key, tag_length=4).encrypt(nonce, plain, _AAD)
+    return bytes([cnt]) + aes_ccm(key).encrypt(nonce, plain, _AAD)
 
 
 def encode_mibeacon(
@@ -320,7 +318,7 @@ def encode_mibeacon(
         return head + objs
     ext = ext_counter.to_bytes(3, "little")
     nonce = mac[::-1] + head[2:5] + ext
-    sealed = AESCCM(key, tag_length=4).encrypt(nonce, objs, _AAD)
+    sealed = aes_ccm(key).encrypt(nonce, objs, _AAD)
     return head + sealed[:-4] + ext + sealed[-4:]
 
 

@@ -1,0 +1,37 @@
+"""Shared timer grid: periodic housekeeping wakes on common instants of the loop clock.
+
+On a small board (and much more so in a VM) a timer wake-up costs far more than the work it
+does: every wake-up is a context switch, a timer interrupt, an epoll round trip. Tasks that
+only need "about every N seconds" sleep until the next multiple of N on the loop's clock, so
+the 1 s, 5 s, 10 s and 60 s housekeeping timers of different tasks fire in the same loop
+iteration instead of each paying its own wake-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+
+def next_tick(period: float, now: float | None = None) -> float:
+    """The next instant strictly after `now` (loop clock) that is a multiple of `period`."""
+    if now is None:
+        now = asyncio.get_running_loop().time()
+    return (math.floor(now / period) + 1) * period
+
+
+async def sleep_to_tick(period: float) -> None:
+    """Sleep until the next multiple of `period` on the loop clock (at most `period`)."""
+    loop = asyncio.get_running_loop()
+    when = next_tick(period, loop.time())
+    fut = loop.create_future()
+    handle = loop.call_at(when, _wake, fut)
+    try:
+        await fut
+    finally:
+        handle.cancel()
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

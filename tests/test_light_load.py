@@ -1,0 +1,137 @@
+"""Light-load mechanics: the shared timer grid, acks riding along with readings, the uplink's
+fetch chained onto the commit, liveness without polling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import drivers
+from agent.buffer import Outbox
+from agent.config import parse_config
+from agent.model import Reading
+from agent.pipeline import Pipeline
+from agent.runtime import Agent
+from agent.ticks import next_tick, sleep_to_tick
+from tests.support.broker import Broker
+from tests.support.mqtt import Subscriber
+
+
+@pytest.fixture
+def counter_driver() -> Iterator[None]:
+    drivers._REGISTRY["counter"] = "tests.support.crashy:CounterDriver"
+    old = drivers.KNOWN_DRIVERS
+    drivers.KNOWN_DRIVERS = frozenset(drivers._REGISTRY)
+    yield
+    del drivers._REGISTRY["counter"]
+    drivers.KNOWN_DRIVERS = old
+
+
+async def until(pred, timeout: float = 20.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def test_next_tick_is_a_shared_grid() -> None:
+    assert next_tick(1.0, 1234.5) == 1235.0
+    assert next_tick(5.0, 1234.5) == 1235.0 == next_tick(1.0, 1234.0001)
+    assert next_tick(10.0, 1230.0) == 1240.0  # strictly after
+    assert next_tick(60.0, 1234.5) == 1260.0
+
+
+async def test_sleep_to_tick_wakes_on_the_grid() -> None:
+    loop = asyncio.get_running_loop()
+    await sleep_to_tick(0.05)
+    woke = loop.time()
+    assert woke % 0.05 < 0.02 or woke % 0.05 > 0.049  # on a multiple of the period (+ epoll's ms)
+
+
+def reading(n: int) -> Reading:
+    return Reading(device="d", driver="sim", values={"n": n})
+
+
+async def test_acks_alone_linger_and_ride_along_with_the_next_readings(tmp_path: Path) -> None:
+    pipe = await Pipeline.open(Outbox(tmp_path / "b.db"), commit_interval=0.02)
+    pipe.ack_linger = 0.5
+    writer = asyncio.create_task(pipe.run_writer())
+    try:
+        for n in range(3):
+            pipe.submit(reading(n))
+        await until(lambda: pipe.outbox.depth == 3, what="3 committed")
+        commits = pipe.commits
+        pipe.ack(1, 2)
+        await asyncio.sleep(0.2)
+        assert pipe.commits == commits and pipe.outbox.depth == 3, "acks alone wait for the linger"
+        pipe.submit(reading(3))
+        await until(lambda: pipe.commits == commits + 1, what="the readings commit")
+        assert pipe.outbox.depth == 2, "the acks went in the same transaction as the reading"
+        pipe.ack(3, 3)
+        t0 = time.monotonic()
+        await until(lambda: pipe.outbox.depth == 1, what="acks committed after the linger")
+        assert 0.4 < time.monotonic() - t0 < 2.0
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await pipe.close()
+
+
+async def test_rows_are_prefetched_for_a_waiting_uplink_only_while_valid(tmp_path: Path) -> None:
+    pipe = await Pipeline.open(Outbox(tmp_path / "b.db"), commit_interval=0.02)
+    try:
+        token = pipe.want_rows(0, 100)
+        pipe.submit(reading(0))
+        pipe.submit(reading(1))
+        await pipe.flush()
+        rows = pipe.take_rows(token)
+        assert rows is not None and [s for s, _ in rows] == [1, 2]
+        assert pipe.outbox.protect_upto == 2, "handed to the uplink: protected before publishing"
+        assert pipe.take_rows(token) is None, "taken once"
+        stale = pipe.want_rows(2, 100)
+        pipe.submit(reading(2))
+        await pipe.flush()
+        pipe.submit(reading(3))
+        await pipe.flush()  # a later commit: the prefetched rows may miss its readings
+        assert pipe.take_rows(stale) is None
+        assert [s for s, _ in await pipe.call(pipe.outbox.fetch_for_send, 2, 100)] == [3, 4]
+    finally:
+        await pipe.close()
+
+
+async def test_liveness_online_offline_online_without_polling(
+    tmp_path: Path, broker: Broker, counter_driver: None
+) -> None:
+    cfg = parse_config({
+        "gateway": {"id": "gw-live"},
+        "buffer": {"path": str(tmp_path / "b.db"), "commit_interval": 0.02},
+        "uplink": {"port": broker.port, "backoff_initial": 0.05, "backoff_max": 0.5},
+        "devices": [{"id": "c", "driver": "counter", "interval": 0.05, "expected_interval": 1.0}],
+    })
+    sub = Subscriber(broker.host, broker.port, "edge/gw-live/events")
+    agent = Agent(cfg)
+    await agent.start()
+    try:
+        runner = agent.devices["c"]
+        await until(lambda: runner.online is True, 5, "online")
+        t_online = time.monotonic()
+        runner.task.cancel()  # type: ignore[union-attr]  # the device falls silent
+        await asyncio.gather(runner.task, return_exceptions=True)  # type: ignore[arg-type]
+        await until(lambda: runner.online is False, 5, "offline")
+        assert time.monotonic() - t_online < 1.0 + 1.0 + 0.5, "within expected_interval + the 1 s grid"
+        runner.task = asyncio.create_task(runner.run())
+        t0 = time.monotonic()
+        await until(lambda: runner.online is True, 5, "online again")
+        assert time.monotonic() - t0 < 0.5, "the reading wakes the supervisor at once"
+        await until(lambda: len([m for m in sub.on("/events") if m.json()["type"] == "device"]) == 3, 10,
+                    "three device events")
+        states = [m.json()["state"] for m in sub.on("/events") if m.json()["type"] == "device"]
+        assert states == ["online", "offline", "online"]
+    finally:
+        await agent.stop()
+        sub.close()
