@@ -119,7 +119,7 @@ def drain(port: int, n: int) -> dict[str, float]:
             w = asyncio.create_task(pipe.run_writer())
             t0 = time.perf_counter()
             u = asyncio.create_task(up.run())
-            while pipe.outbox.depth > 0:
+            while up.stats.readings_acked < n:  # every PUBACK in (row deletes ride with later commits)
                 await asyncio.sleep(0.05)
             dt = time.perf_counter() - t0
             for t in (u, w):
