@@ -135,3 +135,15 @@ async def test_liveness_online_offline_online_without_polling(
     finally:
         await agent.stop()
         sub.close()
+
+
+def test_the_cli_entry_point_keeps_heavy_libraries_off_the_run_path() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, agent.cli.main, agent.runtime\n"
+            "heavy = ['sqlite_utils', 'bleak', 'cryptography', 'pymodbus', 'jsonschema', 'agent.contract']\n"
+            "print(','.join(m for m in heavy if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "", f"loaded at start-up: {r.stdout.strip()}"

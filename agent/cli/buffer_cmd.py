@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any, TextIO
 from urllib.parse import quote
 
-import sqlite_utils
-
 from agent.buffer import ROW_OVERHEAD
 from agent.cli.common import (
     EXIT_FAILURE,
@@ -133,6 +131,8 @@ def buffer_stats(cfg: AgentConfig) -> dict[str, Any]:
     path = Path(cfg.buffer.path)
     conn, snapshot = open_readonly(path)
     try:
+        import sqlite_utils  # here, not at import: every `edge-agent run` loads this module
+
         db = sqlite_utils.Database(conn)
         now = time.time()
         meta = {r["key"]: r["value"] for r in db.query("SELECT key, value FROM meta")}
