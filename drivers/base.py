@@ -71,6 +71,16 @@ class DeviceContext:
         if self.on_reading is not None:
             self.on_reading(self)
 
+    def deliver(self, values: list[dict[str, Value]], errors: Counter[str], seen: Counter[str]) -> None:
+        """Emit a decoder's values and count its errors new since `seen` (brought up to date in place)."""
+        for v in values:
+            self.emit(v)
+        if errors != seen:
+            for k, n in (errors - seen).items():
+                self.count_error(k, n)
+            seen.clear()
+            seen.update(errors)
+
     def count_error(self, kind: str, n: int = 1) -> None:
         """Count a recoverable problem (bad checksum, timeout, ...)."""
         if n:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -137,16 +137,8 @@ class SimDriver(Driver):
         chunks, proto = source(o.family, o.format)
         self.ctx.set_link("connected", f"simulated {o.family}")
         seen = proto.errors.copy()
-        emit: Callable[[dict[str, float | int | str | bool]], None] = self.ctx.emit
         next_t = time.monotonic()
         for chunk in chunks:
-            for values in proto.feed(chunk):
-                emit(values)
-            for values in proto.flush():
-                emit(values)
-            if proto.errors != seen:
-                for k, v in (proto.errors - seen).items():
-                    self.ctx.count_error(k, v)
-                seen = proto.errors.copy()
+            self.ctx.deliver(proto.feed(chunk) + proto.flush(), proto.errors, seen)
             next_t += o.interval
             await asyncio.sleep(max(0.0, next_t - time.monotonic()))

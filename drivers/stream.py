@@ -65,21 +65,15 @@ class StreamDriver(Driver):
                             async with asyncio.timeout(self.idle_flush):
                                 chunk = await port.read()
                         except TimeoutError:
-                            for values in proto.flush():
-                                self.ctx.emit(values)
+                            self.ctx.deliver(proto.flush(), proto.errors, seen_errors)
                             continue
-                    for values in proto.feed(chunk):
-                        self.ctx.emit(values)
-                    if proto.errors != seen_errors:
-                        for k, v in (proto.errors - seen_errors).items():
-                            self.ctx.count_error(k, v)
-                        seen_errors = proto.errors.copy()
+                    self.ctx.deliver(proto.feed(chunk), proto.errors, seen_errors)
             except TransportClosed as e:
                 log.warning("%s: port lost: %s; reopening", self.device.id, e)
                 self.ctx.set_link("disconnected", str(e))
             except asyncio.CancelledError:
-                for values in proto.flush():  # stopping: what the decoder held back goes to the buffer too
-                    self.ctx.emit(values)
+                # stopping: what the decoder held back goes to the buffer too
+                self.ctx.deliver(proto.flush(), proto.errors, seen_errors)
                 raise
             finally:
                 await port.close()

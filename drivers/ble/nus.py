@@ -136,10 +136,4 @@ class BleNusDriver(Driver):
     def _feed(self, proto: StreamProtocol, data: bytes, seen: Counter[str]) -> None:
         if not data:
             return
-        for values in proto.feed(data):
-            self.ctx.emit(values)
-        if proto.errors != seen:
-            for k, n in (proto.errors - seen).items():
-                self.ctx.count_error(k, n)
-            seen.clear()
-            seen.update(proto.errors)
+        self.ctx.deliver(proto.feed(data), proto.errors, seen)
