@@ -12,7 +12,7 @@ import pytest
 from drivers.nmea.simulator import epoch_bytes, expected_values, fixes
 from tests.support.agentproc import AgentProcess, write_config
 from tests.support.broker import Broker
-from tests.support.mqtt import Subscriber
+from tests.support.mqtt import Subscriber, wait_until
 from tests.support.pty import PtyDevice
 
 START = 1_790_000_000.0
@@ -116,14 +116,18 @@ def test_sigkill_mid_stream_keeps_seq_without_holes(setup) -> None:  # type: ign
     agent.kill()
     epoch1 = sub.on("/telemetry")[0].json()["epoch"]
     agent.start_and_wait_port(count=2)
-    for f in itertools.islice(fs, 20):
+    after = list(itertools.islice(fs, 20))
+    for f in after:
         dev.write(epoch_bytes(f))
-    sub.wait_for(lambda: sub.readings() and max(r["seq"] for r in sub.readings()) >= 25, 30, "readings after restart")
+    last = expected_values(after[-1])
+    sub.wait_for(lambda: any(r["values"] == last for r in sub.readings()), 30, "the last fix after restart")
     seqs = sorted({r["seq"] for r in sub.readings()})
     assert seqs == list(range(1, seqs[-1] + 1)), "no holes in seq"
     assert {m.json()["epoch"] for m in sub.on("/telemetry")} == {epoch1}
-    assert agent.terminate() == 0
     db = sqlite3.connect(tmp / "buffer.db")
+    # Every delivered row is deleted once its PUBACK is committed (acks linger at most 5 s).
+    wait_until(lambda: db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0, 15, "outbox emptied by acks")
+    assert agent.terminate() == 0
     assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
 
 
