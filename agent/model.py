@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Literal
 
+from orjson import dumps as _orjson_dumps
+
 Value = float | int | str | bool
 ClockState = Literal["synced", "unsynced"]
 
@@ -73,6 +75,20 @@ def _values_json(values: Mapping[str, Value]) -> str:
 
 def encode_reading(seq: int, r: Reading) -> str:
     """The reading's wire form `R` (compact JSON); fixed once the seq is assigned."""
+    try:
+        out = _orjson_dumps({
+            "seq": seq, "device": r.device, "driver": r.driver, "ts": format_ts(r.ts), "clock": r.clock,
+            "values": r.values, "tags": r.tags,
+        })
+    except TypeError:  # a Mapping that is not a dict, an int beyond 64 bits, a lone surrogate
+        return _encode_stdlib(seq, r)
+    if b"null" in out:  # orjson writes NaN/inf as null (or a string merely contains "null")
+        return _encode_stdlib(seq, r)
+    return out.decode()
+
+
+def _encode_stdlib(seq: int, r: Reading) -> str:
+    """encode_reading with the standard library: every input orjson refuses or would change."""
     try:
         values = _values_json(r.values)
     except ValueError:  # a non-finite float: JSON cannot carry it, the key is dropped

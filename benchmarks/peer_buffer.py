@@ -181,6 +181,59 @@ def child_ours(n: int, directory: str, batch: int, pack_size: int, synchronous: 
             "hwm_put": hwm_put, "hwm": hwm, "settings": settings}
 
 
+def child_pipeline(n: int, directory: str, pack_size: int, synchronous: str) -> dict[str, Any]:
+    """The agent's own path: Pipeline.submit() -> in-memory queue -> writer thread -> Outbox.commit."""
+    import asyncio
+
+    from agent.buffer import Outbox
+    from agent.pipeline import Pipeline
+
+    base = _base_reading()
+    rss_start = vm("VmRSS")
+
+    async def put() -> float:
+        ob = Outbox(Path(directory) / "buffer.db", synchronous=synchronous)  # type: ignore[arg-type]
+        pipe = await Pipeline.open(ob)  # product defaults: commits of up to 5000, queue 100 k
+        writer = asyncio.create_task(pipe.run_writer())
+        submit = pipe.submit
+        t0 = time.perf_counter()
+        for start in range(0, n, 1000):  # a driver delivers what one read() decoded, then yields
+            for _ in range(min(1000, n - start)):
+                submit(base)
+            while pipe.queued >= 20_000:  # the producer is faster than any disk: stay below the queue bound
+                pipe.new_data.clear()
+                await pipe.new_data.wait()
+            await asyncio.sleep(0)
+        while pipe.accepted < n:  # accepted = committed (fsynced) and given a seq
+            pipe.new_data.clear()
+            await pipe.new_data.wait()
+        t = time.perf_counter() - t0
+        assert pipe.overflow == 0 and pipe.rejected == 0
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await pipe.close()
+        return t
+
+    t_durable = asyncio.run(put())
+    hwm_put = vm("VmHWM")
+
+    ob = Outbox(Path(directory) / "buffer.db", synchronous=synchronous).open()  # type: ignore[arg-type]
+    v = _Verifier()
+    cursor = 0
+    t1 = time.perf_counter()
+    while rows := ob.fetch(cursor, pack_size):
+        v.pack(rows[0][1], rows[-1][1], len(rows))
+        cursor = rows[-1][0]
+        ob.commit([], acks=[(rows[0][0], cursor)])
+    t_drain = time.perf_counter() - t1
+    hwm = vm("VmHWM")
+    ob.close()
+    settings = {"synchronous": synchronous, "write batch": "<= 5000 (Pipeline)", "pack": pack_size, "queue": "100 k"}
+    return {"side": "pipeline", "events": n, "put_s": t_durable, "durable_s": t_durable, "drain_s": t_drain,
+            "drained": v.count, "bad_packs": v.bad, "repeated": v.repeated, "skipped": v.skipped,
+            "rss_start": rss_start, "hwm_put": hwm_put, "hwm": hwm, "settings": settings}
+
+
 def child_raw(n: int, directory: str, batch: int) -> dict[str, Any]:
     """The limit: bare executemany of pre-encoded rows into a WAL table at FULL."""
     from agent.model import encode_reading
@@ -242,16 +295,20 @@ def peer_version(python: Path) -> str:
 def measure(events: int, batch: int, pack: int, repeat: int) -> dict[str, Any]:
     peer_py = ensure_peer_venv()
     n = str(events)
-    runs: dict[str, list[dict[str, Any]]] = {"peer": [], "peer-serialize": [], "ours": [], "raw": []}
+    runs: dict[str, list[dict[str, Any]]] = {"peer": [], "peer-serialize": [], "ours": [], "ours-normal": [], "pipeline": [],
+                                             "raw": []}
     for _ in range(repeat):  # interleaved, so a burst of load from elsewhere hits both sides
         runs["peer"].append(run_child(str(peer_py), ["peer", "--events", n]))
         runs["peer-serialize"].append(run_child(str(peer_py), ["peer-serialize", "--events", n]))
         runs["ours"].append(run_child(sys.executable, ["ours", "--events", n, "--batch", str(batch),
                                                        "--pack", str(pack)]))
+        runs["ours-normal"].append(run_child(sys.executable, ["ours", "--events", n, "--batch", str(batch),
+                                                              "--pack", str(pack), "--synchronous", "NORMAL"]))
+        runs["pipeline"].append(run_child(sys.executable, ["pipeline", "--events", n, "--pack", str(pack)]))
         runs["raw"].append(run_child(sys.executable, ["raw", "--events", n, "--batch", str(batch)]))
     best = {k: {"durable_s": min(r["durable_s"] for r in v), "drain_s": min(r["drain_s"] for r in v),
                 "runs": v} for k, v in runs.items()}
-    for k in ("peer", "peer-serialize", "ours"):
+    for k in ("peer", "peer-serialize", "ours", "ours-normal", "pipeline"):
         best[k]["hwm"] = max(r["hwm"] for r in runs[k])
         best[k]["ok"] = all(r["drained"] == events and r["bad_packs"] == 0 for r in runs[k])
         best[k]["repeated"] = sum(r["repeated"] for r in runs[k])
@@ -262,7 +319,8 @@ def measure(events: int, batch: int, pack: int, repeat: int) -> dict[str, Any]:
 
 def report(res: dict[str, Any]) -> list[str]:
     n = res["events"]
-    p, o, r, ps = res["peer"], res["ours"], res["raw"], res["peer-serialize"]
+    p, o, r, ps, pl = res["peer"], res["ours"], res["raw"], res["peer-serialize"], res["pipeline"]
+    on = res["ours-normal"]
     rate = lambda side, k: n / side[k]  # noqa: E731
     lines = [
         f"{n:,} events of {len(_payload())} B; best of {res['repeat']} interleaved runs; "
@@ -275,10 +333,16 @@ def report(res: dict[str, Any]) -> list[str]:
         f"ours   Outbox, FULL, {res['batch']}/commit, packs of {res['pack']}   put->durable {rate(o, 'durable_s'):>9,.0f}/s"
         f"   drain {rate(o, 'drain_s'):>9,.0f}/s   peak RSS {o['hwm'] / 1e6:5.1f} MB   exact={o['ok']}"
         f" (redelivered {o['repeated']}, skipped {o['skipped']} over all runs)",
+        f"ours   Outbox, NORMAL (the peer's level), {res['batch']}/commit put->durable {rate(on, 'durable_s'):>9,.0f}/s"
+        f"   drain {rate(on, 'drain_s'):>9,.0f}/s   exact={on['ok']}",
+        f"ours   Pipeline.submit -> writer thread (the agent's path)  put->durable {rate(pl, 'durable_s'):>9,.0f}/s"
+        f"   drain {rate(pl, 'drain_s'):>9,.0f}/s   peak RSS {pl['hwm'] / 1e6:5.1f} MB   exact={pl['ok']}",
         f"peer   same, + the gateway's own serialization before put() put->durable {rate(ps, 'durable_s'):>9,.0f}/s"
         f"   (ours/this: {ps['durable_s'] / o['durable_s']:.2f}x)",
         f"ratio  ours/peer: put->durable {p['durable_s'] / o['durable_s']:.2f}x, drain {p['drain_s'] / o['drain_s']:.2f}x, "
         f"peak RSS {o['hwm'] / p['hwm']:.2f}x   (target >= 2x both rates)",
+        f"ratio  ours (Pipeline)/peer: put->durable {p['durable_s'] / pl['durable_s']:.2f}x; "
+        f"ours at NORMAL/peer: {p['durable_s'] / on['durable_s']:.2f}x",
     ]
     return lines
 
@@ -296,13 +360,15 @@ def main() -> None:
     ap.add_argument("--pack", type=int, default=1000, help="our readings per drain pack (peer: 1000)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--child", choices=["peer", "peer-serialize", "ours", "raw"])
+    ap.add_argument("--child", choices=["peer", "peer-serialize", "ours", "pipeline", "raw"])
     ap.add_argument("--dir")
     ap.add_argument("--synchronous", default="FULL")
     a = ap.parse_args()
     if a.child:
         if a.child in ("peer", "peer-serialize"):
             res = child_peer(a.events, a.dir, serialize=a.child == "peer-serialize")
+        elif a.child == "pipeline":
+            res = child_pipeline(a.events, a.dir, a.pack, a.synchronous)
         elif a.child == "ours":
             res = child_ours(a.events, a.dir, a.batch, a.pack, a.synchronous)
         else:
