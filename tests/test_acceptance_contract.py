@@ -7,11 +7,16 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 
 from agent.cli import doctor
 from agent.config import load_config
+from drivers import KNOWN_DRIVERS
+from tests.support.agentproc import AgentProcess, write_config
+from tests.support.broker import Broker
+from tests.support.mqtt import Subscriber
 
 # The configuration block of DESIGN.md, verbatim except the elided serial port path.
 DESIGN_EXAMPLE = """\
@@ -79,3 +84,54 @@ def test_doctor_counts_only_radio_devices_as_bluetooth(tmp_path: Path) -> None:
         '[[devices]]\nid = "gnss"\ndriver = "nmea"\nport = "/dev/ttyUSB0"\n'
     )
     assert doctor._ble_devices(load_config(cfg_path)) == ["tag"]
+
+
+# DESIGN.md driver table: the quantities each family delivers (at least these, canonical units).
+DESIGN_QUANTITIES = {
+    "nmea": {"latitude", "longitude", "altitude", "speed", "course", "satellites", "hdop", "fix"},
+    "pms5003": {"pm1_0", "pm2_5", "pm10"},
+    "sds011": {"pm2_5", "pm10"},
+    "modbus": {"co2"},  # "as mapped": the simulated slave is an S8
+    "senseair_s8": {"co2"},
+    "lines": {"temperature", "humidity", "co2"},  # "as mapped": the simulated board's field map
+    "ruuvi": {"temperature", "humidity", "pressure", "battery_voltage"},
+    "bthome": {"temperature", "humidity", "battery"},  # "as advertised"
+    "xiaomi": {"temperature", "humidity", "battery"},
+    "aranet4": {"co2", "temperature", "humidity", "pressure"},
+    "ble_nus": {"temperature", "humidity", "co2"},  # "via lines format"
+}
+
+
+def test_sim_simulates_every_family_of_the_driver_table(tmp_path: Path, broker: Broker) -> None:
+    """`sim` = "simulated device of any family above": each one reaches the platform with its quantities."""
+    assert set(DESIGN_QUANTITIES) == KNOWN_DRIVERS - {"sim"}
+    devices = "".join(
+        f'[[devices]]\nid = "sim-{fam.replace("_", "-")}"\ndriver = "sim"\nfamily = "{fam}"\ninterval = "100ms"\n'
+        + (f'address = "C7:F5:2A:A1:B2:{i:02X}"\n' if fam in ("ruuvi", "bthome", "xiaomi", "aranet4") else "")
+        for i, fam in enumerate(sorted(DESIGN_QUANTITIES))
+    )
+    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=devices)
+    assert cli("config", "check", str(cfg)).returncode == 0
+    sub = Subscriber("127.0.0.1", broker.port, "edge/gw-test/#")
+    agent = AgentProcess(cfg).start()
+    try:
+        def per_device() -> dict[str, list[dict[str, Any]]]:
+            out: dict[str, list[dict[str, Any]]] = {}
+            for r in sub.readings():
+                out.setdefault(r["device"], []).append(r)
+            return out
+
+        sub.wait_for(lambda: len(per_device()) == len(DESIGN_QUANTITIES)
+                     and all(len(v) >= 3 for v in per_device().values()), 30, "3 readings of every family")
+        assert agent.terminate() == 0
+    finally:
+        agent.close()
+        sub.close()
+    got = per_device()
+    for fam, quantities in DESIGN_QUANTITIES.items():
+        readings = got[f"sim-{fam.replace('_', '-')}"]
+        assert {r["driver"] for r in readings} == {"sim"}
+        for r in readings:
+            assert quantities <= set(r["values"]), (fam, r["values"])
+    seqs = [r["seq"] for r in sub.readings()]
+    assert seqs == list(range(1, len(seqs) + 1))  # one connection, no outage: in order, no holes
