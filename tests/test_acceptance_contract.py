@@ -135,3 +135,46 @@ def test_sim_simulates_every_family_of_the_driver_table(tmp_path: Path, broker: 
             assert quantities <= set(r["values"]), (fam, r["values"])
     seqs = [r["seq"] for r in sub.readings()]
     assert seqs == list(range(1, len(seqs) + 1))  # one connection, no outage: in order, no holes
+
+
+def test_every_verb_takes_config_and_read_verbs_take_json(tmp_path: Path) -> None:
+    """DESIGN: every verb takes `--config PATH`, each read verb `--json`; a bad file is exit 78, not 2."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[gateway]\nid = "gw"\n[uplink]\nport = "x"\n')
+    r = cli("config", "schema", "--json", "--config", str(bad))
+    assert r.returncode == 0 and json.loads(r.stdout)["title"] == "edge-agent configuration"
+    for args in (["config", "show", str(bad)], ["config", "show", "--json", str(bad)], ["demo", "--config", str(bad)]):
+        r = cli(*args)
+        assert r.returncode == 78, (args, r.stderr)
+        assert "uplink.port: " in r.stderr and "(line 4)" in r.stderr
+    good = tmp_path / "good.toml"
+    good.write_text('[gateway]\nid = "gw-a"\n')
+    r = cli("config", "show", "--json", str(good))
+    assert r.returncode == 0 and json.loads(r.stdout)["uplink"]["topic_prefix"] == "edge/gw-a"
+
+
+def test_demo_runs_a_given_config_against_its_own_broker(tmp_path: Path) -> None:
+    """`demo --config PATH`: that file's gateway and sim devices, delivered to the demo's local broker."""
+    cfg = tmp_path / "mine.toml"
+    cfg.write_text(
+        '[gateway]\nid = "gw-mine"\n[uplink]\nhost = "mqtt.city.example"\nport = 8883\n'
+        '[buffer]\npath = "/nonexistent/buffer.db"\n[control]\nsocket = "/nonexistent/control.sock"\n'
+        '[[devices]]\nid = "co2"\ndriver = "sim"\nfamily = "senseair_s8"\ninterval = "200ms"\n'
+    )
+    r = subprocess.run([sys.executable, "-m", "agent", "demo", "--config", str(cfg), "--seconds", "3", "--json",
+                        "--dir", str(tmp_path / "work")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    msgs = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    readings = [x for m in msgs if m["topic"] == "edge/gw-mine/telemetry" for x in m["payload"]["readings"]]
+    assert readings and {x["device"] for x in readings} == {"co2"}
+    assert [x["seq"] for x in readings] == list(range(1, len(readings) + 1))
+    assert (tmp_path / "work" / "buffer.db").exists()  # the file's own state paths are left alone
+
+
+def test_receive_that_never_subscribed_is_a_failure() -> None:
+    """A receiver that could not reach the broker checked nothing: exit 1 and say why, not "OK"."""
+    r = subprocess.run([sys.executable, "-m", "agent", "receive", "--broker", "127.0.0.1:1", "--topic-prefix",
+                        "edge/gw", "--seconds", "1", "--json"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    rep = json.loads(r.stdout.splitlines()[-1])
+    assert rep["ok"] is False and rep["errors"] == ["never subscribed: broker 127.0.0.1:1 not reachable or refused us"]
