@@ -151,6 +151,9 @@ def test_every_verb_takes_config_and_read_verbs_take_json(tmp_path: Path) -> Non
     good.write_text('[gateway]\nid = "gw-a"\n')
     r = cli("config", "show", "--json", str(good))
     assert r.returncode == 0 and json.loads(r.stdout)["uplink"]["topic_prefix"] == "edge/gw-a"
+    r = cli("buffer", "export", "--json", "--config", str(good))  # accepted; no buffer yet -> failure
+    assert (r.returncode, r.stderr.startswith("edge-agent buffer: no buffer database at")) == (1, True)
+    assert cli("buffer", "export", "--json", "--format", "csv", "--config", str(good)).returncode == 2
 
 
 def test_demo_runs_a_given_config_against_its_own_broker(tmp_path: Path) -> None:
