@@ -16,7 +16,7 @@ from agent.config import load_config
 from drivers import KNOWN_DRIVERS
 from tests.support.agentproc import AgentProcess, write_config
 from tests.support.broker import Broker
-from tests.support.mqtt import Subscriber
+from tests.support.mqtt import Subscriber, wait_until
 
 # The configuration block of DESIGN.md, verbatim except the elided serial port path.
 DESIGN_EXAMPLE = """\
@@ -181,3 +181,27 @@ def test_receive_that_never_subscribed_is_a_failure() -> None:
     assert r.returncode == 1
     rep = json.loads(r.stdout.splitlines()[-1])
     assert rep["ok"] is False and rep["errors"] == ["never subscribed: broker 127.0.0.1:1 not reachable or refused us"]
+
+
+def test_first_status_of_a_buffering_agent_shows_its_accept_rate(tmp_path: Path) -> None:
+    """Broker unreachable from the start (no health published): the first `status` still has the rate."""
+    from agent.mosquitto import free_port
+
+    devices = '[[devices]]\nid = "pm"\ndriver = "sim"\nfamily = "sds011"\ninterval = "100ms"\n'
+    cfg = write_config(tmp_path / "agent.toml", broker_port=free_port(), devices=devices)
+    agent = AgentProcess(cfg).start()
+    try:
+        def depth() -> int:  # from SQLite directly: asking the agent would prime its rate meter
+            r = cli("buffer", "stats", "--json", "--config", str(cfg))
+            return int(json.loads(r.stdout)["depth"]) if r.returncode == 0 else 0
+
+        wait_until(lambda: depth() >= 10, 30, "10 readings buffered")
+        r = cli("status", "--json", "--config", str(cfg))
+        assert r.returncode == 0, r.stderr
+        st = json.loads(r.stdout)
+        assert st["uplink"]["state"] in ("backoff", "connecting") and st["uplink"]["published"] == 0
+        assert 3.0 < st["buffer"]["accept_rate"] < 15.0  # ~10/s since start
+        assert st["buffer"]["time_to_full"] is not None and st["buffer"]["time_to_full"] > 0
+        assert agent.terminate() == 0
+    finally:
+        agent.close()
