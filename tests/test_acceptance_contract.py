@@ -205,3 +205,16 @@ def test_first_status_of_a_buffering_agent_shows_its_accept_rate(tmp_path: Path)
         assert agent.terminate() == 0
     finally:
         agent.close()
+
+
+def test_config_show_round_trips_through_config_check(tmp_path: Path) -> None:
+    """`config show` prints a file that `config check` accepts and that means the same (mode as 0o660)."""
+    src = tmp_path / "agent.toml"
+    src.write_text(DESIGN_EXAMPLE.replace('[control]\n', '[control]\nmode = 0o640\n'))
+    shown = cli("config", "show", str(src))
+    assert shown.returncode == 0 and "\nmode = 0o640\n" in shown.stdout
+    again = tmp_path / "again.toml"
+    again.write_text(shown.stdout)
+    assert cli("config", "check", str(again)).returncode == 0
+    assert json.loads(cli("config", "show", "--json", str(again)).stdout) == json.loads(
+        cli("config", "show", "--json", str(src)).stdout)

@@ -79,7 +79,7 @@ def _toml(data: dict[str, object]) -> None:
             print(f"\n[{k}]")
             for kk, vv in v.items():
                 if vv is not None:
-                    print(f"{kk} = {val(vv)}")
+                    print(f"{kk} = {val(vv) if (k, kk) != ('control', 'mode') else oct(int(vv))}")  # 0o660
     for d in devices:  # type: ignore[attr-defined]
         print("\n[[devices]]")
         for kk, vv in d.items():
