@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -30,8 +31,13 @@ from agent.units import parse_duration, parse_size
 DEFAULT_CONFIG_PATH = "/etc/edge-agent/agent.toml"
 CONFIG_ENV = "EDGE_AGENT_CONFIG"
 
-Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+# The JSON Schema (`config schema`) admits the human forms the file may use ("256MB", "14d").
+_SIZE_SCHEMA = {"anyOf": [{"type": "integer", "minimum": 0}, {
+    "type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([Bb]|[KkMmGg][Ii]?[Bb])?\s*$"}]}
+_DURATION_SCHEMA = {"anyOf": [{"type": "number", "minimum": 0}, {
+    "type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"}]}
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0), WithJsonSchema(_SIZE_SCHEMA)]
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0), WithJsonSchema(_DURATION_SCHEMA)]
 
 GATEWAY_ID = r"^[a-z0-9][a-z0-9-]{0,63}$"
 DEVICE_ID = r"^[a-z0-9][a-z0-9_.-]{0,63}$"

@@ -18,8 +18,12 @@ import tty
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent.mosquitto import LocalBroker, free_port, mosquitto_path
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +143,18 @@ async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, cou
                 await asyncio.wait_for(stop.wait(), 1.0)
 
 
-async def _demo(seconds: float | None, workdir: Path, as_json: bool) -> int:
+def _own_config(user: AgentConfig, workdir: Path, port: int) -> AgentConfig:
+    """`user`'s gateway and devices, with the demo's broker and state kept in the working folder."""
+    up = user.uplink.model_copy(update={"host": "127.0.0.1", "port": port, "tls": None, "username": None,
+                                        "password_file": None})
+    return user.model_copy(update={
+        "buffer": user.buffer.model_copy(update={"path": workdir / "buffer.db"}),
+        "uplink": up,
+        "control": user.control.model_copy(update={"socket": workdir / "control.sock", "group": None}),
+    })
+
+
+async def _demo(seconds: float | None, workdir: Path, as_json: bool, user: AgentConfig | None = None) -> int:
     from agent.config import load_config
     from agent.logs import setup_logging
     from agent.runtime import Agent, install_signal_handlers
@@ -155,19 +170,24 @@ async def _demo(seconds: float | None, workdir: Path, as_json: bool) -> int:
               "      Install a broker to see data leave: sudo apt-get install mosquitto", file=sys.stderr)
     ptys: list[tuple[_Pty, DemoDevice]] = []
     pairs: list[tuple[DemoDevice, str | None]] = []
-    for d in demo_devices():
+    for d in demo_devices() if user is None else []:
         if d.frames is None:
             pairs.append((d, None))
             continue
         p = _Pty()
         ptys.append((p, d))
         pairs.append((d, p.path))
-    cfg = load_config(_config(workdir, port, pairs))
+    cfg = load_config(_config(workdir, port, pairs)) if user is None else _own_config(user, workdir, port)
     setup_logging("warning")
-    print(f"demo: working folder {workdir} (config agent.toml, buffer buffer.db)", file=sys.stderr)
+    if user is None:
+        print(f"demo: working folder {workdir} (config agent.toml, buffer buffer.db)", file=sys.stderr)
+    else:
+        print(f"demo: devices of {user.source_path}; buffer and control socket in {workdir}", file=sys.stderr)
     for d, path in pairs:
         where = f"on {path}" if path else "(in-process simulator)"
         print(f"demo: simulated {d.driver} device {d.id!r} {where}", file=sys.stderr)
+    for dev in cfg.devices if user is not None else []:
+        print(f"demo: {dev.driver} device {dev.id!r}" + (f" on {dev.port}" if dev.port else ""), file=sys.stderr)
     agent = Agent(cfg)
     install_signal_handlers(agent)
     stop = asyncio.Event()
@@ -198,7 +218,13 @@ async def _demo(seconds: float | None, workdir: Path, as_json: bool) -> int:
     return 0 if broker is None or counts.get("readings", 0) > 0 else 1
 
 
-def run_demo(seconds: float | None = None, workdir: str | None = None, as_json: bool = False) -> int:
+def run_demo(seconds: float | None = None, workdir: str | None = None, as_json: bool = False,
+             config: str | None = None) -> int:
+    """The demo; with `config`, that file's gateway and devices instead of the built-in ones."""
+    from agent.config import load_config
+
+    # ConfigError (exit 78) before anything starts; the uplink and its files are replaced anyway.
+    user = load_config(config, check_files=False) if config is not None else None
     tmp = None
     if workdir is None:
         tmp = tempfile.mkdtemp(prefix="edge-agent-demo-")
@@ -207,7 +233,7 @@ def run_demo(seconds: float | None = None, workdir: str | None = None, as_json: 
         wd = Path(workdir)
         wd.mkdir(parents=True, exist_ok=True)
     try:
-        return asyncio.run(_demo(seconds, wd.resolve(), as_json))
+        return asyncio.run(_demo(seconds, wd.resolve(), as_json, user))
     except KeyboardInterrupt:
         return 0
     finally:

@@ -25,11 +25,15 @@ if TYPE_CHECKING:
 
 
 class RateMeter:
-    """Readings accepted per second over a sliding window (default 5 minutes)."""
+    """Readings accepted per second over a sliding window (default 5 minutes).
 
-    def __init__(self, window: float = 300.0) -> None:
+    `start`: monotonic time when the count was 0, so the first call already has a rate (the first
+    `status` of an agent that was never connected, hence never published health, is such a call).
+    """
+
+    def __init__(self, window: float = 300.0, start: float | None = None) -> None:
         self.window = window
-        self._hist: list[tuple[float, int]] = []
+        self._hist: list[tuple[float, int]] = [] if start is None else [(start, 0)]
 
     def rate(self, total: int, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now
@@ -102,7 +106,7 @@ async def build_health(agent: Agent) -> dict[str, Any]:
 
     meters = _METERS.get(agent)
     if meters is None:
-        meters = _METERS[agent] = (RateMeter(), CpuMeter())
+        meters = _METERS[agent] = (RateMeter(start=agent.started_monotonic), CpuMeter())
     rate_meter, cpu_meter = meters
     pipe = agent.pipeline
     st = await pipe.call(pipe.outbox.stats)

@@ -77,6 +77,7 @@ class Agent:
         self.clock = ClockMonitor()
         self.services: dict[str, Any] = {}
         self.started = time.time()
+        self.started_monotonic = time.monotonic()  # rates "since start" (health) survive clock steps
         self.pipeline: Pipeline = None  # type: ignore[assignment]  # set by start()
         self.uplink: Uplink = None  # type: ignore[assignment]
         self.devices: dict[str, DeviceRunner] = {}

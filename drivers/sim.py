@@ -1,7 +1,10 @@
-"""`sim` driver: a simulated device of any serial family, its wire bytes decoded in-process.
+"""`sim` driver: a simulated device of any family, its wire bytes decoded in-process.
 
-Keys: ``family`` = "nmea" | "pms5003" | "sds011" | "senseair_s8" | "lines" | "ruuvi" | "aranet4"
-(required; the BLE families build real advertisements and decode them with the real decoders),
+Keys: ``family`` = any driver name but ``sim``: "nmea" | "pms5003" | "sds011" | "modbus" |
+"senseair_s8" | "lines" | "ruuvi" | "bthome" | "xiaomi" | "aranet4" | "ble_nus" (required; the
+BLE advert families build real advertisements and decode them with the real decoders; "modbus"
+polls a simulated Senseair S8 slave with the generic Modbus decoder; "ble_nus" is a `lines`
+stream arriving in BLE-MTU-sized notifications),
 ``interval`` (time between samples, default 1 s), ``format`` ("json" | "csv" | "kv", lines only).
 The family's simulator produces the same bytes a real device sends; the family's own protocol
 decodes them, so the demo exercises the real decoders without hardware.
@@ -19,9 +22,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from agent.units import parse_duration
 from drivers.base import Driver, StreamProtocol
 
-Family = Literal["nmea", "pms5003", "sds011", "senseair_s8", "lines", "ruuvi", "aranet4"]
-FAMILIES: tuple[str, ...] = ("nmea", "pms5003", "sds011", "senseair_s8", "lines", "ruuvi", "aranet4")
-BLE_FAMILIES = ("ruuvi", "aranet4")
+Family = Literal["nmea", "pms5003", "sds011", "modbus", "senseair_s8", "lines", "ruuvi", "bthome", "xiaomi",
+                 "aranet4", "ble_nus"]
+FAMILIES: tuple[str, ...] = ("nmea", "pms5003", "sds011", "modbus", "senseair_s8", "lines", "ruuvi", "bthome",
+                             "xiaomi", "aranet4", "ble_nus")
+BLE_FAMILIES = ("ruuvi", "bthome", "xiaomi", "aranet4")
+NUS_MTU_PAYLOAD = 20  # bytes per notification at the default ATT MTU of 23
 
 
 class SimOptions(BaseModel):
@@ -50,6 +56,30 @@ class _ModbusS8Protocol(StreamProtocol):
         return [decode_block(plan_reads(S8_REGISTERS)[0], words)]
 
 
+def _mtu_split(data: bytes) -> list[bytes]:
+    """`data` as the NUS notifications that carry it (at most NUS_MTU_PAYLOAD bytes each)."""
+    return [data[i:i + NUS_MTU_PAYLOAD] for i in range(0, len(data), NUS_MTU_PAYLOAD)]
+
+
+class _NusProtocol(StreamProtocol):
+    """Feeds each notification of a chunk to the wrapped `lines` protocol (reassembly as over BLE)."""
+
+    def __init__(self, inner: StreamProtocol) -> None:
+        super().__init__()
+        self.inner = inner
+        self.errors = inner.errors
+
+    def feed(self, data: bytes) -> list[dict[str, float | int | str | bool]]:
+        out: list[dict[str, float | int | str | bool]] = []
+        for part in _mtu_split(data):
+            out += self.inner.feed(part)
+        self.frames = self.inner.frames
+        return out
+
+    def flush(self) -> list[dict[str, float | int | str | bool]]:
+        return self.inner.flush()
+
+
 def source(family: str, fmt: str = "json", start: float | None = None) -> tuple[Iterator[bytes], StreamProtocol]:
     """(endless wire-byte chunks, a fresh protocol that decodes them) for a family."""
     if family == "nmea":
@@ -67,11 +97,11 @@ def source(family: str, fmt: str = "json", start: float | None = None) -> tuple[
         from drivers.sds011.protocol import Sds011Protocol
 
         return (sds.frame_bytes(s) for s in sds.samples()), Sds011Protocol()
-    if family == "senseair_s8":
+    if family in ("senseair_s8", "modbus"):
         from drivers.modbus.simulator import co2_values, s8_bus_bytes
 
         return (s8_bus_bytes(c) for c in co2_values()), _ModbusS8Protocol()
-    if family == "lines":
+    if family in ("lines", "ble_nus"):
         from drivers.lines import simulator as ls
         from drivers.lines.protocol import LinesOptions, LinesProtocol
 
@@ -80,6 +110,9 @@ def source(family: str, fmt: str = "json", start: float | None = None) -> tuple[
                 yield ls.CSV_HEADER
             for s in ls.samples():
                 yield ls.line_bytes(s, fmt)  # type: ignore[arg-type]
+
+        if family == "ble_nus":  # one sample's line, split the way NUS notifications carry it
+            return chunks(), _NusProtocol(LinesProtocol(LinesOptions.model_validate({"fields": ls.FIELDS})))
 
         return chunks(), LinesProtocol(LinesOptions.model_validate({"fields": ls.FIELDS}))
     raise ValueError(f"unknown family {family!r}")
@@ -100,10 +133,18 @@ def classroom(seed: int = 0) -> Iterator[dict[str, float | int]]:
 
 def ble_source(family: str, address: str) -> Iterator[dict[str, float | int | str | bool]]:
     """Decoded values of real adverts built by the family's encoder (scanner bypassed)."""
-    from drivers.ble.decoders import aranet4, ruuvi
+    from drivers.ble.decoders import aranet4, bthome, ruuvi, xiaomi
 
     for v in classroom():
-        if family == "ruuvi":
+        if family == "bthome":
+            out = bthome.decode(bthome.encode(address, {"battery": v["battery"], "temperature": v["temperature"],
+                                                        "humidity": v["humidity"], "co2": v["co2"]}))
+        elif family == "xiaomi":
+            out = xiaomi.decode(xiaomi.encode(address, {"temperature": v["temperature"], "humidity": v["humidity"],
+                                                        "battery": v["battery"],
+                                                        "battery_voltage": v["battery_voltage"]},
+                                              packet_id=int(v["n"])))
+        elif family == "ruuvi":
             adv = ruuvi.encode(address, {"temperature": v["temperature"], "humidity": v["humidity"],
                                          "pressure": v["pressure"], "battery_voltage": v["battery_voltage"],
                                          "measurement_sequence": v["n"] % 65535})

@@ -74,6 +74,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     e.add_argument(
         "--output", "-o", metavar="FILE", help="write to FILE (default: standard output)"
     )
+    e.add_argument("--json", action="store_true", help="the same as --format jsonl")
     e.set_defaults(func=export)
     p.set_defaults(
         func=lambda a: (_ for _ in ()).throw(
@@ -390,6 +391,8 @@ def write_export(
 
 
 def export(args: argparse.Namespace) -> int:
+    if args.json and args.format != "jsonl":
+        raise CliExit(EXIT_USAGE, "edge-agent buffer export: --json is --format jsonl; not with --format csv")
     cfg = load(args)
     now = time.time()
     since = parse_time(args.since, now) if args.since else None

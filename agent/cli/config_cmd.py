@@ -20,8 +20,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.set_defaults(func=check)
     s = csub.add_parser("schema", help="print the JSON Schema of the config file")
     add_config_arg(s)
+    s.add_argument("--json", action="store_true", help="accepted for symmetry: the schema is always JSON")
     s.set_defaults(func=schema)
     sh = csub.add_parser("show", help="print the effective config (defaults filled, secrets masked)")
+    sh.add_argument("path", nargs="?", help="file to show (default: --config or the default path)")
     add_config_arg(sh)
     add_json_arg(sh)
     sh.set_defaults(func=show)
@@ -50,6 +52,8 @@ def schema(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
+    if args.path:
+        args.config = args.path
     cfg = load(args)
     data = masked_dump(cfg)
     data["uplink"]["topic_prefix"] = cfg.topic_prefix
@@ -75,7 +79,7 @@ def _toml(data: dict[str, object]) -> None:
             print(f"\n[{k}]")
             for kk, vv in v.items():
                 if vv is not None:
-                    print(f"{kk} = {val(vv)}")
+                    print(f"{kk} = {val(vv) if (k, kk) != ('control', 'mode') else oct(int(vv))}")  # 0o660
     for d in devices:  # type: ignore[attr-defined]
         print("\n[[devices]]")
         for kk, vv in d.items():

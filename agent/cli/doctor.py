@@ -300,8 +300,8 @@ def _ble_devices(cfg: AgentConfig) -> list[str]:
         try:
             transport = driver_class(d.driver).transport
         except (ImportError, KeyError):
-            transport = "ble" if d.address else "none"
-        if transport == "ble" or (d.address and not d.port):
+            transport = "ble" if d.address and not d.port else "none"
+        if transport == "ble":  # a `sim` device with an address simulates BLE without a radio
             out.append(d.id)
     return out
 

@@ -10,6 +10,7 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from agent.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliExit, add_config_arg, add_json_arg, load
 
@@ -98,9 +99,17 @@ def receive(args: argparse.Namespace) -> int:
     setup_logging("warning")
     logging.getLogger("agent.receiver").setLevel(logging.INFO)
     rx = Receiver(args.db, since_epoch_start=args.since_epoch_start)
+    subscribed: list[bool] = []
+
+    def report(final: bool) -> dict[str, Any]:
+        rep = rx.report()
+        if final and not subscribed:  # nothing was checked: not a pass
+            rep["ok"] = False
+            rep["errors"].append(f"never subscribed: broker {ep.host}:{ep.port} not reachable or refused us")
+        return rep
 
     def emit(final: bool) -> None:
-        rep = rx.report()
+        rep = report(final)
         if args.json:
             print(json.dumps({"final": final, **rep}, separators=(",", ":")), flush=True)
         else:
@@ -111,7 +120,8 @@ def receive(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(run_mqtt(rx, ep, keep_session=args.keep_session))
+        task = asyncio.create_task(run_mqtt(rx, ep, keep_session=args.keep_session,
+                                            on_subscribed=lambda: subscribed.append(True)))
         deadline = None if args.seconds is None else loop.time() + args.seconds
         try:
             while not stop.is_set() and not task.done():
@@ -132,7 +142,7 @@ def receive(args: argparse.Namespace) -> int:
 
     try:
         asyncio.run(main())
-        rep = rx.report()
+        rep = report(True)
         emit(True)
     finally:
         rx.close()

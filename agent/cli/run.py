@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument("--seconds", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
     d.add_argument("--dir", help="working folder (default: a temporary one)")
     d.add_argument("--json", action="store_true", help="print received messages as JSON lines")
+    d.add_argument("--config", "-c", metavar="PATH", default=None,
+                   help="run this config's gateway and devices (e.g. `sim` ones) instead of the built-in demo; "
+                        "the uplink goes to the demo's local broker, buffer and control socket to the working folder")
     d.set_defaults(func=demo)
 
 
@@ -60,5 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
 def demo(args: argparse.Namespace) -> int:
     from agent.demo import run_demo
+    from agent.errors import ConfigError
 
-    return run_demo(seconds=args.seconds, workdir=args.dir, as_json=args.json)
+    try:
+        return run_demo(seconds=args.seconds, workdir=args.dir, as_json=args.json, config=args.config)
+    except ConfigError as e:
+        raise CliExit(EXIT_CONFIG, format_config_error(e)) from None

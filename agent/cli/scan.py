@@ -150,7 +150,9 @@ def scan_ble(args: argparse.Namespace) -> int:
     )
     if not rows and status["state"] != "scanning":
         why = status["last_fault"] or status["state"]
-        raise CliExit(EXIT_FAILURE, f"edge-agent scan ble: BLE scanning failed: {why}")
+        raise CliExit(EXIT_FAILURE, f"edge-agent scan ble: BLE scanning failed: {why}\n"
+                      "  is BlueZ running on the D-Bus system bus?  systemctl status bluetooth dbus\n"
+                      "  `edge-agent doctor` checks the adapter (present, powered)")
     if args.json:
         print_json(
             {"seconds": args.seconds, "mode": status["mode"], "devices": [s.view() for s in rows]}
