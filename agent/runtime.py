@@ -26,6 +26,7 @@ from drivers.base import DeviceContext, Driver
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 8.0  # SIGTERM must end within 10 s
+SETTLE_TIMEOUT = 1.5  # at stop, for in-flight batches to be acknowledged (else they are sent again)
 LIVENESS_TICK = 1.0  # liveness deadlines are checked on this grid (shared wake-ups, 1 s precision)
 
 
@@ -200,6 +201,10 @@ class Agent:
             except Exception:
                 log.exception("final flush failed")
         if self.uplink is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SETTLE_TIMEOUT):
+                    if await self.uplink.settle():
+                        log.info("stopping: every accepted reading is acknowledged by the broker")
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(2):
                     await self.uplink.publish_offline()

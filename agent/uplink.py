@@ -132,6 +132,8 @@ class Uplink:
         self._tls = build_tls_context(cfg)
         self._password = read_password(cfg)
         self.connected = asyncio.Event()
+        self._acked_upto = 0  # highest seq whose PUBACK came in
+        self._progress = asyncio.Event()  # set by every PUBACK
         self._head = (
             '{"v":1,"gateway":' + json.dumps(cfg.gateway.id) + ',"epoch":'
             + json.dumps(pipeline.outbox.epoch) + ',"readings":['
@@ -197,6 +199,7 @@ class Uplink:
                     gone.exception()
                 self._client = self._connecting = None
                 self.connected.clear()
+                self._progress.set()  # a settle() in progress stops waiting
                 self.stats.inflight = 0
                 await self.pipeline.call(self.pipeline.outbox.release_events)
             delay = backoff.next()
@@ -276,6 +279,8 @@ class Uplink:
                 window.release()
                 self.stats.inflight -= 1
             pipe.ack(lo, hi)
+            self._acked_upto = max(self._acked_upto, hi)
+            self._progress.set()
             self.stats.acked += 1
             self.stats.readings_acked += n
             self.stats.last_puback = time.time()
@@ -361,6 +366,20 @@ class Uplink:
             body = await self.health()
             await client.publish(topic, json.dumps(body, separators=(",", ":")).encode(), qos=0)
             await (sleep_to_tick(interval) if interval >= 10 else asyncio.sleep(interval))
+
+    async def settle(self) -> bool:
+        """Clean shutdown: wait until every committed reading is acknowledged (bound it by the caller).
+
+        Without it a restart sends the last in-flight batches again (harmless duplicates, but ours
+        to avoid). False at once if not connected: the rest stays buffered.
+        """
+        outbox = self.pipeline.outbox
+        while not (self._acked_upto >= outbox.next_seq - 1 or outbox.depth == 0):
+            if not self.connected.is_set():
+                return False
+            self._progress.clear()
+            await self._progress.wait()
+        return True
 
     async def publish_offline(self) -> None:
         """Clean shutdown: retained offline status, best effort."""
