@@ -110,13 +110,15 @@ def _fmt_values(values: dict[str, object]) -> str:
     return " ".join(f"{k}={values[k]}" for k in keys[:7])
 
 
-async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, counts: dict[str, int]) -> None:
+async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, counts: dict[str, int],
+                 subscribed: asyncio.Event) -> None:
     import aiomqtt
 
     while not stop.is_set():
         try:
             async with aiomqtt.Client("127.0.0.1", port, identifier="edge-agent-demo-platform") as c:
                 await c.subscribe(f"{prefix}/#", qos=1)
+                subscribed.set()
                 async for msg in c.messages:
                     topic = str(msg.topic)
                     body = json.loads(bytes(msg.payload))  # type: ignore[arg-type,unused-ignore]
@@ -192,10 +194,15 @@ async def _demo(seconds: float | None, workdir: Path, as_json: bool, user: Agent
     install_signal_handlers(agent)
     stop = asyncio.Event()
     counts: dict[str, int] = {}
-    await agent.start()
-    tasks = [asyncio.create_task(_feed(p.master, d, stop)) for p, d in ptys]
+    tasks: list[asyncio.Task[None]] = []
     if broker is not None:
-        tasks.append(asyncio.create_task(_watch(port, cfg.topic_prefix, as_json, stop, counts)))
+        # The platform view subscribes first: it shows every reading from seq 1 on.
+        subscribed = asyncio.Event()
+        tasks.append(asyncio.create_task(_watch(port, cfg.topic_prefix, as_json, stop, counts, subscribed)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(subscribed.wait(), 10)
+    await agent.start()
+    tasks += [asyncio.create_task(_feed(p.master, d, stop)) for p, d in ptys]
     t0 = time.monotonic()
     try:
         if seconds is None:

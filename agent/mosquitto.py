@@ -70,17 +70,27 @@ class LocalBroker:
         )
         return conf
 
-    def start(self) -> LocalBroker:
+    def start(self, timeout: float = 20.0) -> LocalBroker:
         conf = self.write_conf()
-        self.proc = subprocess.Popen([self.exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            wait_port(self.port)
-        except TimeoutError:
-            self.proc.kill()
-            err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-            log = (self.dir / "mosquitto.log").read_text() if (self.dir / "mosquitto.log").exists() else ""
-            raise RuntimeError(f"mosquitto did not start: {err}{log}") from None
-        return self
+        self.proc = proc = subprocess.Popen([self.exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout
+        while True:
+            # A mosquitto that exited (bad config, port taken meanwhile) fails at once with its
+            # own error; a slow one (loaded machine) gets `timeout` seconds.
+            if proc.poll() is None:
+                try:
+                    wait_port(self.port, timeout=0.2)
+                    return self
+                except TimeoutError:
+                    pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                err = proc.stderr.read().decode() if proc.stderr else ""
+                log = (self.dir / "mosquitto.log").read_text() if (self.dir / "mosquitto.log").exists() else ""
+                self.proc = None
+                raise RuntimeError(f"mosquitto did not start on port {self.port}: {err}{log}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -267,6 +267,8 @@ def test_a_second_agent_on_the_same_socket_refuses_to_start(tmp_path: Path, brok
     second.log = tmp_path / "second.log"
     try:
         first.wait_log("control socket")
+        # The socket answers before the agent is ready (status says "starting" until then).
+        wait_until(lambda: run_cli("status", "--config", cfg, "--json").code == 0, 20, "first agent ready")
         second.start()
         assert second.wait(20) == 1
         assert "another agent is already running" in second.output()

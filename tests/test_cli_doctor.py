@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -378,7 +379,13 @@ def _bluez(address: str, *adapters: str) -> subprocess.Popen[str]:
     p = subprocess.Popen(
         [sys.executable, "-c", FAKE_BLUEZ, address, *adapters], stdout=subprocess.PIPE, text=True
     )
-    assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    assert p.stdout is not None
+    # Bounded: a fake daemon stuck on the bus must fail this test, not hang the whole suite.
+    if not select.select([p.stdout], [], [], 30)[0]:
+        p.kill()
+        p.wait()
+        pytest.fail("fake bluetoothd did not get ready on the private bus within 30 s")
+    assert p.stdout.readline().strip() == "ready"
     return p
 
 

@@ -86,24 +86,36 @@ def test_noise_and_truncated_sentences_between_valid_ones(setup) -> None:  # typ
     assert all(r["values"]["latitude"] != 0.0 for r in got)
 
 
-def test_broker_outage_loses_nothing(setup, broker: Broker) -> None:  # type: ignore[no-untyped-def]
-    dev, agent, sub, _ = setup
-    agent.start_and_wait_port()
-    fs = iter(fixes(start=START))
-    for f in itertools.islice(fs, 10):
-        dev.write(epoch_bytes(f))
-    sub.wait_for(lambda: len(sub.readings()) >= 10, 30, "first 10")
-    broker.stop()
-    for f in itertools.islice(fs, 30):
-        dev.write(epoch_bytes(f))
-    broker.start()
-    sub.wait_for(lambda: len({r["seq"] for r in sub.readings()}) >= 40, 30, "all 40 after outage")
-    got = sub.readings()
-    by_seq: dict[int, dict[str, object]] = {}
-    for r in got:
-        prev = by_seq.setdefault(r["seq"], r)
-        assert prev == r, "a redelivered seq must carry identical content"
-    assert sorted(by_seq) == list(range(1, 41))
+def test_broker_outage_loses_nothing(tmp_path: Path, pty_factory: type[PtyDevice]) -> None:
+    # A durable broker and a durable platform session, as in production: after the restart the
+    # agent may reconnect and publish before the platform has subscribed again. A non-durable
+    # broker would then deliver those readings to nobody (acknowledged, deleted, never received).
+    broker = Broker(persistent=True).start()
+    dev = pty_factory()
+    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=nmea_device(dev.port))
+    sub = Subscriber(broker.host, broker.port, "edge/gw-test/#", persistent=True)
+    agent = AgentProcess(cfg)
+    try:
+        agent.start_and_wait_port()
+        fs = iter(fixes(start=START))
+        for f in itertools.islice(fs, 10):
+            dev.write(epoch_bytes(f))
+        sub.wait_for(lambda: len(sub.readings()) >= 10, 30, "first 10")
+        broker.stop()
+        for f in itertools.islice(fs, 30):
+            dev.write(epoch_bytes(f))
+        broker.start()
+        sub.wait_for(lambda: len({r["seq"] for r in sub.readings()}) >= 40, 30, "all 40 after outage")
+        got = sub.readings()
+        by_seq: dict[int, dict[str, object]] = {}
+        for r in got:
+            prev = by_seq.setdefault(r["seq"], r)
+            assert prev == r, "a redelivered seq must carry identical content"
+        assert sorted(by_seq) == list(range(1, 41))
+    finally:
+        agent.close()
+        sub.close()
+        broker.close()
 
 
 def test_sigkill_mid_stream_keeps_seq_without_holes(setup) -> None:  # type: ignore[no-untyped-def]

@@ -176,7 +176,10 @@ def test_sigkill_ten_times_under_load_keeps_seq_and_epoch(tmp_path: Path, broker
     pump.start()
     try:
         for i in range(10):
+            connects = agent.output().count("uplink: connected to")
             agent.start_and_wait_port("gnss", count=i + 1)
+            # Connected (the broker holds its will) before the kill: the port may open first.
+            agent.wait_log("uplink: connected to", count=connects + 1)
             time.sleep(random.uniform(0.1, 0.8))  # a random point under load
             agent.kill()
         stop.set()

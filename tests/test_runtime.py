@@ -45,16 +45,20 @@ async def test_crashing_driver_is_restarted_and_never_stops_the_others(
         bad = agent.devices["bad"].ctx
         await wait_for(lambda: bad.restarts >= 2)
         good_before = agent.devices["good"].ctx.readings
+        emitted = good_before + bad.readings  # both bad runs included; committed in this order
         await wait_for(lambda: agent.devices["good"].ctx.readings > good_before + 20)
-        await wait_for(lambda: agent.uplink.stats.readings_acked >= 30)
+        await wait_for(lambda: agent.uplink.stats.readings_acked >= max(30, emitted))
         assert bad.link in ("failed", "connected")
         assert "simulated driver bug" in agent.devices["bad"].last_error
     finally:
         await agent.stop()
-    await asyncio.to_thread(sub.wait_for, lambda: any(r["device"] == "bad" for r in sub.readings()), 10, "bad readings")
+    # Both runs' readings were acked by the broker before the stop; the platform may still be
+    # receiving them.
+    def bad_runs() -> set[int]:
+        return {r["values"]["run"] for r in sub.readings() if r["device"] == "bad"}
+
+    await asyncio.to_thread(sub.wait_for, lambda: len(bad_runs()) >= 2, 10, "the crashed driver came back")
     got = sub.readings()
-    bad_runs = {r["values"]["run"] for r in got if r["device"] == "bad"}
-    assert len(bad_runs) >= 2, "the crashed driver came back"
     good = [r["values"]["n"] for r in got if r["device"] == "good"]
     assert good == list(range(len(good))), "the healthy device's stream is complete and in order"
     sub.close()

@@ -15,7 +15,8 @@ import pytest
 from drivers.nmea.simulator import epoch_bytes, fixes
 from tests.support.agentproc import AgentProcess, write_config
 from tests.support.broker import Broker, free_port
-from tests.support.mqtt import Subscriber
+from tests.support.cli import run_cli
+from tests.support.mqtt import Subscriber, wait_until
 from tests.support.pty import PtyDevice
 from tests.support.sdnotify import NotifyListener
 
@@ -39,6 +40,12 @@ def rows(db: Path) -> list[tuple[int, str]]:
         return con.execute("SELECT seq, device FROM outbox ORDER BY seq").fetchall()
     finally:
         con.close()
+
+
+def readings(cfg: Path) -> int | None:
+    """Readings the running agent's van-gnss has emitted so far (control socket)."""
+    r = run_cli("status", "--config", cfg, "--json")
+    return r.json()["devices"]["van-gnss"]["readings"] if r.code == 0 else None
 
 
 @pytest.fixture
@@ -156,6 +163,8 @@ def test_sigterm_flushes_memory_to_sqlite(
         20,
         "device online",
     )
+    # Online comes with the first fix; all 7 must be decoded (in memory) before the SIGTERM.
+    wait_until(lambda: readings(cfg) == 7, 20, "7 fixes decoded")
     assert rows(tmp_path / "buffer.db") == [], "still in memory (commit_interval 60 s)"
     t0 = time.monotonic()
     agent.signal(signal.SIGTERM)

@@ -114,7 +114,7 @@ def test_mutual_tls_delivers(tmp_path: Path, pki: Pki, dev: PtyDevice, protocol:
                           f'key_file = "{pki.client_key}" }}')
         feed(dev, 3)
         sub.wait_for(lambda: len(sub.readings()) == 3, 20, "3 readings over mutual TLS")
-        wait_until(lambda: outbox_rows(tmp_path / "buffer.db") == 0, 10, "outbox drained")
+        wait_until(lambda: outbox_rows(tmp_path / "buffer.db") == 0, 20, "outbox drained")  # acks linger up to 5 s
         assert "uplink: connected to" in agent.output()
     finally:
         if agent:
@@ -202,7 +202,7 @@ def test_username_and_password_file(tmp_path: Path, auth_broker: Broker, dev: Pt
         feed(dev, 2)
         if delivered:
             agent.wait_log("uplink: connected to")
-            wait_until(lambda: outbox_rows(tmp_path / "buffer.db") == 0, 10, "outbox drained (acked)")
+            wait_until(lambda: outbox_rows(tmp_path / "buffer.db") == 0, 20, "outbox drained (acked)")  # linger: 5 s
         else:
             agent.wait_log("refused the credentials")
             wait_until(lambda: outbox_rows(tmp_path / "buffer.db") == 2, 10, "2 readings buffered")

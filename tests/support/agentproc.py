@@ -45,6 +45,8 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
+        if hasattr(self, "_logf"):
+            self._logf.close()  # the previous life's handle (restarts append to the same log)
         self._logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--config", str(self.config), "--log-level", "debug"],
@@ -86,7 +88,11 @@ class AgentProcess:
     def start_and_wait_port(self, device: str = "van-gnss", count: int = 1) -> AgentProcess:
         """Start, then wait until the device's port is open (pyserial flushes input on open)."""
         self.start()
-        self.wait_log(f"{device}: opened", count=count)
+        try:
+            self.wait_log(f"{device}: opened", count=count)
+        except BaseException:
+            self.close()  # the caller may not hold this object yet: leave no agent running behind
+            raise
         return self
 
     def output(self) -> str:
