@@ -271,3 +271,17 @@ def test_rtu_sniffer_pairs_requests_and_replies_through_noise() -> None:
         got += p.feed(data[i : i + 3])
     assert got == [{"slave": 0xFE, "function": 4, "ir3": 612}, {"slave": 0xFE, "function": 4, "ir3": 615}]
     assert p.requests == 2
+
+
+@pytest.mark.parametrize("bad", [float("inf"), float("-inf"), float("nan")])
+@pytest.mark.parametrize("key", ["scale", "offset"])
+def test_scale_and_offset_must_be_finite(key: str, bad: float) -> None:
+    from pydantic import ValidationError
+
+    from drivers.lines.protocol import FieldMap
+
+    with pytest.raises(ValidationError, match="finite number"):
+        FieldMap(**{key: bad})
+    with pytest.raises(ValidationError, match="finite number"):
+        mb.Register(quantity="co2", address=3, **{key: bad})
+    assert getattr(mb.Register(quantity="co2", address=3, **{key: 2.5}), key) == 2.5

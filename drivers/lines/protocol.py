@@ -56,16 +56,9 @@ class FieldMap(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     quantity: str | None = Field(default=None, pattern=QUANTITY)  # default: the field name
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: float = Field(default=1.0, allow_inf_nan=False)
+    offset: float = Field(default=0.0, allow_inf_nan=False)
     unit: str | None = None  # the unit the board sends in; converted to the canonical unit
-
-    @field_validator("scale", "offset")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
 
     @field_validator("unit")
     @classmethod

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from agent.units import parse_duration
 from drivers.base import StreamProtocol
@@ -37,20 +37,13 @@ class Register(BaseModel):
     function: Literal[3, 4] = 3
     type: RegType = "uint16"
     word_order: Literal["big", "little"] = "big"
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: float = Field(default=1.0, allow_inf_nan=False)
+    offset: float = Field(default=0.0, allow_inf_nan=False)
     unit: str | None = None
 
     @property
     def width(self) -> int:
         return _WIDTH[self.type]
-
-    @field_validator("scale", "offset")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
 
 
 class ModbusOptions(BaseModel):
