@@ -307,7 +307,7 @@ class ControlServer:
     # -- views --------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
         a = self.agent
-        h = await a.health()
+        h = await a.health("status")
         up = a.cfg.uplink
         h["started"] = format_ts(a.started)
         h["pid"] = os.getpid()

@@ -97,16 +97,18 @@ def time_to_full(room: int, bytes_per_reading: float, rate: float) -> float | No
     return round(room / bytes_per_reading / rate, 1)
 
 
-_METERS: weakref.WeakKeyDictionary[Agent, tuple[RateMeter, CpuMeter]] = weakref.WeakKeyDictionary()
+# Per agent and per reader: a technician's `status` must not restart the CPU window of P/health.
+_METERS: weakref.WeakKeyDictionary[Agent, dict[str, tuple[RateMeter, CpuMeter]]] = weakref.WeakKeyDictionary()
 
 
-async def build_health(agent: Agent) -> dict[str, Any]:
-    """One `P/health` message body for a running agent."""
+async def build_health(agent: Agent, reader: str = "health") -> dict[str, Any]:
+    """One `P/health` message body for a running agent (`reader`: whose sampling windows)."""
     from agent.buffer import ROW_OVERHEAD
 
-    meters = _METERS.get(agent)
+    per_reader = _METERS.setdefault(agent, {})
+    meters = per_reader.get(reader)
     if meters is None:
-        meters = _METERS[agent] = (RateMeter(start=agent.started_monotonic), CpuMeter())
+        meters = per_reader[reader] = (RateMeter(start=agent.started_monotonic), CpuMeter())
     rate_meter, cpu_meter = meters
     pipe = agent.pipeline
     st = await pipe.call(pipe.outbox.stats)

@@ -299,11 +299,11 @@ class Agent:
             "last_values": dict(ctx.last_values),
         }
 
-    async def health(self) -> dict[str, Any]:
-        """The `P/health` body (also the core of `status`); built in agent/health.py."""
+    async def health(self, reader: str = "health") -> dict[str, Any]:
+        """The `P/health` body (also the core of `status`, reader="status"); built in agent/health.py."""
         from agent.health import build_health
 
-        return await build_health(self)
+        return await build_health(self, reader)
 
 
 def install_signal_handlers(agent: Agent) -> None:
