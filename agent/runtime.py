@@ -99,7 +99,7 @@ class Agent:
         b = self.cfg.buffer
         outbox = Outbox(b.path, max_bytes=b.max_bytes, max_age=b.max_age, on_full=b.on_full,
                         synchronous=b.synchronous, gateway=self.cfg.gateway.id,
-                        min_free_disk=b.min_free_disk)
+                        min_free_disk=b.min_free_disk, page_size=b.page_size)
         self.pipeline = await Pipeline.open(outbox, commit_interval=b.commit_interval, queue_size=b.queue_size)
         if outbox.quarantined:
             self.pipeline.new_events.set()

@@ -97,6 +97,7 @@ def test_device_problems(tmp_path: Path) -> None:
         ('[gateway]\nid = "gw"\n[buffer]\nmax_bytes = 10\n', "buffer.max_bytes"),
         ('[gateway]\nid = "gw"\n[buffer]\nmax_age = "0s"\n', "buffer.max_age"),
         ('[gateway]\nid = "gw"\n[buffer]\nqueue_size = -1\n', "buffer.queue_size"),
+        ('[gateway]\nid = "gw"\n[buffer]\npage_size = 1000\n', "buffer.page_size"),
         ('[gateway]\nid = "gw"\nhealth_interval = 0\n', "gateway.health_interval"),
         ('[gateway]\nid = "gw"\n[[devices]]\nid = "x"\ndriver = "nmea"\nport = "/dev/x"\nbaud = 1\n', "devices[0].baud"),
         ('[gateway]\nid = "gw"\nsurprise = true\n', "gateway.surprise"),

@@ -96,3 +96,19 @@ async def test_status_does_not_restart_the_cpu_window_of_health(tmp_path: Path, 
         assert _METERS[agent]["health"][1]._last != window
     finally:
         await agent.stop()
+
+
+async def test_buffer_page_size_applies_to_a_new_file_only(tmp_path: Path, counter_driver: None) -> None:
+    from tests.support.broker import free_port
+
+    def page_size() -> int:
+        with sqlite3.connect(tmp_path / "b.db") as db:
+            return int(db.execute("PRAGMA page_size").fetchone()[0])
+
+    for size, expected in ((1024, 1024), (8192, 1024)):  # the second start finds the file
+        cfg = agent_config(tmp_path, free_port(), [{"id": "c", "driver": "counter", "interval": 1.0}])
+        cfg = cfg.model_copy(update={"buffer": cfg.buffer.model_copy(update={"page_size": size})})
+        agent = Agent(cfg)
+        await agent.start()
+        await agent.stop()
+        assert page_size() == expected
