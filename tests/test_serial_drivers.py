@@ -102,6 +102,26 @@ async def test_modbus_register_map_types(bench_factory) -> None:  # type: ignore
     assert not h.ctx.errors
 
 
+async def test_modbus_sparse_map_falls_back_to_separate_reads(bench_factory) -> None:  # type: ignore[no-untyped-def]
+    """Registers a few words apart are read in one request; a device that answers exception 2
+    (illegal data address) for the unmapped words in between still gets every register read."""
+    bench = bench_factory(3, {0: 0xFF85, 20: 0x41AC, 21: 0x0000, 30: 0xFFFF, 31: 0xFFFE})
+    bench.sparse = True
+    h = Harness({
+        "id": "meter", "driver": "modbus", "port": str(bench.link), "slave": 3, "poll_interval": "50ms",
+        "registers": [
+            {"quantity": "temperature", "address": 0, "function": 3, "type": "int16", "scale": 0.1},
+            {"quantity": "flow", "address": 20, "function": 3, "type": "float32"},
+            {"quantity": "delta", "address": 30, "function": 3, "type": "int32"},
+        ],
+    })
+    async with running(h):
+        await h.until(lambda: len(h.readings) >= 3, what="three readings")
+    assert h.values()[1:3] == [{"temperature": -12.3, "flow": 21.5, "delta": -2}] * 2
+    assert h.values()[0] in ({"temperature": -12.3}, {"temperature": -12.3, "flow": 21.5, "delta": -2})
+    assert dict(h.ctx.errors) == {"exception": 1}  # the merged read, once; never again
+
+
 async def test_modbus_timeouts_crc_errors_offline_and_recovery(bench_factory) -> None:  # type: ignore[no-untyped-def]
     bench = bench_factory(1, {0: 42})
     h = Harness({"id": "m", "driver": "modbus", "port": str(bench.link), "poll_interval": "20ms",

@@ -50,9 +50,20 @@ SCD30_START_CONTINUOUS = 0x0036  # write the ambient pressure in mbar, 0 = no co
 
 
 class _Failed(Exception):
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: str, detail: str, code: int | None = None) -> None:
         super().__init__(detail)
         self.kind = kind
+        self.code = code  # the exception code of an exception reply
+
+
+ILLEGAL_DATA_ADDRESS = 2
+
+
+def _split(block: Block) -> list[Block]:
+    """`block` as reads without the unmapped words between its registers (several when it had gaps)."""
+    if block.count <= sum(r.width for r in block.members):
+        return [block]
+    return plan_reads(block.members, max_gap=0)
 
 
 class ModbusDriver(Driver):
@@ -146,7 +157,8 @@ class ModbusDriver(Driver):
         except ModbusException as e:
             raise _Failed("crc" if self._rx else "timeout", str(e)) from None
         if rr.isError():
-            raise _Failed("exception", f"exception reply {getattr(rr, 'exception_code', '?')}")
+            code = getattr(rr, "exception_code", None)
+            raise _Failed("exception", f"exception reply {code if code is not None else '?'}", code)
         regs = list(rr.registers)
         if len(regs) < block.count:
             raise _Failed("malformed", f"{len(regs)} of {block.count} registers")
@@ -192,7 +204,10 @@ class ModbusDriver(Driver):
             values: dict[str, float | int | str | bool] = {}
             answered = False
             last = ""
-            for block in blocks:
+            i = 0
+            while i < len(blocks):
+                block = blocks[i]
+                i += 1
                 if not client.connected:
                     raise ConnectionException("port closed")
                 try:
@@ -201,6 +216,15 @@ class ModbusDriver(Driver):
                     self.ctx.count_error(f.kind)
                     last = f"{f.kind}: {f}"
                     answered = answered or f.kind == "exception"
+                    parts = _split(block) if f.code == ILLEGAL_DATA_ADDRESS else [block]
+                    if len(parts) > 1:
+                        # Many devices refuse reads that span unmapped words: read around the gaps
+                        # from now on (this poll included).
+                        log.info("%s: slave refuses reading %d registers from %d (illegal data address); "
+                                 "reading them in %d requests", self.device.id, block.count, block.address,
+                                 len(parts))
+                        i -= 1
+                        blocks[i:i + 1] = parts
                     continue
                 answered = True
                 values.update(decode_block(block, words))

@@ -14,6 +14,7 @@ import threading
 import tty
 from pathlib import Path
 
+from pymodbus.constants import ExcCodes
 from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -35,6 +36,7 @@ class ModbusBench:
         self.registers = dict(registers)
         self.size = size
         self.mode = "ok"  # ok | corrupt | silent
+        self.sparse = False  # True: like many real devices, unmapped addresses answer exception 2
         self.to_slave = bytearray()  # every byte the agent sent
         self.to_master = bytearray()  # every byte the slave answered (before faults)
         self.requests = 0
@@ -73,10 +75,13 @@ class ModbusBench:
 
     # -- pymodbus server ----------------------------------------------------------------------
     async def _action(self, function_code: int, start_address: int, address: int, count: int,
-                      current_registers: list[int], set_values: list[int] | None) -> None:
+                      current_registers: list[int], set_values: list[int] | None) -> ExcCodes | None:
         self.requests += 1
+        if self.sparse and any(a not in self.registers for a in range(address, address + count)):
+            return ExcCodes.ILLEGAL_ADDRESS
         for i in range(len(current_registers)):
             current_registers[i] = self.registers.get(start_address + i, 0) & 0xFFFF
+        return None
 
     def _serve(self) -> None:
         asyncio.set_event_loop(self._loop)
