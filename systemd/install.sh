@@ -20,7 +20,7 @@ START=1
 PYTHON=${PYTHON:-python3}
 PIP_ARGS=${EDGE_AGENT_PIP_ARGS:-}
 
-usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --root) ROOT=${2:?--root needs a directory}; shift ;;

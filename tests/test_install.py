@@ -189,3 +189,13 @@ def test_unit_has_the_contracted_directives() -> None:
     assert d["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert {"char-ttyUSB rw", "char-ttyACM rw"} <= set(d["DeviceAllow"])
     assert "WatchdogSec" in d and "TimeoutStopSec" in d
+
+
+def test_help_prints_the_usage_comment_only() -> None:
+    p = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and p.stderr == ""
+    assert p.stdout.splitlines()[0].startswith("Install edge-agent as a systemd service")
+    assert p.stdout.rstrip().endswith("never touches an existing config.")
+    assert "set -euo" not in p.stdout
+    bad = subprocess.run(["bash", str(SCRIPT), "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown option --bogus" in bad.stderr and "set -euo" not in bad.stdout
