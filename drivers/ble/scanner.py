@@ -201,6 +201,7 @@ class BleScanner:
         self._adapter_path: str | None = None
         self._passive_refused: str | None = None
         self._step = 0
+        self._healing = False  # a fault was handled and nothing has proven the recovery yet
         self._scan_started = time.monotonic()
         # status
         self.state = "stopped"
@@ -379,11 +380,12 @@ class BleScanner:
         )
         for sub in subs:
             sub.offer(adv, payload, now)
-        if self._step and addr in self._subs:
+        if self._healing and addr in self._subs:
             self._recovered()
 
     def _recovered(self) -> None:
         self._step = 0
+        self._healing = False
         self.recoveries += 1
         if not self.healthy:
             log.warning("BLE scanner healthy again")
@@ -402,7 +404,7 @@ class BleScanner:
                 if self._bluez_present is False:
                     await self._wait_bluez()
                 await self._start_scanner()
-                if self._step and not self._expecting():
+                if self._healing and not self._expecting():
                     self._recovered()
                 reason = await self._wait_fault()
             except asyncio.CancelledError:
@@ -531,6 +533,7 @@ class BleScanner:
         self.faults += 1
         self.last_fault = reason
         self.state = "recovering"
+        self._healing = True
         if self._bluez_present is False:
             log.warning("BLE: %s; waiting for bluetoothd", reason)
             return  # _run waits for org.bluez, then restarts the scanner (first step)

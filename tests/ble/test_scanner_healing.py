@@ -123,7 +123,7 @@ def test_recovers_after_bluetoothd_restarts(
     bluez_factory: Callable[..., ScriptedBlueZ], ble_agent: Callable[..., AgentProcess], sub: Subscriber
 ) -> None:
     bz = bluez_factory()
-    agent = ble_agent(ruuvi_device())
+    agent = ble_agent(ruuvi_device(), uplink='health_interval = "1s"')
     agent.wait_log("BLE scanner running", timeout=20)
     beacon = Beacon(bz)
     try:
@@ -135,6 +135,10 @@ def test_recovers_after_bluetoothd_restarts(
             before = beacon.seq
             sub.wait_for(lambda b=before: bool(seqs(sub)) and max(seqs(sub)) > b, 20, f"readings after restart {n}")
             assert bz.session_count() == 1  # exactly one discovery session again, on the new daemon
+        # Health counts both faults and both recoveries (the first advert after each proves it).
+        sub.wait_for(lambda: health(sub).get("ble", {}).get("recoveries") == 2, 20, "two recoveries in health")
+        print("DBG", health(sub).get("ble"))
+        assert health(sub)["ble"]["faults"] == 2
     finally:
         beacon.stop()
     assert_in_order_without_duplicates(sub)
