@@ -611,6 +611,14 @@ def _is_full(e: sqlite3.OperationalError) -> bool:
     return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
 
 
+def is_locked(e: BaseException) -> bool:
+    """Another connection held the database past the busy timeout (e.g. a sqlite3 shell)."""
+    return isinstance(e, sqlite3.OperationalError) and (
+        getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+        or "database is locked" in str(e)
+    )
+
+
 _EPOCH_RE = re.compile(r"^[0-9a-f]{16}$")
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from agent.buffer import CommitResult, Outbox
+from agent.buffer import CommitResult, Outbox, is_locked
 from agent.errors import BufferFull
 from agent.model import Reading
 
@@ -54,6 +54,7 @@ class Pipeline:
         self.busy_since: float | None = None
         self._closed = False
         self.disk_full = False
+        self.locked = False  # another process holds the database: readings wait in memory
         self._full_batch = 0
         # The uplink, caught up and waiting, asks for the rows the next commit adds: they are
         # fetched in the same buffer-thread job as the commit (one thread round trip, not two).
@@ -157,7 +158,7 @@ class Pipeline:
                                 await self._wake.wait()
                                 self._wake.clear()
             await self.flush()
-            if self.disk_full:
+            if self.disk_full or self.locked:
                 await asyncio.sleep(1.0)
 
     async def flush(self) -> CommitResult | None:
@@ -183,16 +184,24 @@ class Pipeline:
                 self.disk_full = True
                 self._full_batch = max(10, n // 4)  # smaller transactions need less WAL space
                 return total
-            except Exception:
-                log.exception("buffer commit failed; %d readings kept in memory for retry", len(batch))
+            except Exception as e:
                 self._queue.extendleft(reversed(batch))
                 self._acks[:0] = acks
                 self.busy_since = None
+                if is_locked(e):
+                    if not self.locked:
+                        log.error("buffer: %s is locked by another process; %d readings wait in memory, "
+                                  "retrying every second", self.outbox.path, len(self._queue))
+                    self.locked = True
+                    return total
+                log.exception("buffer commit failed; %d readings kept in memory for retry", len(batch))
                 raise
             self.busy_since = None
             if self.disk_full:
                 log.warning("buffer: writing again after a full disk")
-            self.disk_full = False
+            if self.locked:
+                log.warning("buffer: writing again, the lock is gone")
+            self.disk_full = self.locked = False
             self._full_batch = 0
             self.last_commit = time.monotonic()
             self.last_commit_duration = self.last_commit - t0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -112,3 +113,34 @@ async def test_buffer_page_size_applies_to_a_new_file_only(tmp_path: Path, count
         await agent.start()
         await agent.stop()
         assert page_size() == expected
+
+
+async def test_buffer_locked_by_another_process_waits_in_memory_and_loses_nothing(
+    tmp_path: Path, counter_driver: None
+) -> None:
+    from tests.support.broker import free_port
+
+    agent = Agent(agent_config(tmp_path, free_port(), [{"id": "c", "driver": "counter", "interval": 0.05}]))
+    await agent.start()
+    pipe = agent.pipeline
+    assert pipe is not None
+    try:
+        await wait_for(lambda: pipe.accepted >= 3)
+        lock = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")  # e.g. a technician's sqlite3 shell, longer than the busy timeout
+        try:
+            await wait_for(lambda: pipe.locked, 20)  # the commit gave up after 5 s; the agent lives on
+            held = pipe.queued
+            await wait_for(lambda: pipe.queued > held)  # still reading into memory
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        await wait_for(lambda: not pipe.locked and pipe.queued < held, 20)
+        assert not any(t.done() for t in agent._tasks), "no core task died"
+    finally:
+        await agent.stop()
+    db = sqlite3.connect(tmp_path / "b.db")
+    n, lo, hi = db.execute("SELECT count(*), min(seq), max(seq) FROM outbox").fetchone()
+    assert (lo, hi) == (1, n), "no hole"
+    values = [json.loads(p)["values"]["n"] for (p,) in db.execute("SELECT payload FROM outbox ORDER BY seq")]
+    assert values == list(range(n)), "every emitted reading, in order: none lost to the lock"
