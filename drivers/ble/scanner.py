@@ -43,6 +43,41 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+def _quiet_dead_bus_writes(loop: asyncio.AbstractEventLoop) -> None:
+    """Log dbus-fast's unawaited write futures on a closed bus at DEBUG, not as asyncio ERRORs.
+
+    Dropping bleak's bus after a bluetoothd restart fails the writes still queued on it
+    (BrokenPipeError); dbus-fast keeps them in futures nobody awaits, and asyncio would report
+    each one as "Future exception was never retrieved" in the journal.
+    """
+    previous = loop.get_exception_handler()
+    if getattr(previous, "_edge_agent_dbus", False):
+        return
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if (
+            isinstance(exc, OSError)
+            and "never retrieved" in context.get("message", "")
+            and any("dbus_fast" in f.f_code.co_filename for f, _ in _tb_frames(exc))
+        ):
+            log.debug("BLE: a D-Bus write on a closed connection failed: %r", exc)
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler._edge_agent_dbus = True  # type: ignore[attr-defined]
+    loop.set_exception_handler(handler)
+
+
+def _tb_frames(exc: BaseException) -> Iterable[tuple[Any, int]]:
+    import traceback
+
+    return traceback.walk_tb(exc.__traceback__)
+
 BLUEZ = "org.bluez"
 ADAPTER_IFACE = "org.bluez.Adapter1"
 NUS_SERVICE = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
@@ -311,7 +346,9 @@ class BleScanner:
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="ble-scanner")
+            loop = asyncio.get_running_loop()
+            _quiet_dead_bus_writes(loop)
+            self._task = loop.create_task(self._run(), name="ble-scanner")
 
     async def aclose(self) -> None:
         if self._task is not None:
