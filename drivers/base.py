@@ -119,6 +119,14 @@ class Driver(ABC):
             problems.append(("port", f"required by driver {device.driver!r}"))
         if cls.transport == "ble" and not device.address and cls.requires_address():
             problems.append(("address", f"required by driver {device.driver!r}"))
+        # A key of the other transport is a mistake (a copied block, the wrong driver): say so.
+        given = device.model_fields_set
+        if cls.transport == "serial" and "address" in given:
+            problems.append(("address", f"not used by serial driver {device.driver!r} (it reads `port`)"))
+        if cls.transport == "ble":
+            for key in ("port", "baud", "parity", "stopbits", "bytesize"):
+                if key in given:
+                    problems.append((key, f"not used by BLE driver {device.driver!r} (it listens for `address`)"))
         try:
             cls.Options.model_validate(device.options)
         except ValidationError as e:
