@@ -135,5 +135,8 @@ def setup_logging(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiomqtt", "bleak", "pymodbus", "asyncio"):
+    for noisy in ("aiomqtt", "bleak", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    # pymodbus warns on every failed (re)open and retry; the modbus driver reports the same as
+    # link state and counters, so its messages show only when debugging.
+    logging.getLogger("pymodbus").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.CRITICAL)

@@ -121,3 +121,22 @@ def test_an_unhealthy_service_stops_the_watchdog() -> None:
     assert stall_reason(agent, 10.0, now=1.0) is None  # type: ignore[arg-type]
     scanner.healthy, scanner.unhealthy_reason = False, "no powered Bluetooth adapter"
     assert stall_reason(agent, 10.0, now=1.0) == "ble: no powered Bluetooth adapter"  # type: ignore[arg-type]
+
+
+def test_pymodbus_retry_warnings_stay_out_of_the_journal_unless_debugging() -> None:
+    from agent.logs import setup_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("pymodbus").level)
+    try:
+        import drivers.modbus.driver  # noqa: F401  (imported by config validation before logging is set up)
+
+        setup_logging("info")
+        assert not logging.getLogger("pymodbus.logging").isEnabledFor(logging.WARNING)  # "Failed to connect"
+        assert logging.getLogger("aiomqtt").isEnabledFor(logging.WARNING)
+        setup_logging("debug")
+        assert logging.getLogger("pymodbus.logging").isEnabledFor(logging.DEBUG)
+    finally:
+        root.handlers[:], _, _ = saved
+        root.setLevel(saved[1])
+        logging.getLogger("pymodbus").setLevel(saved[2])
