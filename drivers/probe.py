@@ -84,6 +84,9 @@ def _run(name: str, driver: str, title: str, proto: StreamProtocol, data: bytes,
     requests = getattr(proto, "requests", 0)
     if requests:
         note = f"{requests} requests seen"
+    if name == "modbus" and got and all(g.get("function") == 4 and "ir3" in g for g in got):
+        # A master reading input register 3 (IR4, CO2) with function 4: the Senseair S8 poll.
+        driver, title = "senseair_s8", "Senseair S8 (Modbus RTU, CO2 in input register IR4)"
     return Candidate(name, driver, title, proto.frames, dict(proto.errors), got[:samples], note)
 
 

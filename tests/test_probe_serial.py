@@ -12,7 +12,8 @@ import pytest
 
 from agent.cli.main import main
 from drivers.lines import simulator as lsim
-from drivers.modbus.simulator import co2_values, s8_bus_bytes
+from drivers.modbus.protocol import read_request
+from drivers.modbus.simulator import RegisterSlave, co2_values, s8_bus_bytes
 from drivers.nmea.simulator import epoch_bytes, fixes
 from drivers.pms5003 import simulator as psim
 from drivers.sds011 import simulator as ssim
@@ -40,10 +41,24 @@ SOURCES = {
     "pms5003": lambda: (psim.frame_bytes(s) for s in psim.samples()),
     "sds011": lambda: (ssim.frame_bytes(s) for s in ssim.samples()),
     "modbus": lambda: (s8_bus_bytes(c) for c in co2_values()),
+    "modbus_holding": lambda: (_holding_poll(i) for i in itertools.count()),
     "json_lines": lambda: (lsim.line_bytes(s, "json") for s in lsim.samples()),
     "kv_lines": lambda: (lsim.line_bytes(s, "kv") for s in lsim.samples()),
     "csv_lines": lambda: itertools.chain([lsim.CSV_HEADER], (lsim.line_bytes(s, "csv") for s in lsim.samples())),
 }
+
+
+# What the probe should suggest: an S8 poll (fc 4, IR4 on the any-address) is the S8 driver.
+DRIVERS = {"modbus": "senseair_s8", "modbus_holding": "modbus", "json_lines": "lines", "kv_lines": "lines",
+           "csv_lines": "lines"}
+
+
+def _holding_poll(i: int) -> bytes:
+    """A generic energy meter on address 7: holding registers 0-1 read with function 3."""
+    req = read_request(7, 3, 0, 2)
+    rep = RegisterSlave(7, holding={0: 230 + i % 5, 1: 50}).respond(req)
+    assert rep is not None
+    return req + rep
 
 
 @pytest.mark.parametrize("protocol", sorted(SOURCES))
@@ -59,7 +74,8 @@ def test_probe_identifies_simulator(protocol: str, pty_factory: type[PtyDevice],
         t.join()
     out = json.loads(capsys.readouterr().out)
     assert rc == 0, out
-    assert out["recognised"] is True and out["protocol"] == protocol and out["baud"] == 9600
+    assert out["recognised"] is True and out["protocol"] == protocol.removesuffix("_holding")
+    assert out["baud"] == 9600 and out["driver"] == DRIVERS.get(protocol, protocol)
     assert out["frames"] >= 2 and out["samples"]
     assert dev.read_available() == b""  # the probe never writes
 
