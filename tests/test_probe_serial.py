@@ -123,3 +123,27 @@ def test_probe_silence_and_garbage_exit_1(pty_factory: type[PtyDevice], capsys: 
 def test_probe_missing_port_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["probe", "serial", "/dev/serial/by-id/usb-nothing-here", "--seconds", "0.1"]) == 1
     assert "cannot open /dev/serial/by-id/usb-nothing-here" in capsys.readouterr().err
+
+
+def test_probe_opens_the_port_read_only_and_respects_the_agents_lock(
+    pty_factory: type[PtyDevice], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import fcntl
+    import os
+
+    import serial
+
+    from agent.cli.probe import open_readonly
+
+    dev = pty_factory()
+    fd = open_readonly(dev.port, 9600)
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY
+    finally:
+        os.close(fd)
+    agent_side = serial.Serial(dev.port, 9600, exclusive=True)  # how the agent's drivers open it
+    try:
+        assert main(["probe", "serial", dev.port, "--seconds", "0.1"]) == 1
+        assert "is in use (is the agent running with this port?" in capsys.readouterr().err
+    finally:
+        agent_side.close()

@@ -54,28 +54,61 @@ def _configured_baud(args: argparse.Namespace, port: str) -> int | None:
     return None
 
 
-def _listen(port: str, baud: int, seconds: float) -> bytes:
-    """Bytes received in `seconds` (nothing is ever written to the port)."""
-    import serial
+def open_readonly(port: str, baud: int) -> int:
+    """The port opened read-only (O_RDONLY: the probe cannot write), raw 8N1 at `baud`, locked."""
+    import fcntl
+    import os
+    import termios
 
+    speed = getattr(termios, f"B{baud}", None)
+    if speed is None:
+        raise CliExit(EXIT_USAGE, f"edge-agent probe: {baud} is not a standard baud rate")
     try:
-        ser = serial.Serial(port, baudrate=baud, timeout=0.05, exclusive=True)
-    except (serial.SerialException, OSError, ValueError) as e:
-        msg = str(e)
-        if "lock" in msg.lower() or "busy" in msg.lower():
-            msg += " (is the agent running with this port? stop it first)"
-        raise CliExit(EXIT_FAILURE, f"edge-agent probe: cannot open {port}: {msg}") from None
+        fd = os.open(port, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError as e:
+        raise CliExit(EXIT_FAILURE, f"edge-agent probe: cannot open {port}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the same lock pyserial's exclusive=True takes
+        except BlockingIOError:
+            raise CliExit(EXIT_FAILURE, f"edge-agent probe: {port} is in use (is the agent running with "
+                                        "this port? stop it first)") from None
+        try:
+            cc = termios.tcgetattr(fd)[6]
+        except termios.error:
+            raise CliExit(EXIT_FAILURE, f"edge-agent probe: {port} is not a serial port") from None
+        cc[termios.VMIN], cc[termios.VTIME] = 0, 0
+        termios.tcsetattr(fd, termios.TCSANOW,
+                          [0, 0, termios.CS8 | termios.CREAD | termios.CLOCAL, 0, speed, speed, cc])
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _listen(port: str, baud: int, seconds: float) -> bytes:
+    """Bytes received in `seconds` (the port is open read-only: nothing can be written to it)."""
+    import os
+    import select
+
+    fd = open_readonly(port, baud)
     data = bytearray()
     deadline = time.monotonic() + seconds
     try:
-        while time.monotonic() < deadline and len(data) < 1_000_000:
+        while (left := deadline - time.monotonic()) > 0 and len(data) < 1_000_000:
+            if not select.select([fd], [], [], min(left, 0.05))[0]:
+                continue
             try:
-                chunk = ser.read(4096)
-            except (serial.SerialException, OSError) as e:
-                raise CliExit(EXIT_FAILURE, f"edge-agent probe: {port} went away: {e}") from None
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                continue
+            except OSError as e:
+                raise CliExit(EXIT_FAILURE, f"edge-agent probe: {port} went away: {e.strerror}") from None
+            if not chunk:  # hang-up: the device went away
+                raise CliExit(EXIT_FAILURE, f"edge-agent probe: {port} went away")
             data += chunk
     finally:
-        ser.close()
+        os.close(fd)
     return bytes(data)
 
 
