@@ -46,6 +46,7 @@ class LocalBroker:
             raise FileNotFoundError("mosquitto is not installed (Debian: apt-get install mosquitto)")
         self.exe = exe
         self.port = port or free_port()
+        self._may_move = port is None  # our own pick: another process may grab it before mosquitto binds
         self.host = "127.0.0.1"
         self.dir = workdir or Path(tempfile.mkdtemp(prefix="mosq-"))
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -71,6 +72,18 @@ class LocalBroker:
         return conf
 
     def start(self, timeout: float = 20.0) -> LocalBroker:
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError as e:
+                # Only a first start may move to another port (clients learn the port from us
+                # after it); a restart must keep its port, so it fails instead.
+                if not (self._may_move and "in use" in str(e).lower()) or attempt == 2:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> LocalBroker:
         conf = self.write_conf()
         self.proc = proc = subprocess.Popen([self.exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
                                             stderr=subprocess.PIPE)
@@ -81,6 +94,7 @@ class LocalBroker:
             if proc.poll() is None:
                 try:
                     wait_port(self.port, timeout=0.2)
+                    self._may_move = False
                     return self
                 except TimeoutError:
                     pass
