@@ -161,6 +161,8 @@ class HealthBuffer(_Open):
     file_bytes: int = Field(ge=0)
     accept_rate: float = Field(ge=0, description="readings/s over the last minutes")
     events_pending: int = Field(ge=0)
+    writer: Literal["ok", "disk_full", "locked"] = Field(
+        default="ok", description="disk_full / locked: commits fail for now; readings wait in memory (queued)")
 
 
 class HealthUplink(_Open):

@@ -148,7 +148,8 @@ def status_line(agent: Agent) -> str:
     parts = [f"{online}/{len(runners)} devices online"]
     pipe = agent.pipeline
     if pipe is not None:
-        parts.append(f"buffer {pipe.outbox.depth} readings")
+        parts.append(f"buffer {pipe.outbox.depth} readings"
+                     + (" (disk full)" if pipe.disk_full else " (locked)" if pipe.locked else ""))
     if agent.uplink is not None:
         parts.append(f"uplink {agent.uplink.stats.state}")
     parts.append(f"clock {agent.clock.state()}")

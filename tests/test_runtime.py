@@ -132,10 +132,12 @@ async def test_buffer_locked_by_another_process_waits_in_memory_and_loses_nothin
             await wait_for(lambda: pipe.locked, 20)  # the commit gave up after 5 s; the agent lives on
             held = pipe.queued
             await wait_for(lambda: pipe.queued > held)  # still reading into memory
+            assert (await agent.health("status"))["buffer"]["writer"] == "locked"
         finally:
             lock.execute("ROLLBACK")
             lock.close()
         await wait_for(lambda: not pipe.locked and pipe.queued < held, 20)
+        assert (await agent.health("status"))["buffer"]["writer"] == "ok"
         assert not any(t.done() for t in agent._tasks), "no core task died"
     finally:
         await agent.stop()

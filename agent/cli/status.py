@@ -127,6 +127,10 @@ def render_status(st: dict[str, Any]) -> str:
     dropped = {k: v for k, v in (buf.get("dropped") or {}).items() if v}
     drops = ", ".join(f"{v} ({k})" for k, v in dropped.items()) or "none"
     extra = []
+    if buf.get("writer") == "disk_full":
+        extra.append(paint("DISK FULL: readings wait in memory", "fail"))
+    elif buf.get("writer") == "locked":
+        extra.append(paint("LOCKED by another process (a sqlite3 shell?): readings wait in memory", "fail"))
     if buf.get("rejected"):
         extra.append(f"rejected {buf['rejected']} (buffer full, on_full=reject_new)")
     if buf.get("queue_overflow"):
