@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from drivers.nmea.simulator import epoch_bytes, expected_values, fixes
-from tests.support.agentproc import AgentProcess, write_config
+from tests.support.agentproc import AgentProcess, nmea_device, write_config
 from tests.support.broker import Broker
 from tests.support.cli import run_cli
 from tests.support.mqtt import Subscriber, wait_until
@@ -32,13 +32,7 @@ def test_buffering_backlog_stats_and_export_round_trip(
     cfg = write_config(
         tmp_path / "agent.toml",
         broker_port=broker.port,
-        devices=f"""
-        [[devices]]
-        id = "van-gnss"
-        driver = "nmea"
-        port = "{dev.port}"
-        tags = {{ vehicle = "van-3" }}
-        """,
+        devices=nmea_device(dev.port, expected_interval=""),
     )
     agent = AgentProcess(cfg).start_and_wait_port()
     sub = None

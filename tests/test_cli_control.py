@@ -21,7 +21,7 @@ from agent.errors import ControlError
 from agent.model import Reading
 from agent.runtime import Agent
 from drivers.nmea.simulator import epoch_bytes, fixes
-from tests.support.agentproc import AgentProcess, write_config
+from tests.support.agentproc import AgentProcess, nmea_device, write_config
 from tests.support.broker import Broker
 from tests.support.cli import run_cli
 from tests.support.mqtt import Subscriber, wait_until
@@ -192,12 +192,7 @@ def test_misbehaving_clients_do_not_disturb_ingestion(
     cfg = write_config(
         tmp_path / "agent.toml",
         broker_port=broker.port,
-        devices=f"""
-        [[devices]]
-        id = "van-gnss"
-        driver = "nmea"
-        port = "{dev.port}"
-        """,
+        devices=nmea_device(dev.port, tags="", expected_interval=""),
     )
     sub = Subscriber(broker.host, broker.port, "edge/gw-test/telemetry")
     agent = AgentProcess(cfg).start_and_wait_port()

@@ -16,7 +16,7 @@ from agent.clock import ClockMonitor, correct_buffered, corrected
 from agent.model import Reading, encode_reading, format_ts
 from agent.pipeline import Pipeline
 from drivers.nmea.simulator import epoch_bytes, fixes
-from tests.support.agentproc import AgentProcess, write_config
+from tests.support.agentproc import AgentProcess, nmea_device, write_config
 from tests.support.broker import free_port
 from tests.support.pty import PtyDevice
 
@@ -142,12 +142,7 @@ def test_agent_corrects_buffered_readings_when_the_clock_syncs(
     cfg = write_config(
         tmp_path / "agent.toml",
         broker_port=free_port(),
-        devices=f"""
-        [[devices]]
-        id = "van-gnss"
-        driver = "nmea"
-        port = "{dev.port}"
-        """,
+        devices=nmea_device(dev.port, tags="", expected_interval=""),
     )
     agent = AgentProcess(cfg, env={"EDGE_AGENT_CLOCK": f"file:{flag}"})
     try:

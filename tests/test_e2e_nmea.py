@@ -10,24 +10,12 @@ from pathlib import Path
 import pytest
 
 from drivers.nmea.simulator import epoch_bytes, expected_values, fixes
-from tests.support.agentproc import AgentProcess, write_config
+from tests.support.agentproc import AgentProcess, nmea_device, write_config
 from tests.support.broker import Broker
 from tests.support.mqtt import Subscriber, wait_until
 from tests.support.pty import PtyDevice
 
 START = 1_790_000_000.0
-
-
-def nmea_device(port: str, dev_id: str = "van-gnss") -> str:
-    return f"""
-        [[devices]]
-        id = "{dev_id}"
-        driver = "nmea"
-        port = "{port}"
-        baud = 9600
-        expected_interval = "30s"
-        tags = {{ vehicle = "van-3" }}
-        """
 
 
 @pytest.fixture

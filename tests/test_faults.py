@@ -19,7 +19,7 @@ import pytest
 from agent.config import parse_config
 from agent.runtime import Agent
 from drivers.nmea.simulator import epoch_bytes, fixes
-from tests.support.agentproc import AgentProcess, write_config
+from tests.support.agentproc import AgentProcess, nmea_device, write_config
 from tests.support.broker import Broker, free_port
 from tests.support.mqtt import Subscriber
 from tests.support.pty import PtyDevice
@@ -122,12 +122,7 @@ def test_broker_bounced_repeatedly_under_load_loses_nothing(tmp_path: Path, pty_
     # A durable broker and a durable platform session: whatever the broker acknowledged survives.
     broker = Broker(persistent=True).start()
     dev = pty_factory()
-    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=f"""
-        [[devices]]
-        id = "gnss"
-        driver = "nmea"
-        port = "{dev.port}"
-        """)
+    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=nmea_device(dev.port, "gnss", tags="", expected_interval=""))
     sub = Subscriber(broker.host, broker.port, "edge/gw-test/telemetry", persistent=True)
     agent = AgentProcess(cfg).start_and_wait_port("gnss")
     stop, written = threading.Event(), [0]
@@ -163,12 +158,7 @@ def test_broker_bounced_repeatedly_under_load_loses_nothing(tmp_path: Path, pty_
 
 def test_sigkill_ten_times_under_load_keeps_seq_and_epoch(tmp_path: Path, broker: Broker, pty_factory) -> None:  # type: ignore[no-untyped-def]
     dev = pty_factory()
-    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=f"""
-        [[devices]]
-        id = "gnss"
-        driver = "nmea"
-        port = "{dev.port}"
-        """)
+    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=nmea_device(dev.port, "gnss", tags="", expected_interval=""))
     sub = Subscriber(broker.host, broker.port, "edge/gw-test/#")
     agent = AgentProcess(cfg)
     stop, written = threading.Event(), [0]

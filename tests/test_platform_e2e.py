@@ -14,7 +14,7 @@ import pytest
 
 from agent.contract import SCHEMA_DIR, validate
 from drivers.nmea.simulator import epoch_bytes, fixes
-from tests.support.agentproc import AgentProcess, write_config
+from tests.support.agentproc import AgentProcess, nmea_device, write_config
 from tests.support.broker import Broker
 from tests.support.mqtt import Subscriber, wait_until
 from tests.support.pty import PtyDevice
@@ -24,18 +24,6 @@ START = 1_790_000_000.0
 PREFIX = "edge/gw-test"
 TOPIC_SCHEMA = {t: json.loads((SCHEMA_DIR / f"{t}.schema.json").read_text())
                 for t in ("telemetry", "status", "health", "events")}
-
-
-def nmea_device(port: str) -> str:
-    return f"""
-        [[devices]]
-        id = "van-gnss"
-        driver = "nmea"
-        port = "{port}"
-        baud = 9600
-        expected_interval = "30s"
-        tags = {{ vehicle = "van-3" }}
-        """
 
 
 def buffer_state(db: Path) -> tuple[int, int, int]:

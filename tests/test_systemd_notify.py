@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from drivers.nmea.simulator import epoch_bytes, fixes
-from tests.support.agentproc import AgentProcess, write_config
+from tests.support.agentproc import AgentProcess, nmea_device, write_config
 from tests.support.broker import Broker, free_port
 from tests.support.cli import run_cli
 from tests.support.mqtt import Subscriber, wait_until
@@ -21,17 +21,6 @@ from tests.support.pty import PtyDevice
 from tests.support.sdnotify import NotifyListener
 
 START = 1_790_000_000.0
-
-
-def nmea(port: str, dev_id: str = "van-gnss", tags: str = 'vehicle = "van-3"') -> str:
-    return f"""
-        [[devices]]
-        id = "{dev_id}"
-        driver = "nmea"
-        port = "{port}"
-        expected_interval = "30s"
-        tags = {{ {tags} }}
-        """
 
 
 def rows(db: Path) -> list[tuple[int, str]]:
@@ -76,7 +65,7 @@ def test_ready_status_and_periodic_watchdog(
     pty_factory: type[PtyDevice],
 ) -> None:
     dev = pty_factory()
-    cfg = write_config(tmp_path / "agent.toml", broker_port=free_port(), devices=nmea(dev.port))
+    cfg = write_config(tmp_path / "agent.toml", broker_port=free_port(), devices=nmea_device(dev.port))
     agent = start(agents, cfg, listener.env(watchdog_usec=400_000))
     listener.wait_for(lambda: listener.with_key("READY", "1"), 20, "READY=1")
     t_ready, ready = listener.with_key("READY", "1")[0]
@@ -112,7 +101,7 @@ def test_wedged_writer_stops_pinging_and_recovers(
 ) -> None:
     """A commit blocked by an EXCLUSIVE lock another process holds on the buffer: no pings."""
     dev = pty_factory()
-    cfg = write_config(tmp_path / "agent.toml", broker_port=free_port(), devices=nmea(dev.port))
+    cfg = write_config(tmp_path / "agent.toml", broker_port=free_port(), devices=nmea_device(dev.port))
     agent = start(agents, cfg, listener.env(watchdog_usec=600_000))
     agent.wait_log("van-gnss: opened")
     listener.wait_for(lambda: len(listener.with_key("WATCHDOG", "1")) >= 3, 20, "pings")
@@ -152,7 +141,7 @@ def test_sigterm_flushes_memory_to_sqlite(
     pty_factory: type[PtyDevice],
 ) -> None:
     dev = pty_factory()
-    cfg = write_config(tmp_path / "agent.toml", broker_port=free_port(), devices=nmea(dev.port))
+    cfg = write_config(tmp_path / "agent.toml", broker_port=free_port(), devices=nmea_device(dev.port))
     cfg.write_text(cfg.read_text().replace('commit_interval = "100ms"', 'commit_interval = "60s"'))
     agent = start(agents, cfg, listener.env(watchdog_usec=2_000_000))
     agent.wait_log("van-gnss: opened")
@@ -185,7 +174,7 @@ def test_sighup_reload_applies_devices_and_uplink_keeps_buffer(
     path = tmp_path / "agent.toml"
     sub = Subscriber(broker.host, broker.port, "#")
     try:
-        write_config(path, broker_port=broker.port, devices=nmea(a.port, "dev-a"))
+        write_config(path, broker_port=broker.port, devices=nmea_device(a.port, "dev-a"))
         agent = start(agents, path, listener.env())
         agent.wait_log("dev-a: opened")
         fs = iter(fixes(start=START))
@@ -198,7 +187,7 @@ def test_sighup_reload_applies_devices_and_uplink_keeps_buffer(
         write_config(
             path,
             broker_port=broker.port,
-            devices=nmea(b.port, "dev-b"),
+            devices=nmea_device(b.port, "dev-b"),
             uplink='topic_prefix = "city/gw-test"',
         )
         t_hup = time.monotonic()

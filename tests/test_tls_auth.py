@@ -16,7 +16,7 @@ import pytest
 import trustme
 
 from drivers.nmea.simulator import epoch_bytes, fixes
-from tests.support.agentproc import AgentProcess, write_config
+from tests.support.agentproc import AgentProcess, nmea_device, write_config
 from tests.support.broker import Broker, free_port, wait_port
 from tests.support.mqtt import Subscriber, wait_until
 from tests.support.pty import PtyDevice
@@ -70,16 +70,6 @@ def tls_broker(pki: Pki, server: Path) -> tuple[Broker, int]:
     return b, port
 
 
-def device(port: str) -> str:
-    return f"""
-        [[devices]]
-        id = "van-gnss"
-        driver = "nmea"
-        port = "{port}"
-        expected_interval = "30s"
-        """
-
-
 def outbox_rows(db: Path) -> int:
     con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
     try:
@@ -99,7 +89,7 @@ def feed(dev: PtyDevice, n: int) -> None:
 
 
 def run_agent(tmp_path: Path, dev: PtyDevice, port: int, uplink: str) -> AgentProcess:
-    cfg = write_config(tmp_path / "agent.toml", broker_port=port, devices=device(dev.port), uplink=uplink)
+    cfg = write_config(tmp_path / "agent.toml", broker_port=port, devices=nmea_device(dev.port, tags=""), uplink=uplink)
     return AgentProcess(cfg).start_and_wait_port()
 
 

@@ -37,6 +37,17 @@ def write_config(path: Path, *, gateway: str = "gw-test", broker_port: int, devi
     return path
 
 
+def nmea_device(port: str, dev_id: str = "van-gnss", *, tags: str = 'vehicle = "van-3"',
+                expected_interval: str = "30s") -> str:
+    """A `[[devices]]` block: an NMEA receiver on `port` (tags/expected_interval "" to leave out)."""
+    lines = ["[[devices]]", f'id = "{dev_id}"', 'driver = "nmea"', f'port = "{port}"']
+    if expected_interval:
+        lines.append(f'expected_interval = "{expected_interval}"')
+    if tags:
+        lines.append(f"tags = {{ {tags} }}")
+    return "\n" + "\n".join(lines) + "\n"
+
+
 class AgentProcess:
     def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
