@@ -115,17 +115,14 @@ class Pipeline:
         return got[1]
 
     def _commit_job(self, batch: list[Reading], acks: list[tuple[int, int]]) -> CommitResult:
-        """Buffer thread: commit, then fetch for a waiting uplink (prefetched rows of an earlier
-        commit are dropped first: they may miss this commit's rows)."""
+        """Buffer thread: commit and, in the same transaction, fetch for a waiting uplink
+        (prefetched rows of an earlier commit are dropped first: they may miss this commit's rows)."""
         self._fetched = None
-        res = self.outbox.commit(batch, acks)
         want = self._want
-        if want is not None and res.accepted:
+        res = self.outbox.commit(batch, acks, send_after=None if want is None else (want[1], want[2]))
+        if want is not None and res.for_send is not None:
             self._want = None
-            try:
-                self._fetched = (want[0], self.outbox.fetch_for_send(want[1], want[2]))
-            except Exception:  # e.g. a full disk: the commit stands; the uplink fetches itself
-                log.debug("prefetch for the uplink failed", exc_info=True)
+            self._fetched = (want[0], res.for_send)
         return res
 
     @property
@@ -228,7 +225,13 @@ class Pipeline:
                     g(gap)
 
     async def expire(self) -> None:
-        gaps = await self.call(self.outbox.expire)
+        try:
+            gaps = await self.call(self.outbox.expire)
+        except Exception as e:
+            if not is_locked(e):
+                raise
+            log.warning("buffer: locked by another process; max-age expiry postponed")
+            return
         if gaps:
             self.new_events.set()
             for gap in gaps:
@@ -236,8 +239,15 @@ class Pipeline:
                     g(gap)
 
     async def add_event(self, type_: str, body: dict[str, Any]) -> None:
-        """Store a durable event for P/events (committed at once)."""
-        await self.call(self._add_event_txn, type_, body)
+        """Store a durable event for P/events (committed at once; waits out a locked database)."""
+        while True:
+            try:
+                await self.call(self._add_event_txn, type_, body)
+                break
+            except Exception as e:
+                if not is_locked(e):
+                    raise
+                await asyncio.sleep(1.0)  # retry: the event must not be lost
         self.new_events.set()
 
     def _add_event_txn(self, type_: str, body: dict[str, Any]) -> None:

@@ -137,3 +137,21 @@ def test_next_seq_never_reused_across_reopen(tmp_path: Path) -> None:
     ob = _crash_reopen(ob, path)
     assert [s for s, _ in ob.commit([r]).accepted] == [10]
     ob.close()
+
+
+def test_commit_with_send_after_marks_sent_in_the_same_transaction(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "b.db").open()
+    ob.commit([Reading("d", "sim", {"n": 0})])
+    statements: list[str] = []
+    ob.db.set_trace_callback(statements.append)
+    res = ob.commit([Reading("d", "sim", {"n": i}) for i in (1, 2)], send_after=(1, 100))
+    ob.db.set_trace_callback(None)
+    assert [s for s, _ in res.for_send or []] == [2, 3]
+    assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
+    assert any("'sent_upto'" in s for s in statements), "sent_upto written inside that one transaction"
+    assert ob.protect_upto == ob.fetched_upto == 3
+    assert ob.commit([Reading("d", "sim", {"n": 9})], send_after=None).for_send is None
+    ob.close()
+    again = Outbox(tmp_path / "b.db").open()  # durable: a restart never drops rows maybe published
+    assert again.protect_upto == 3
+    again.close()
