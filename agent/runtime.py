@@ -210,7 +210,12 @@ class Agent:
                     await self.uplink.publish_offline()
         for t in self._tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT / 2):
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        except TimeoutError:  # a task that swallowed its cancellation must not hang the stop
+            stuck = ", ".join(t.get_name() for t in self._tasks if not t.done())
+            log.error("stopping: tasks still running after %.0fs: %s", STOP_TIMEOUT / 2, stuck)
         if self.pipeline is not None:
             await self.pipeline.close()
         log.info("stopped")

@@ -20,8 +20,21 @@ def next_tick(period: float, now: float | None = None) -> float:
     return (math.floor(now / period) + 1) * period
 
 
+def raise_if_cancelling() -> None:
+    """Re-raise a cancellation that an inner `asyncio.wait_for` swallowed.
+
+    CPython 3.11's wait_for can return a result (or a TimeoutError) although the task was
+    cancelled at that moment; the task then keeps `cancelling() > 0` and would loop on, and a
+    TaskGroup or a `gather` waiting for it at shutdown would wait forever (fixed in 3.12).
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def sleep_to_tick(period: float) -> None:
     """Sleep until the next multiple of `period` on the loop clock (at most `period`)."""
+    raise_if_cancelling()
     loop = asyncio.get_running_loop()
     when = next_tick(period, loop.time())
     fut = loop.create_future()

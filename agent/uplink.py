@@ -25,7 +25,7 @@ from agent.config import AgentConfig
 from agent.errors import ConfigError
 from agent.model import format_ts
 from agent.pipeline import Pipeline
-from agent.ticks import sleep_to_tick
+from agent.ticks import raise_if_cancelling, sleep_to_tick
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,7 @@ class Uplink:
                 self._progress.set()  # a settle() in progress stops waiting
                 self.stats.inflight = 0
                 await self.pipeline.call(self.pipeline.outbox.release_events)
+            raise_if_cancelling()  # a stop that a connect timeout swallowed: no reconnect
             delay = backoff.next()
             self.stats.state = "backoff"
             self.stats.backoff_until = time.time() + delay
@@ -250,13 +251,25 @@ class Uplink:
         st.backoff_until = None
         st.last_error = ""
         log.info("uplink: connected to %s:%d", self.cfg.uplink.host, self.cfg.uplink.port)
+        raise_if_cancelling()  # connect and birth go through wait_for: a stop must not be lost there
         await client.publish(f"{self.prefix}/status", self._status("online"), qos=1, retain=True)
+        raise_if_cancelling()
         self.connected.set()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._send_telemetry(client))
-            tg.create_task(self._send_events(client))
-            if self.health is not None:
-                tg.create_task(self._send_health(client))
+        # Not a TaskGroup: on CPython 3.11 a child failing while the group waits in __aexit__
+        # leaves this task's cancelling() count raised for good, and a stop could no longer be
+        # told from that (see raise_if_cancelling).
+        senders = [asyncio.create_task(self._send_telemetry(client)), asyncio.create_task(self._send_events(client))]
+        if self.health is not None:
+            senders.append(asyncio.create_task(self._send_health(client)))
+        try:
+            done, _ = await asyncio.wait(senders, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for t in senders:
+                t.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
+        for t in done:
+            if not t.cancelled() and (e := t.exception()) is not None:
+                raise e
 
     async def _send_telemetry(self, client: aiomqtt.Client) -> None:
         up = self.cfg.uplink
@@ -355,6 +368,7 @@ class Uplink:
                 continue
             for eid, payload in rows:
                 await client.publish(topic, payload.encode(), qos=1, timeout=60)
+                raise_if_cancelling()
                 await pipe.call(pipe.outbox.ack_event, eid)
                 self.stats.events_published += 1
 
@@ -365,6 +379,7 @@ class Uplink:
         while True:
             body = await self.health()
             await client.publish(topic, json.dumps(body, separators=(",", ":")).encode(), qos=0)
+            raise_if_cancelling()
             await (sleep_to_tick(interval) if interval >= 10 else asyncio.sleep(interval))
 
     async def settle(self) -> bool:

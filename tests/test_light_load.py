@@ -166,3 +166,27 @@ def test_the_cli_entry_point_keeps_heavy_libraries_off_the_run_path() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "", f"loaded at start-up: {r.stdout.strip()}"
+
+
+async def test_a_swallowed_cancellation_still_ends_a_periodic_task() -> None:
+    """CPython 3.11's wait_for can eat a cancel; the next tick sleep must still end the task."""
+    ticks_done = 0
+    swallowed = asyncio.Event()
+
+    async def periodic() -> None:
+        nonlocal ticks_done
+        while True:
+            try:
+                await asyncio.sleep(3600)  # stands for an aiomqtt call whose wait_for eats the cancel
+            except asyncio.CancelledError:
+                swallowed.set()
+            ticks_done += 1
+            await ticks.sleep_to_tick(3600)
+
+    task = asyncio.create_task(periodic())
+    await asyncio.sleep(0)
+    task.cancel()
+    await swallowed.wait()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert ticks_done == 1
