@@ -23,6 +23,7 @@ from tests.support.agentproc import AgentProcess, nmea_device, write_config
 from tests.support.broker import Broker, free_port
 from tests.support.mqtt import Subscriber
 from tests.support.pty import PtyDevice
+from tests.support.wait import until
 
 
 @pytest.fixture
@@ -36,12 +37,6 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-async def until(pred, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def account(sub: Subscriber, gateway_epoch: str) -> tuple[set[int], int, list[dict[str, object]]]:

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-import drivers
 from agent import ticks
 from agent.buffer import Outbox
 from agent.config import parse_config
@@ -21,24 +19,7 @@ from agent.runtime import Agent
 from agent.ticks import next_tick, sleep_to_tick
 from tests.support.broker import Broker
 from tests.support.mqtt import Subscriber
-
-
-@pytest.fixture
-def counter_driver() -> Iterator[None]:
-    drivers._REGISTRY["counter"] = "tests.support.crashy:CounterDriver"
-    old = drivers.KNOWN_DRIVERS
-    drivers.KNOWN_DRIVERS = frozenset(drivers._REGISTRY)
-    yield
-    del drivers._REGISTRY["counter"]
-    drivers.KNOWN_DRIVERS = old
-
-
-async def until(pred, timeout: float = 20.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+from tests.support.wait import until
 
 
 def test_next_tick_is_a_shared_grid() -> None:

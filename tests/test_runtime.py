@@ -5,21 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 from pathlib import Path
 
 from agent.config import parse_config
 from agent.runtime import Agent
 from tests.support.broker import Broker
 from tests.support.mqtt import Subscriber
-
-
-async def wait_for(pred, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.02)
+from tests.support.wait import until
 
 
 def agent_config(tmp_path: Path, port: int, devices: list[dict[str, object]]):  # type: ignore[no-untyped-def]
@@ -44,11 +36,11 @@ async def test_crashing_driver_is_restarted_and_never_stops_the_others(
     await agent.start()
     try:
         bad = agent.devices["bad"].ctx
-        await wait_for(lambda: bad.restarts >= 2)
+        await until(lambda: bad.restarts >= 2)
         good_before = agent.devices["good"].ctx.readings
         emitted = good_before + bad.readings  # both bad runs included; committed in this order
-        await wait_for(lambda: agent.devices["good"].ctx.readings > good_before + 20)
-        await wait_for(lambda: agent.uplink.stats.readings_acked >= max(30, emitted))
+        await until(lambda: agent.devices["good"].ctx.readings > good_before + 20)
+        await until(lambda: agent.uplink.stats.readings_acked >= max(30, emitted))
         assert bad.link in ("failed", "connected")
         assert "simulated driver bug" in agent.devices["bad"].last_error
     finally:
@@ -72,7 +64,7 @@ async def test_stop_flushes_memory_to_sqlite_without_broker(tmp_path: Path, coun
     cfg = cfg.model_copy(update={"buffer": cfg.buffer.model_copy(update={"commit_interval": 30.0})})
     agent = Agent(cfg)
     await agent.start()
-    await wait_for(lambda: agent.devices["c"].ctx.readings >= 50)
+    await until(lambda: agent.devices["c"].ctx.readings >= 50)
     ctx = agent.devices["c"].ctx
     await agent.stop()
     db = sqlite3.connect(tmp_path / "b.db")
@@ -125,18 +117,18 @@ async def test_buffer_locked_by_another_process_waits_in_memory_and_loses_nothin
     pipe = agent.pipeline
     assert pipe is not None
     try:
-        await wait_for(lambda: pipe.accepted >= 3)
+        await until(lambda: pipe.accepted >= 3)
         lock = sqlite3.connect(tmp_path / "b.db", isolation_level=None)
         lock.execute("BEGIN EXCLUSIVE")  # e.g. a technician's sqlite3 shell, longer than the busy timeout
         try:
-            await wait_for(lambda: pipe.locked, 20)  # the commit gave up after 5 s; the agent lives on
+            await until(lambda: pipe.locked, 20)  # the commit gave up after 5 s; the agent lives on
             held = pipe.queued
-            await wait_for(lambda: pipe.queued > held)  # still reading into memory
+            await until(lambda: pipe.queued > held)  # still reading into memory
             assert (await agent.health("status"))["buffer"]["writer"] == "locked"
         finally:
             lock.execute("ROLLBACK")
             lock.close()
-        await wait_for(lambda: not pipe.locked and pipe.queued < held, 20)
+        await until(lambda: not pipe.locked and pipe.queued < held, 20)
         assert (await agent.health("status"))["buffer"]["writer"] == "ok"
         assert not any(t.done() for t in agent._tasks), "no core task died"
     finally:

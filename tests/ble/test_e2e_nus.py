@@ -8,9 +8,10 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.support.agentproc import AgentProcess
-from tests.support.bluez import NUS_SERVICE, ScriptedBlueZ, wait_until
+from tests.support.bluez import NUS_SERVICE, ScriptedBlueZ
 from tests.support.broker import Broker
 from tests.support.mqtt import Subscriber
+from tests.support.wait import wait_until
 
 BMS = "F0:0D:12:34:56:78"
 DEVICE = f"""

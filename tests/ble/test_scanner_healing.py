@@ -10,9 +10,10 @@ import pytest
 
 from tests.support import ble_vectors as v
 from tests.support.agentproc import AgentProcess
-from tests.support.bluez import ScriptedBlueZ, wait_until
+from tests.support.bluez import ScriptedBlueZ
 from tests.support.broker import Broker
 from tests.support.mqtt import Subscriber
+from tests.support.wait import wait_until
 
 RUUVI = "C7:F5:2A:A1:B2:C3"
 BTHOME = "A4:C1:38:00:00:01"

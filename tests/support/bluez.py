@@ -836,13 +836,6 @@ def _matches(patterns: list[tuple[int, int, bytes]], ads: list[tuple[int, bytes]
     return False
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def bus_env(daemon: DBusDaemon) -> dict[str, str]:

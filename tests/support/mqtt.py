@@ -11,6 +11,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from tests.support.wait import wait_until
+
+__all__ = ["Msg", "Subscriber", "wait_until"]
+
 
 @dataclass(frozen=True)
 class Msg:
@@ -67,10 +71,3 @@ class Subscriber:
         self.c.disconnect()
 
 
-def wait_until(pred: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
