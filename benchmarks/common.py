@@ -25,6 +25,16 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}"
 
 
+def emit(res: dict[str, Any], lines: list[str] | None, as_json: bool) -> None:
+    """Print a benchmark result with the machine: as JSON, or the machine line and `lines`."""
+    res["machine"] = machine()
+    if as_json:
+        print(json.dumps(res, indent=2))
+        return
+    print(f"machine: {res['machine']}")
+    print("\n".join(lines or []))
+
+
 def proc_status(pid: int) -> dict[str, int]:
     """VmRSS / VmHWM in bytes of a process."""
     out: dict[str, int] = {}

@@ -277,16 +277,11 @@ def main() -> None:
     if a.child:
         child(a.child, a.port)
         return
-    from benchmarks.common import machine
+    from benchmarks.common import emit
 
     res = measure(int(a.hours * 3600 * a.rate), a.rate)
-    res["machine"] = machine()
-    if a.json:
-        print(json.dumps(res, indent=2))
-        return
-    print(f"machine: {res['machine']}")
-    print("\n".join(report(res)))
-    print("RSS trace (MB): " + " ".join(str(x) for x in res["rss_trace_mb"]))
+    trace = "RSS trace (MB): " + " ".join(str(x) for x in res["rss_trace_mb"])
+    emit(res, None if a.json else [*report(res), trace], a.json)
 
 
 if __name__ == "__main__":

@@ -375,15 +375,10 @@ def main() -> None:
             res = child_raw(a.events, a.dir, a.batch)
         print(json.dumps(res))
         return
-    from benchmarks.common import machine
+    from benchmarks.common import emit
 
     res = measure(a.events, a.batch, a.pack, a.repeat)
-    res["machine"] = machine()
-    if a.json:
-        print(json.dumps(res, indent=2))
-        return
-    print(f"machine: {res['machine']}")
-    print("\n".join(report(res)))
+    emit(res, None if a.json else report(res), a.json)
 
 
 if __name__ == "__main__":

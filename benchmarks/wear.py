@@ -142,15 +142,10 @@ def main() -> None:
     if a.child:
         child(a.child, a.port, a.interval, a.accel, a.seconds, a.page_size)
         return
-    from benchmarks.common import machine
+    from benchmarks.common import emit
 
     res = measure(a.accel, a.seconds, a.page_size, tuple(float(x) for x in a.intervals.split(",")))
-    res["machine"] = machine()
-    if a.json:
-        print(json.dumps(res, indent=2))
-        return
-    print(f"machine: {res['machine']}")
-    print("\n".join(report(res)))
+    emit(res, None if a.json else report(res), a.json)
 
 
 if __name__ == "__main__":
