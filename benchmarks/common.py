@@ -25,6 +25,26 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, Python {platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}"
 
 
+def acking_publisher(port: int, client_id: str, window: int, expect: int) -> tuple[mqtt.Client, threading.Event]:
+    """A connected bare paho QoS 1 publisher (`window` in flight); the event is set at the `expect`-th PUBACK."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    c.max_inflight_messages_set(window)
+    c.max_queued_messages_set(0)
+    done = threading.Event()
+    acked = 0
+
+    def on_publish(*a: Any) -> None:
+        nonlocal acked
+        acked += 1
+        if acked == expect:
+            done.set()
+
+    c.on_publish = on_publish
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    return c, done
+
+
 def emit(res: dict[str, Any], lines: list[str] | None, as_json: bool) -> None:
     """Print a benchmark result with the machine: as JSON, or the machine line and `lines`."""
     res["machine"] = machine()

@@ -151,23 +151,9 @@ def sample(pid: int, stop: threading.Event, out: list[tuple[float, int, float]])
 
 def bare_limit(port: int, payloads: list[bytes], window: int) -> float:
     """Seconds for a bare paho QoS 1 publisher to get every PUBACK for the same messages."""
-    import paho.mqtt.client as mqtt
+    from benchmarks.common import acking_publisher
 
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-drain-bare")
-    c.max_inflight_messages_set(window)
-    c.max_queued_messages_set(0)
-    done = threading.Event()
-    acked = 0
-
-    def on_publish(*a: Any) -> None:
-        nonlocal acked
-        acked += 1
-        if acked == len(payloads):
-            done.set()
-
-    c.on_publish = on_publish
-    c.connect("127.0.0.1", port)
-    c.loop_start()
+    c, done = acking_publisher(port, "bench-drain-bare", window, len(payloads))
     t0 = time.perf_counter()
     for p in payloads:
         c.publish(f"edge/{GATEWAY}/telemetry", p, qos=1)

@@ -14,18 +14,15 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tty
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 from agent.buffer import Outbox
 from agent.model import Reading, encode_reading
 from agent.mosquitto import LocalBroker
-from benchmarks.common import CountingSubscriber, machine, proc_status
+from benchmarks.common import CountingSubscriber, acking_publisher, machine, proc_status
 
 PAYLOAD_READING = Reading(
     device="a101-co2", driver="senseair_s8", values={"co2": 612, "temperature": 21.4, "humidity": 38.2},
@@ -67,21 +64,7 @@ def outbox_accept(n: int, batch: int) -> float:
 
 def bare_publish(port: int, n: int, pipelined: bool) -> float:
     """Messages/s of single-reading QoS 1 publishes by a bare paho client."""
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{pipelined}")
-    c.max_inflight_messages_set(1000 if pipelined else 1)
-    c.max_queued_messages_set(0)
-    done = threading.Event()
-    acked = 0
-
-    def on_publish(*a: Any) -> None:
-        nonlocal acked
-        acked += 1
-        if acked == n:
-            done.set()
-
-    c.on_publish = on_publish
-    c.connect("127.0.0.1", port)
-    c.loop_start()
+    c, done = acking_publisher(port, f"bench-pub-{pipelined}", 1000 if pipelined else 1, n)
     body = ('{"v":1,"gateway":"gw","epoch":"e","readings":[' + encode_reading(1, PAYLOAD_READING) + "]}").encode()
     t0 = time.perf_counter()
     if pipelined:
