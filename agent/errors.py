@@ -1,49 +1,29 @@
-"""Exception hierarchy: one root, narrow subclasses."""
+"""Exception hierarchy (defined on the ground floor, `edge_common.errors`; re-exported here)."""
 
 from __future__ import annotations
 
+from edge_common.errors import (
+    AgentNotReachable,
+    BufferCorrupt,
+    BufferError_,
+    BufferFull,
+    ConfigError,
+    ControlError,
+    DriverError,
+    EdgeAgentError,
+    TransportClosed,
+    UplinkError,
+)
 
-class EdgeAgentError(Exception):
-    """Root of every error edge-agent raises on purpose."""
-
-
-class ConfigError(EdgeAgentError):
-    """Configuration is invalid; carries every problem found."""
-
-    def __init__(self, problems: list[str], path: str | None = None) -> None:
-        self.problems = problems
-        self.path = path
-        where = f"{path}: " if path else ""
-        super().__init__(where + "; ".join(problems))
-
-
-class BufferError_(EdgeAgentError):
-    """The SQLite outbox cannot be used."""
-
-
-class BufferCorrupt(BufferError_):
-    """The buffer database failed its integrity check."""
-
-
-class BufferFull(BufferError_):
-    """The disk is full and not even the reduced batch could be written."""
-
-
-class UplinkError(EdgeAgentError):
-    """The MQTT uplink failed."""
-
-
-class DriverError(EdgeAgentError):
-    """A driver cannot run (bad port, missing adapter...)."""
-
-
-class TransportClosed(DriverError):
-    """The device went away (port vanished, link dropped)."""
-
-
-class ControlError(EdgeAgentError):
-    """The local control API failed."""
-
-
-class AgentNotReachable(ControlError):
-    """No agent answers on the control socket."""
+__all__ = [
+    "AgentNotReachable",
+    "BufferCorrupt",
+    "BufferError_",
+    "BufferFull",
+    "ConfigError",
+    "ControlError",
+    "DriverError",
+    "EdgeAgentError",
+    "TransportClosed",
+    "UplinkError",
+]

@@ -1,34 +1,26 @@
-"""Domain model: immutable readings and their wire form."""
+"""Wire form of readings (`Reading` itself lives on the ground floor, `edge_common.model`)."""
 
 from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
-from typing import Literal
 
 from orjson import dumps as _orjson_dumps
 
-Value = float | int | str | bool
-ClockState = Literal["synced", "unsynced"]
+from edge_common.model import ClockState, Reading, Value
 
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One decoded sample from one device, values in canonical units."""
-
-    device: str
-    driver: str
-    values: Mapping[str, Value]
-    ts: float = field(default_factory=time.time)
-    clock: ClockState = "synced"
-    tags: Mapping[str, str] = field(default_factory=dict)
-    mono: float = field(default_factory=time.monotonic)
-
+__all__ = [
+    "ClockState",
+    "Reading",
+    "Value",
+    "clean_values",
+    "encode_reading",
+    "format_ts",
+    "parse_ts",
+]
 
 _sec_cache: tuple[int, str] = (-1, "")
 _MS = [f".{ms:03d}Z" for ms in range(1000)]

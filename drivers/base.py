@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agent.model import Reading, Value
+from edge_common.device import error_key
+from edge_common.model import Reading, Value
 
 if TYPE_CHECKING:
-    from agent.config import DeviceConfig
+    from edge_common.device import DeviceConfig
 
 LinkState = Literal["starting", "connected", "disconnected", "failed"]
 
@@ -130,11 +131,9 @@ class Driver(ABC):
         try:
             cls.Options.model_validate(device.options)
         except ValidationError as e:
-            from agent.config import _loc
-
             for err in e.errors():
                 msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                problems.append((_loc(err["loc"]), msg.removeprefix("Value error, ")))
+                problems.append((error_key(err["loc"]), msg.removeprefix("Value error, ")))
         return problems
 
     @classmethod

@@ -19,8 +19,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from agent.units import parse_duration
 from drivers.base import Driver, StreamProtocol
+from edge_common.units import parse_duration
 
 Family = Literal["nmea", "pms5003", "sds011", "modbus", "senseair_s8", "lines", "ruuvi", "bthome", "xiaomi",
                  "aranet4", "ble_nus"]

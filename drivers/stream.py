@@ -7,10 +7,10 @@ import logging
 from abc import abstractmethod
 from typing import ClassVar, Literal
 
-from agent.backoff import Backoff
-from agent.errors import TransportClosed
 from drivers.base import Driver, StreamProtocol
 from drivers.transport.serialport import SerialPort, SerialSettings
+from edge_common.backoff import Backoff
+from edge_common.errors import TransportClosed
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from agent.errors import DriverError
-from agent.units import parse_duration
 from drivers.base import Driver
+from edge_common.errors import DriverError
+from edge_common.units import parse_duration
 
 if TYPE_CHECKING:
     from drivers.ble.decoders import Advert

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel
 
-from agent.backoff import Backoff
 from drivers.base import Driver, StreamProtocol
 from drivers.ble.adverts import scanner_of
 from drivers.lines.protocol import LinesOptions, LinesProtocol
+from edge_common.backoff import Backoff
 
 if TYPE_CHECKING:
     from bleak import BleakClient

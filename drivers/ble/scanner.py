@@ -26,11 +26,11 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from agent.backoff import Backoff
+from edge_common.backoff import Backoff
 
 if TYPE_CHECKING:
     from bleak import BleakScanner
@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     from bleak.backends.scanner import AdvertisementData
     from dbus_fast.aio import MessageBus
 
-    from agent.config import AgentConfig
     from drivers.ble.decoders import Advert
+    from edge_common.device import DeviceConfig
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +101,13 @@ DRIVER_FAMILY = {
     "aranet4": "aranet4",
     "ble_nus": "nus",
 }
+
+class ScannerConfig(Protocol):
+    """What `BleScanner.from_config` reads of the agent's config (`[ble]` is read if present)."""
+
+    @property
+    def devices(self) -> Sequence[DeviceConfig]: ...
+
 
 ScanMode = Literal["auto", "active", "passive"]
 
@@ -251,7 +258,7 @@ class BleScanner:
         self.recoveries = 0
 
     @classmethod
-    def from_config(cls, cfg: AgentConfig) -> BleScanner:
+    def from_config(cls, cfg: ScannerConfig) -> BleScanner:
         """Settings from `[ble]`, passive patterns from the configured BLE drivers."""
         b = getattr(cfg, "ble", None)
         settings = (

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from agent.backoff import Backoff
 from drivers.base import DeviceContext, Driver
 from drivers.modbus.protocol import (
     S8_REGISTERS,
@@ -29,9 +28,10 @@ from drivers.modbus.protocol import (
     decode_block,
     plan_reads,
 )
+from edge_common.backoff import Backoff
 
 if TYPE_CHECKING:
-    from agent.config import DeviceConfig
+    from edge_common.device import DeviceConfig
 
 log = logging.getLogger(__name__)
 # pymodbus logs every timeout at ERROR; the driver counts them instead.

@@ -18,8 +18,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from agent.units import parse_duration
 from drivers.base import StreamProtocol
+from edge_common.units import parse_duration
 
 Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
 RegType = Literal["int16", "uint16", "int32", "uint32", "float32"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import serial
 import serial_asyncio_fast
 
-from agent.errors import TransportClosed
+from edge_common.errors import TransportClosed
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from agent.errors import DriverError
+from edge_common.errors import DriverError
 
 if TYPE_CHECKING:  # cryptography (~7 MB resident) loads only when an encrypted advert is decoded
     from cryptography.hazmat.primitives.ciphers.aead import AESCCM

@@ -1,0 +1,49 @@
+"""Exception hierarchy: one root, narrow subclasses."""
+
+from __future__ import annotations
+
+
+class EdgeAgentError(Exception):
+    """Root of every error edge-agent raises on purpose."""
+
+
+class ConfigError(EdgeAgentError):
+    """Configuration is invalid; carries every problem found."""
+
+    def __init__(self, problems: list[str], path: str | None = None) -> None:
+        self.problems = problems
+        self.path = path
+        where = f"{path}: " if path else ""
+        super().__init__(where + "; ".join(problems))
+
+
+class BufferError_(EdgeAgentError):
+    """The SQLite outbox cannot be used."""
+
+
+class BufferCorrupt(BufferError_):
+    """The buffer database failed its integrity check."""
+
+
+class BufferFull(BufferError_):
+    """The disk is full and not even the reduced batch could be written."""
+
+
+class UplinkError(EdgeAgentError):
+    """The MQTT uplink failed."""
+
+
+class DriverError(EdgeAgentError):
+    """A driver cannot run (bad port, missing adapter...)."""
+
+
+class TransportClosed(DriverError):
+    """The device went away (port vanished, link dropped)."""
+
+
+class ControlError(EdgeAgentError):
+    """The local control API failed."""
+
+
+class AgentNotReachable(ControlError):
+    """No agent answers on the control socket."""
