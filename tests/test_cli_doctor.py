@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from agent import uplink
 from agent.cli import doctor
-from agent.config import load_config
+from agent.config import AgentConfig, load_config
 from tests.support.agentproc import AgentProcess, write_config
 from tests.support.broker import Broker, free_port
 from tests.support.cli import run_cli
@@ -185,7 +187,12 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CA, server certs for 127.0.0.1 (400 days, 10 days, expired) and a stranger CA."""
+    """A CA, server certs for 127.0.0.1 (400 days, 10 days, expired), a stranger CA, and a legacy CA.
+
+    The CAs carry what RFC 5280 asks of a CA and Python 3.13's VERIFY_X509_STRICT checks (critical
+    basic constraints, key usage keyCertSign, key identifiers); the legacy CA is made the way many
+    older city PKIs were, without key usage, which 3.11 accepts and 3.13 rejects.
+    """
     d = tmp_path_factory.mktemp("pki")
     (d / "ca.cnf").write_text(
         textwrap.dedent("""\
@@ -199,41 +206,36 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
         policy = policy_any
         copy_extensions = copy
         unique_subject = no
+        x509_extensions = server_ext
         [policy_any]
         commonName = supplied
+        [server_ext]
+        basicConstraints = critical, CA:FALSE
+        keyUsage = critical, digitalSignature
+        extendedKeyUsage = serverAuth
+        subjectKeyIdentifier = hash
+        authorityKeyIdentifier = keyid
         """)
     )
     (d / "index.txt").write_text("")
     (d / "serial").write_text("01\n")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "3650",
-        "-subj",
-        "/CN=test-ca",
-        cwd=d,
-    )
-    _openssl(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        "other.key",
-        "-out",
-        "other-ca.pem",
-        "-days",
-        "3650",
-        "-subj",
-        "/CN=other-ca",
-        cwd=d,
-    )
+    ca_ext = [
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "subjectKeyIdentifier=hash",
+    ]
+    key_usage = ["-addext", "keyUsage=critical,keyCertSign,cRLSign"]
+    for name, cn, ext in (
+        ("ca", "test-ca", [*ca_ext, *key_usage]),
+        ("other-ca", "other-ca", [*ca_ext, *key_usage]),
+        ("legacy-ca", "legacy-city-ca", ca_ext),
+    ):
+        _openssl(
+            "req", "-x509", *ec, "-keyout", f"{name}.key", "-out", f"{name}.pem",
+            "-days", "3650", "-subj", f"/CN={cn}", *ext, cwd=d,
+        )  # fmt: skip
     _openssl(
         "req",
         *ec,
@@ -247,31 +249,37 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "subjectAltName=IP:127.0.0.1",
         cwd=d,
     )
-    sign = [
-        "ca",
-        "-batch",
-        "-config",
-        "ca.cnf",
-        "-cert",
-        "ca.pem",
-        "-keyfile",
-        "ca.key",
-        "-in",
-        "server.csr",
-    ]
-    _openssl(*sign, "-out", "long.pem", "-days", "400", cwd=d)
-    _openssl(*sign, "-out", "short.pem", "-days", "10", cwd=d)
-    _openssl(
-        *sign,
-        "-out",
-        "expired.pem",
-        "-startdate",
-        "20200101000000Z",
-        "-enddate",
-        "20200201000000Z",
-        cwd=d,
-    )
+
+    def sign(ca: str, out: str, *validity: str) -> None:
+        _openssl(
+            "ca", "-batch", "-config", "ca.cnf", "-cert", f"{ca}.pem", "-keyfile", f"{ca}.key",
+            "-in", "server.csr", "-out", out, *validity, cwd=d,
+        )  # fmt: skip
+
+    sign("ca", "long.pem", "-days", "400")
+    sign("ca", "short.pem", "-days", "10")
+    sign("ca", "expired.pem", "-startdate", "20200101000000Z", "-enddate", "20200201000000Z")
+    sign("legacy-ca", "legacy.pem", "-days", "400")
     return d
+
+
+def tls_checks(pki: Path, tmp_path: Path, cert: str, ca: str) -> dict[str, doctor.Check]:
+    """doctor's broker checks against a TLS Mosquitto serving `cert`, trusting `ca`."""
+    b = Broker(
+        extra=f"user root\ncafile {pki / 'ca.pem'}\ncertfile {pki / cert}\n"
+        f"keyfile {pki / 'server.key'}\n"
+    ).start()
+    try:
+        cfg = load_config(
+            write_config(
+                tmp_path / "agent.toml",
+                broker_port=b.port,
+                uplink=f'tls = {{ ca_file = "{pki / ca}" }}',
+            )
+        )
+        return {c.name: c for c in doctor.check_broker(cfg, timeout=5)}
+    finally:
+        b.close()
 
 
 @pytest.mark.parametrize(
@@ -286,26 +294,55 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_broker_tls_verdicts(
     pki: Path, tmp_path: Path, cert: str, ca: str, verdict: str, text: str
 ) -> None:
-    b = Broker(
-        extra=f"user root\ncafile {pki / 'ca.pem'}\ncertfile {pki / cert}\n"
-        f"keyfile {pki / 'server.key'}\n"
-    ).start()
-    try:
-        cfg = load_config(
-            write_config(
-                tmp_path / "agent.toml",
-                broker_port=b.port,
-                uplink=f'tls = {{ ca_file = "{pki / ca}" }}',
-            )
-        )
-        checks = {c.name: c for c in doctor.check_broker(cfg, timeout=5)}
-        assert checks["tls"].verdict == verdict, checks
-        assert text in checks["tls"].detail
-        if verdict != "fail":
-            assert checks["broker"].verdict == "ok"
-            assert checks["broker"].detail.endswith("reachable, MQTT CONNECT accepted (TLS)")
-    finally:
-        b.close()
+    checks = tls_checks(pki, tmp_path, cert, ca)
+    assert checks["tls"].verdict == verdict, checks
+    assert text in checks["tls"].detail
+    if verdict != "fail":
+        assert checks["broker"].verdict == "ok"
+        assert checks["broker"].detail.endswith("reachable, MQTT CONNECT accepted (TLS)")
+
+
+@pytest.mark.parametrize("strict", [True, False], ids=["strict-like-3.13", "lenient-like-3.11"])
+def test_broker_tls_explains_a_ca_without_key_usage(
+    pki: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strict: bool
+) -> None:
+    """A city CA without key usage: FAIL in words where verification is strict, a warning where not."""
+    real = uplink.build_tls_context
+
+    def as_on(cfg: AgentConfig) -> ssl.SSLContext | None:
+        ctx = real(cfg)
+        assert ctx is not None
+        if strict:  # what Python 3.13's create_default_context sets
+            ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+        else:  # what Python 3.11's does
+            ctx.verify_flags &= ~ssl.VERIFY_X509_STRICT
+        return ctx
+
+    monkeypatch.setattr(uplink, "build_tls_context", as_on)
+    checks = tls_checks(pki, tmp_path, "legacy.pem", "legacy-ca.pem")
+    tls = checks["tls"]
+    assert "CA cert does not include key usage extension" in tls.detail, tls
+    assert "Raspberry Pi OS Trixie" in tls.detail
+    assert "keyUsage = critical, keyCertSign" in tls.hint
+    if strict:
+        assert tls.verdict == "fail"
+        assert "rejected by strict X.509 verification" in tls.detail
+        assert "passes the lenient check of Python 3.11 (Bookworm)" in tls.detail
+        assert checks["broker"].detail.endswith("reachable (TCP)")
+    else:
+        assert tls.verdict == "warn"
+        assert "the uplink will fail after an upgrade" in tls.detail
+        assert checks["broker"].verdict == "ok"
+        assert checks["broker"].detail.endswith("MQTT CONNECT accepted (TLS)")
+
+
+def test_strict_explanation_is_not_given_for_a_wrong_ca(pki: Path, tmp_path: Path) -> None:
+    """A stranger CA fails the lenient check too: the plain 'rejected' verdict, no Trixie story."""
+    checks = tls_checks(pki, tmp_path, "legacy.pem", "other-ca.pem")
+    assert checks["tls"].verdict == "fail"
+    assert "rejected: " in checks["tls"].detail
+    assert "strict" not in checks["tls"].detail
+    assert "ca_file" in checks["tls"].hint
 
 
 def test_plaintext_port_with_tls_configured_fails(

@@ -13,6 +13,7 @@ import sqlite3
 import ssl
 import stat
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ BROKER_TIMEOUT = 5.0
 CERT_WARN_DAYS = 30
 MIN_FREE = 64 * 1000 * 1000
 SYSTEMD_RUN = "/run/systemd/system"  # exists when booted with systemd
+PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +396,41 @@ def _cert_expiry(tls_sock: ssl.SSLSocket) -> float | None:
     return float(ssl.cert_time_to_seconds(str(cert["notAfter"])))
 
 
+# Python 3.13 (Raspberry Pi OS Trixie) verifies with VERIFY_X509_STRICT by default; 3.11 (Bookworm) does not.
+STRICT_HINT = (
+    "the chain is trusted but not well-formed (RFC 5280): ask the platform for a CA certificate with "
+    "keyUsage = critical, keyCertSign, cRLSign and basicConstraints = critical, CA:TRUE, and a server "
+    "certificate with an authority key identifier; the agent never relaxes verification"
+)
+
+
+def _verify_failure(cfg: AgentConfig, *, strict: bool, timeout: float) -> str | None:
+    """The verification error of a fresh handshake with strict X.509 checks on or off, None if it verifies."""
+    from agent.uplink import build_tls_context
+
+    up = cfg.uplink
+    ctx = build_tls_context(cfg)
+    assert ctx is not None
+    if strict:
+        ctx.verify_flags |= ssl.VERIFY_X509_STRICT
+    else:
+        ctx.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    with socket.create_connection((up.host, up.port), timeout=timeout) as raw:
+        try:
+            with ctx.wrap_socket(raw, server_hostname=up.host):
+                return None
+        except ssl.SSLCertVerificationError as e:
+            return e.verify_message or str(e)
+
+
+def _strictness_explained(cfg: AgentConfig, *, strict: bool, timeout: float) -> str | None:
+    """`_verify_failure`, or None when the probe itself fails for another reason (no claim then)."""
+    try:
+        return _verify_failure(cfg, strict=strict, timeout=timeout)
+    except (ssl.SSLError, OSError, ConfigError):
+        return None
+
+
 def check_broker(cfg: AgentConfig, timeout: float = BROKER_TIMEOUT) -> list[Check]:
     """TCP reachability, TLS handshake and certificate expiry, then an MQTT CONNECT."""
     from agent.uplink import build_tls_context, read_password
@@ -419,6 +456,7 @@ def check_broker(cfg: AgentConfig, timeout: float = BROKER_TIMEOUT) -> list[Chec
             try:
                 ctx = build_tls_context(cfg)
                 assert ctx is not None
+                strict = bool(ctx.verify_flags & ssl.VERIFY_X509_STRICT)
                 with ctx.wrap_socket(raw, server_hostname=up.host) as t:
                     t.settimeout(timeout)
                     exp = _cert_expiry(t)
@@ -434,15 +472,23 @@ def check_broker(cfg: AgentConfig, timeout: float = BROKER_TIMEOUT) -> list[Chec
                 ]
             except ssl.SSLCertVerificationError as e:
                 msg = e.verify_message or str(e)
-                return [
-                    Check("broker", "ok", f"{where} reachable (TCP)"),
-                    Check(
+                if strict and _strictness_explained(cfg, strict=False, timeout=timeout) is None:
+                    tls = Check(
+                        "tls",
+                        "fail",
+                        f"certificate of {where} rejected by strict X.509 verification: {msg}. "
+                        f"Python {PY} (Raspberry Pi OS Trixie) verifies strictly; the same chain "
+                        "passes the lenient check of Python 3.11 (Bookworm), so it worked before the upgrade",
+                        STRICT_HINT,
+                    )
+                else:
+                    tls = Check(
                         "tls",
                         "fail",
                         f"certificate of {where} rejected: {msg}",
                         "expired or wrong CA: check [uplink].tls.ca_file and the system clock",
-                    ),
-                ]
+                    )
+                return [Check("broker", "ok", f"{where} reachable (TCP)"), tls]
             except (ssl.SSLError, OSError) as e:
                 return [
                     Check("broker", "ok", f"{where} reachable (TCP)"),
@@ -453,7 +499,19 @@ def check_broker(cfg: AgentConfig, timeout: float = BROKER_TIMEOUT) -> list[Chec
                         "is this port a TLS listener? check [uplink].port",
                     ),
                 ]
-            if exp is None:
+            strict_msg = None if strict else _strictness_explained(cfg, strict=True, timeout=timeout)
+            if strict_msg is not None:
+                checks.append(
+                    Check(
+                        "tls",
+                        "warn",
+                        f"{version}; certificate accepted by Python {PY}, but strict X.509 verification "
+                        f"rejects it: {strict_msg}. Python 3.13 (Raspberry Pi OS Trixie) verifies strictly: "
+                        "the uplink will fail after an upgrade",
+                        STRICT_HINT,
+                    )
+                )
+            elif exp is None:
                 checks.append(Check("tls", "warn", f"{version}; certificate has no expiry date"))
             else:
                 days = (exp - time.time()) / 86400
