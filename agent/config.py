@@ -278,8 +278,9 @@ def _lenient_devices(data: dict[str, Any]) -> list[DeviceConfig | None]:
 
 
 def _check_devices(devices: list[DeviceConfig] | list[DeviceConfig | None], add: Any) -> None:
-    from drivers import KNOWN_DRIVERS, driver_class
+    from drivers.registry import registry
 
+    reg = registry()
     seen: dict[str, int] = {}
     for i, dev in enumerate(devices):
         if dev is None:
@@ -287,11 +288,18 @@ def _check_devices(devices: list[DeviceConfig] | list[DeviceConfig | None], add:
         if dev.id in seen:
             add(f"devices[{i}].id", f"duplicate device id {dev.id!r} (also devices[{seen[dev.id]}])")
         seen.setdefault(dev.id, i)
-        if dev.driver not in KNOWN_DRIVERS:
-            add(f"devices[{i}].driver", f"unknown driver {dev.driver!r} (known: {', '.join(sorted(KNOWN_DRIVERS))})")
+        if dev.driver not in reg.drivers:
+            why = reg.why_missing(dev.driver)
+            if why is None:
+                why = f"unknown driver {dev.driver!r} (known: {', '.join(sorted(reg.names()))})"
+                if reg.problems:  # perhaps one of these was meant to provide it
+                    why += "; " + "; ".join(reg.problems.values())
+            else:
+                why = f"driver {dev.driver!r} is not available: {why}"
+            add(f"devices[{i}].driver", why)
             continue
         try:
-            cls = driver_class(dev.driver)
+            cls = reg.family_of(dev.driver).driver_class(dev.driver)
         except ImportError as e:
             add(f"devices[{i}].driver", f"driver {dev.driver!r} cannot be loaded: {e}")
             continue

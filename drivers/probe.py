@@ -18,7 +18,7 @@ from drivers.base import StreamProtocol
 class Candidate:
     """How well one protocol explains the bytes."""
 
-    protocol: str  # nmea | pms5003 | sds011 | modbus | json_lines | kv_lines | csv_lines
+    protocol: str  # a family recogniser's (nmea, pms5003, sds011, modbus, ...) or json_lines | kv_lines | csv_lines
     driver: str
     title: str
     frames: int
@@ -54,17 +54,18 @@ def _csv_columns(data: bytes) -> list[str] | None:
 
 
 def _decoders() -> list[tuple[str, str, str, Callable[[], StreamProtocol]]]:
-    from drivers.modbus.protocol import RtuSniffer
-    from drivers.nmea.protocol import NmeaProtocol
-    from drivers.pms5003.protocol import Pms5003Protocol
-    from drivers.sds011.protocol import Sds011Protocol
+    """Every registered family's recogniser, in registration order (checksummed protocols)."""
+    from drivers.registry import registry
 
-    return [
-        ("nmea", "nmea", "NMEA 0183 (GNSS receiver)", NmeaProtocol),
-        ("pms5003", "pms5003", "Plantower PMS5003/7003 (32-byte frames)", Pms5003Protocol),
-        ("sds011", "sds011", "Nova SDS011 (10-byte frames)", Sds011Protocol),
-        ("modbus", "modbus", "Modbus RTU (requests/replies on the bus)", RtuSniffer),
-    ]
+    return [(r.protocol, r.driver, r.title, make)
+            for fam in registry().families.values() for r, make in fam.recognisers()]
+
+
+def _refiners() -> dict[str, Callable[[list[dict[str, Any]]], tuple[str, str] | None]]:
+    from drivers.family import resolve
+    from drivers.registry import registry
+
+    return {r.protocol: resolve(r.refine) for fam in registry().families.values() for r in fam.probe if r.refine}
 
 
 _LINE_FORMATS = [
@@ -84,19 +85,18 @@ def _run(name: str, driver: str, title: str, proto: StreamProtocol, data: bytes,
     requests = getattr(proto, "requests", 0)
     if requests:
         note = f"{requests} requests seen"
-    if name == "modbus" and got and all(g.get("function") == 4 and "ir3" in g for g in got):
-        # A master reading input register 3 (IR4, CO2) with function 4: the Senseair S8 poll.
-        driver, title = "senseair_s8", "Senseair S8 (Modbus RTU, CO2 in input register IR4)"
+    refine = _refiners().get(name)
+    if refine is not None and (better := refine(got)) is not None:  # e.g. a Senseair S8 poll on a Modbus bus
+        driver, title = better
     return Candidate(name, driver, title, proto.frames, dict(proto.errors), got[:samples], note)
 
 
 def analyse(data: bytes, samples: int = 3) -> list[Candidate]:
     """Every protocol's result on `data`, best first (recognised ones have frames > 0)."""
     binary = [_run(n, d, t, make(), data, samples) for n, d, t, make in _decoders()]
-    # Modbus requests alone (a master polling a silent slave) still identify the bus.
-    binary.sort(key=lambda c: (c.frames + (1 if c.protocol == "modbus" and c.note else 0), -c.error_count),
-                reverse=True)
-    if binary[0].frames or (binary[0].protocol == "modbus" and binary[0].note):
+    # Requests alone (a Modbus master polling a silent slave) still identify the bus.
+    binary.sort(key=lambda c: (c.frames + (1 if c.note else 0), -c.error_count), reverse=True)
+    if binary and (binary[0].frames or binary[0].note):
         return binary
     text = [_run(n, "lines", t, _lines(fmt), data, samples) for n, fmt, t in _LINE_FORMATS]
     if text[-1].frames == 0 and (cols := _csv_columns(data)):
@@ -113,6 +113,6 @@ def recognised(cands: list[Candidate]) -> Candidate | None:
     if not cands:
         return None
     best = cands[0]
-    if best.frames > 0 or (best.protocol == "modbus" and best.note):
+    if best.frames > 0 or best.note:  # requests alone: a polled bus
         return best
     return None

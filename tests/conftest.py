@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import drivers
+from drivers.family import DriverEntry, DriverFamily
+from drivers.registry import registry
 from tests.support.broker import Broker
 from tests.support.pty import PtyDevice
 
@@ -60,9 +61,7 @@ def pty_factory(tmp_path: Path) -> Iterator[type[PtyDevice]]:
 @pytest.fixture
 def counter_driver() -> Iterator[None]:
     """Registers the test-only `counter` driver (tests/support/crashy.py) for in-process agents."""
-    drivers._REGISTRY["counter"] = "tests.support.crashy:CounterDriver"
-    old = drivers.KNOWN_DRIVERS
-    drivers.KNOWN_DRIVERS = frozenset(drivers._REGISTRY)
+    registry().add(DriverFamily("counter", "test counter", (DriverEntry("counter", "tests.support.crashy:CounterDriver"),)),
+                   dist="tests")
     yield
-    del drivers._REGISTRY["counter"]
-    drivers.KNOWN_DRIVERS = old
+    registry().remove("counter")

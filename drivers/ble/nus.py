@@ -55,7 +55,7 @@ class BleNusDriver(Driver):
         assert self.device.address is not None
         address = self.device.address
         # The subscription keeps the NUS or-pattern in the passive monitor.
-        sub = scanner.subscribe(address, lambda _adv: None, family="nus")
+        sub = scanner.subscribe(address, lambda _adv: None, family="ble_nus")
         lost = asyncio.Event()
         remove = scanner.add_bluez_listener(lambda _present: lost.set())  # bluetoothd restarted
         try:

@@ -81,26 +81,24 @@ def _tb_frames(exc: BaseException) -> Iterable[tuple[Any, int]]:
 BLUEZ = "org.bluez"
 ADAPTER_IFACE = "org.bluez.Adapter1"
 NUS_SERVICE = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
-_NUS_LE = bytes.fromhex(NUS_SERVICE.replace("-", ""))[::-1]
 
-# BlueZ or-patterns (start, AD type, content) that select each family's adverts.
-FAMILY_PATTERNS: dict[str, tuple[tuple[int, int, bytes], ...]] = {
-    "ruuvi": ((0, 0xFF, b"\x99\x04"),),  # manufacturer 0x0499
-    "aranet4": ((0, 0xFF, b"\x02\x07"),),  # manufacturer 0x0702
-    "bthome": ((0, 0x16, b"\xd2\xfc"),),  # service data 0xFCD2
-    "xiaomi": (
-        (0, 0x16, b"\x1a\x18"),
-        (0, 0x16, b"\x95\xfe"),
-    ),  # 0x181A (pvvx/ATC), 0xFE95 (MiBeacon)
-    "nus": ((0, 0x07, _NUS_LE), (0, 0x06, _NUS_LE)),  # NUS in the 128-bit UUID list
-}
-DRIVER_FAMILY = {
-    "ruuvi": "ruuvi",
-    "bthome": "bthome",
-    "xiaomi": "xiaomi",
-    "aranet4": "aranet4",
-    "ble_nus": "nus",
-}
+
+
+def family_patterns(family: str) -> tuple[tuple[int, int, bytes], ...]:
+    """BlueZ or-patterns (start, AD type, content) that select a family's adverts (its descriptor's)."""
+    from drivers.registry import registry
+
+    return registry().ble_patterns(family)
+
+
+def ble_family(driver: str) -> str | None:
+    """The BLE family (scanner subscription key) of a driver name, or None for a non-BLE driver."""
+    from drivers.registry import registry
+
+    reg = registry()
+    r = reg.drivers.get(driver)
+    return r.family.name if r is not None and r.family.ble_patterns else None
+
 
 class ScannerConfig(Protocol):
     """What `BleScanner.from_config` reads of the agent's config (`[ble]` is read if present)."""
@@ -271,9 +269,7 @@ class BleScanner:
                 bluez_timeout=b.bluez_timeout,
             )
         )
-        fams = {
-            DRIVER_FAMILY[d.driver] for d in cfg.devices if d.enabled and d.driver in DRIVER_FAMILY
-        }
+        fams = {fam for d in cfg.devices if d.enabled and (fam := ble_family(d.driver)) is not None}
         return cls(settings, fams)
 
     # -- consumers ------------------------------------------------------------------------
@@ -485,7 +481,7 @@ class BleScanner:
         patterns = [
             OrPattern(s, AdvertisementDataType(t), c)
             for fam in sorted(self.families)
-            for s, t, c in FAMILY_PATTERNS.get(fam, ())
+            for s, t, c in family_patterns(fam)
         ]
         want_passive = (
             self.settings.scanning_mode in ("auto", "passive") and patterns and not self._listeners

@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
+from drivers.family import SimParams, Simulation
+
 Format = Literal["json", "csv", "kv"]
 CSV_HEADER = b"temp_c,rh,co2_ppm,light\r\n"
 
@@ -49,3 +51,18 @@ def line_bytes(s: Sample, fmt: Format = "json") -> bytes:
     else:
         text = f"temp_c={s.temperature} rh={s.humidity} co2_ppm={s.co2} light={s.light}"
     return text.encode() + b"\r\n"
+
+
+def chunks(fmt: str = "json") -> Iterator[bytes]:
+    """The board's output in `fmt` (CSV starts with its header)."""
+    if fmt == "csv":
+        yield CSV_HEADER
+    for s in samples():
+        yield line_bytes(s, fmt)  # type: ignore[arg-type]
+
+
+def simulation(p: SimParams) -> Simulation:
+    """The `sim` driver's source: the board's lines and the real decoder with the board's field map."""
+    from drivers.lines.protocol import LinesOptions, LinesProtocol
+
+    return chunks(p.format), LinesProtocol(LinesOptions.model_validate({"fields": FIELDS}))

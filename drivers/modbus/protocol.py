@@ -270,3 +270,10 @@ class RtuSniffer(StreamProtocol):
             v.update({f"word{i}": w for i, w in enumerate(words)})
         self._last_request = None
         return v
+
+
+def probe_refine(samples: Sequence[dict[str, float | int | str | bool]]) -> tuple[str, str] | None:
+    """`probe serial`: a master reading input register 3 (IR4, CO2) with function 4 is polling a Senseair S8."""
+    if samples and all(g.get("function") == 4 and "ir3" in g for g in samples):
+        return "senseair_s8", "Senseair S8 (Modbus RTU, CO2 in input register IR4)"
+    return None

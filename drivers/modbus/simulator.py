@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 
+from drivers.base import StreamProtocol
+from drivers.family import SimParams, Simulation
 from drivers.modbus.protocol import crc16, exception_reply, read_request, reply, with_crc
+from edge_common.model import Value
 
 S8_ANY_ADDRESS = 0xFE
 S8_CO2_IR = 3  # IR4, 0-based protocol address 3
@@ -83,3 +86,24 @@ def s8_bus_bytes(co2: int, slave: int = S8_ANY_ADDRESS) -> bytes:
     rep = S8Slave(co2=co2).respond(req)
     assert rep is not None
     return req + rep
+
+
+class S8Exchanges(StreamProtocol):
+    """Poll-reply adapter: each fed chunk is one (request + reply) exchange of the S8 simulator."""
+
+    def feed(self, data: bytes) -> list[dict[str, Value]]:
+        from drivers.modbus.protocol import S8_REGISTERS, ModbusReplyError, decode_block, parse_reply, plan_reads
+
+        request, answer = data[:8], data[8:]
+        try:
+            words = parse_reply(request, answer)
+        except ModbusReplyError as e:
+            self.errors[e.kind] += 1
+            return []
+        self.frames += 1
+        return [decode_block(plan_reads(S8_REGISTERS)[0], words)]
+
+
+def simulation(p: SimParams) -> Simulation:
+    """The `sim` driver's source: a polled Senseair S8, decoded with the generic Modbus decoder."""
+    return (s8_bus_bytes(c) for c in co2_values()), S8Exchanges()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from drivers.family import SimParams, Simulation
 from drivers.nmea.protocol import KNOT, sentence
 
 # Waypoints (lat, lon): Knutpunkten -> Stortorget -> Kärnan -> Sofiero road -> back.
@@ -110,3 +111,10 @@ def expected_values(fix: Fix) -> dict[str, float | int | str]:
         "fix": "gps",
         "gnss_time": dt.strftime("%Y-%m-%dT%H:%M:%S") + ".000Z",
     }
+
+
+def simulation(p: SimParams) -> Simulation:
+    """The `sim` driver's source: a receiver's epochs and the real decoder."""
+    from drivers.nmea.protocol import NmeaProtocol
+
+    return (epoch_bytes(f) for f in fixes(start=p.start)), NmeaProtocol()

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from drivers.family import SimParams, Simulation
 from drivers.pms5003.protocol import frame
 
 
@@ -38,3 +39,10 @@ def frame_bytes(s: Sample) -> bytes:
     cf = [s.pm1_0 + s.pm1_0 // 10, s.pm2_5 + s.pm2_5 // 10, s.pm10 + s.pm10 // 10]
     counts = [s.pm1_0 * 120 + 300, s.pm1_0 * 36 + 90, s.pm2_5 * 6, s.pm2_5, s.pm10 // 4, s.pm10 // 9]
     return frame([*cf, s.pm1_0, s.pm2_5, s.pm10, *counts, 0x9700])
+
+
+def simulation(p: SimParams) -> Simulation:
+    """The `sim` driver's source: frames and the real decoder."""
+    from drivers.pms5003.protocol import Pms5003Protocol
+
+    return (frame_bytes(s) for s in samples()), Pms5003Protocol()

@@ -6,6 +6,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from drivers.family import SimParams, Simulation
 from drivers.sds011.protocol import data_frame
 
 
@@ -31,3 +32,10 @@ def samples(seed: int = 0) -> Iterator[Sample]:
 
 def frame_bytes(s: Sample, device_id: int = 0xA160) -> bytes:
     return data_frame(s.pm2_5_tenths, s.pm10_tenths, device_id)
+
+
+def simulation(p: SimParams) -> Simulation:
+    """The `sim` driver's source: frames and the real decoder."""
+    from drivers.sds011.protocol import Sds011Protocol
+
+    return (frame_bytes(s) for s in samples()), Sds011Protocol()

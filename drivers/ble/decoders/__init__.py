@@ -19,7 +19,7 @@ Contract of every family module:
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING
@@ -104,14 +104,31 @@ def mac_str(raw: bytes) -> str:
     return ":".join(f"{b:02X}" for b in raw)
 
 
-from drivers.ble.decoders import aranet4, bthome, ruuvi, xiaomi  # noqa: E402
+class _AdvertFamilies(Mapping[str, ModuleType]):
+    """Family name -> decoder module of every registered BLE advert family (imported on first use)."""
 
-FAMILIES: dict[str, ModuleType] = {
-    "ruuvi": ruuvi,
-    "bthome": bthome,
-    "xiaomi": xiaomi,
-    "aranet4": aranet4,
-}
+    _cache: tuple[int, int, dict[str, ModuleType]] = (-1, -1, {})
+
+    def _modules(self) -> dict[str, ModuleType]:
+        from drivers.registry import registry
+
+        reg = registry()
+        if self._cache[:2] != (id(reg), reg.version):  # identify() runs per advert: resolve once
+            mods = {f.name: reg.advert_decoder(f.name) for f in reg.advert_families()}
+            self._cache = (id(reg), reg.version, mods)
+        return self._cache[2]
+
+    def __getitem__(self, name: str) -> ModuleType:
+        return self._modules()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._modules())
+
+    def __len__(self) -> int:
+        return len(self._modules())
+
+
+FAMILIES: Mapping[str, ModuleType] = _AdvertFamilies()
 
 
 def identify(adv: Advert) -> str | None:

@@ -1,0 +1,113 @@
+"""`DriverFamily`: the one descriptor a family package declares (entry-point group `edge_agent.drivers`).
+
+A descriptor is plain data; every code reference in it is a ``"module:attr"`` string imported on
+first use, so reading the registry never imports a driver, bleak or a decoder.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from edge_common.model import Value
+
+if TYPE_CHECKING:
+    from drivers.base import Driver, StreamProtocol
+
+Ref = str  # "package.module:attr" (or "package.module" for a module)
+# BlueZ advertisement-monitor or-pattern: (start, AD type, content).
+BlePattern = tuple[int, int, bytes]
+
+
+def resolve(ref: Ref) -> Any:
+    """The object a `Ref` names (imports its module); ImportError naming the ref when it is absent."""
+    module, _, attr = ref.partition(":")
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split(".") if attr else ():
+            obj = getattr(obj, part)
+    except Exception as e:  # a plugin's module may raise anything on import
+        raise ImportError(f"{ref}: {type(e).__name__}: {e}") from e
+    return obj
+
+
+class Decoder(Protocol):
+    """What the `sim` driver reads a simulation with: a `StreamProtocol` or anything shaped like one."""
+
+    errors: Counter[str]
+    frames: int
+
+    def feed(self, data: Any) -> list[dict[str, Value]]: ...
+
+    def flush(self) -> list[dict[str, Value]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SimParams:
+    """What a simulator may be told by the `sim` device's keys."""
+
+    format: str = "json"  # line formats (lines, ble_nus)
+    address: str = "C7:F5:2A:A1:B2:C3"  # BLE families: the simulated tag
+    start: float | None = None  # first sample's time (None: now)
+
+
+# A simulator factory: (endless wire chunks or adverts, a fresh decoder for them).
+Simulation = tuple[Iterator[Any], Decoder]
+SimulatorFactory = Callable[[SimParams], Simulation]
+
+
+@dataclass(frozen=True, slots=True)
+class DriverEntry:
+    """One driver name of a family."""
+
+    name: str
+    cls: Ref  # the `Driver` subclass
+    quantities: tuple[str, ...] = ()  # what it emits (canonical names); empty: as configured/advertised
+    simulator: Ref | None = None  # a SimulatorFactory: makes `sim` (family = name) and the conformance tests work
+
+
+@dataclass(frozen=True, slots=True)
+class Recogniser:
+    """How `probe serial` recognises the family's protocol in captured bytes."""
+
+    protocol: str  # e.g. "nmea" (shown by probe)
+    driver: str  # the driver it suggests
+    title: str
+    factory: Ref  # () -> StreamProtocol, fed the captured bytes
+    # (driver, title) a family may refine the suggestion to, from the decoded samples (e.g. senseair_s8).
+    refine: Ref | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DriverFamily:
+    """Everything the product needs to know about one device family, without importing it."""
+
+    name: str
+    title: str
+    drivers: tuple[DriverEntry, ...]
+    probe: tuple[Recogniser, ...] = ()
+    ble_patterns: tuple[BlePattern, ...] = ()  # adverts the passive BLE scanner must let through
+    advert_decoder: Ref | None = None  # BLE advert families: module with matches/decode/encode
+
+    def entry(self, driver: str) -> DriverEntry:
+        for e in self.drivers:
+            if e.name == driver:
+                return e
+        raise KeyError(driver)
+
+    def driver_class(self, driver: str) -> type[Driver]:
+        cls: type[Driver] = resolve(self.entry(driver).cls)
+        return cls
+
+    def simulation(self, driver: str, params: SimParams) -> Simulation:
+        ref = self.entry(driver).simulator
+        if ref is None:
+            raise ValueError(f"driver {driver!r} has no simulator")
+        factory: SimulatorFactory = resolve(ref)
+        return factory(params)
+
+    def recognisers(self) -> list[tuple[Recogniser, Callable[[], StreamProtocol]]]:
+        return [(r, resolve(r.factory)) for r in self.probe]
