@@ -11,10 +11,30 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from agent.config import AgentConfig
+
+class _TlsFiles(Protocol):
+    @property
+    def ca_file(self) -> Path | None: ...
+    @property
+    def cert_file(self) -> Path | None: ...
+    @property
+    def key_file(self) -> Path | None: ...
+
+
+class _UplinkFiles(Protocol):
+    @property
+    def password_file(self) -> Path | None: ...
+    @property
+    def tls(self) -> _TlsFiles | None: ...
+
+
+class HasUplink(Protocol):
+    """What the checks read of the config (`AgentConfig`; a protocol so that auth needs no config import)."""
+
+    @property
+    def uplink(self) -> _UplinkFiles: ...
 
 
 def _readable(path: Path, access: bool = True) -> str | None:
@@ -44,7 +64,7 @@ def check_password_file(path: Path, access: bool = True) -> str | None:
     return None
 
 
-def check_uplink_files(cfg: AgentConfig, access: bool = False) -> list[tuple[str, str]]:
+def check_uplink_files(cfg: HasUplink, access: bool = False) -> list[tuple[str, str]]:
     """(key, problem) for every missing or exposed credential/TLS file; `access`: also readable by us.
 
     Config validation checks existence and modes only (a technician's `status` need not read
