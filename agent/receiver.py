@@ -228,29 +228,10 @@ class Receiver:
                                     (epoch,)).fetchone()
         gaps = db.execute("SELECT from_seq, to_seq, count FROM gaps WHERE epoch = ? ORDER BY from_seq",
                           (epoch,)).fetchall()
-        lows = [x for x in [first, *(g[0] for g in gaps)] if x is not None]
-        highs = [x for x in [last, *(g[1] for g in gaps)] if x is not None]
-        low = 1 if self.since_epoch_start else min(lows)
-        high = max(highs)
-        holes: list[tuple[int, int]] = []
-        if first is None:
-            holes.append((low, high))
-        else:
-            if first > low:
-                holes.append((low, first - 1))
-            holes += db.execute(
-                "SELECT prev + 1, seq - 1 FROM (SELECT seq, lag(seq) OVER (ORDER BY seq) AS prev "
-                "FROM readings WHERE epoch = ?) WHERE seq > prev + 1", (epoch,)).fetchall()
-            if last < high:
-                holes.append((last + 1, high))
-        missing = sum(b - a + 1 for a, b in holes)
-        covered = _covered(holes, [(g[0], g[1]) for g in gaps])
-        gap_readings = sum(g[2] for g in gaps)
-        return {
-            "epoch": epoch, "received": n, "first_seq": low, "last_seq": high,
-            "gaps": len(gaps), "gap_readings": gap_readings, "missing": missing,
-            "unexplained": missing - covered, "gap_balance": gap_readings - covered,
-        }
+        inner = db.execute(
+            "SELECT prev + 1, seq - 1 FROM (SELECT seq, lag(seq) OVER (ORDER BY seq) AS prev "
+            "FROM readings WHERE epoch = ?) WHERE seq > prev + 1", (epoch,)).fetchall()
+        return {"epoch": epoch, **account(first, last, n, gaps, inner, since_epoch_start=self.since_epoch_start)}
 
     def report(self) -> dict[str, Any]:
         """Counters plus per-epoch accounting; `ok` when nothing is invalid, unexplained or off."""
@@ -274,6 +255,32 @@ class Receiver:
         rep["ok"] = not (c.conflicts or c.invalid or c.out_of_order or c.gap_conflicts
                          or rep["unexplained"] or rep["gap_balance"])
         return rep
+
+
+def account(first: int | None, last: int | None, n: int, gaps: list[tuple[int, int, int]],
+            inner_holes: list[tuple[int, int]], *, since_epoch_start: bool) -> dict[str, Any]:
+    """One epoch's seq accounting from its readings (lowest, highest, count, holes between) and gaps."""
+    lows = [x for x in [first, *(g[0] for g in gaps)] if x is not None]
+    highs = [x for x in [last, *(g[1] for g in gaps)] if x is not None]
+    low = 1 if since_epoch_start else min(lows)
+    high = max(highs)
+    holes: list[tuple[int, int]] = []
+    if first is None or last is None:
+        holes.append((low, high))
+    else:
+        if first > low:
+            holes.append((low, first - 1))
+        holes += inner_holes
+        if last < high:
+            holes.append((last + 1, high))
+    missing = sum(b - a + 1 for a, b in holes)
+    covered = _covered(holes, [(g[0], g[1]) for g in gaps])
+    gap_readings = sum(g[2] for g in gaps)
+    return {
+        "received": n, "first_seq": low, "last_seq": high,
+        "gaps": len(gaps), "gap_readings": gap_readings, "missing": missing,
+        "unexplained": missing - covered, "gap_balance": gap_readings - covered,
+    }
 
 
 def _covered(holes: list[tuple[int, int]], gaps: list[tuple[int, int]]) -> int:

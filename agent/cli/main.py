@@ -19,6 +19,7 @@ VERB_MODULES = [
     "agent.cli.probe",
     "agent.cli.doctor",
     "agent.cli.receive",
+    "agent.cli.ingest",
 ]
 
 
