@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliExit, add_json_arg, print_json
+from agent.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliExit, add_json_arg, print_json, table
 
 DB_ENV = "EDGE_INGEST_DB"
 
@@ -192,7 +192,6 @@ def _serve(settings: Any, level: str) -> int:
 
 def report(args: argparse.Namespace) -> int:
     _driver()
-    from agent.ingest.store import format_report
     from agent.ingest.store import report as compute
 
     conn = _connect(_db(args))
@@ -208,3 +207,21 @@ def report(args: argparse.Namespace) -> int:
     else:
         print(format_report(rep))
     return EXIT_OK if rep["ok"] else EXIT_FAILURE
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    """A table per gateway and epoch, then the totals and a verdict."""
+    rows = [[e["gateway"], e["epoch"], str(e["received"]), str(e["duplicates"]), str(e["missing"]),
+             str(e["gap_readings"]), str(e["unexplained"]), str(e["gap_balance"]),
+             str(e["conflicts"] + e["gap_conflicts"])] for e in rep["epochs"]]
+    lines = [table(rows, ["GATEWAY", "EPOCH", "RECEIVED", "DUPLICATES", "MISSING", "IN GAPS",
+                          "UNEXPLAINED", "GAP BALANCE", "CONFLICTS"])] if rows else ["no readings yet"]
+    lines.append(
+        f"{rep['gateways']} gateway(s): received {rep['received']}, duplicates dropped {rep['duplicates']}, "
+        f"conflicts {rep['conflicts'] + rep['gap_conflicts']}, invalid {rep['invalid']}; gaps {rep['gaps']} "
+        f"({rep['gap_readings']} readings lost, balance {rep['gap_balance']}); missing {rep['missing']}, "
+        f"unexplained {rep['unexplained']}")
+    if rep["quarantines_unknown"]:
+        lines.append(f"{rep['quarantines_unknown']} quarantined buffer(s) with an unknown loss")
+    lines.append("OK" if rep["ok"] else "NOT OK")
+    return "\n".join(lines)

@@ -330,26 +330,6 @@ def report(conn: Any, gateway: str | None = None, *, since_epoch_start: bool = F
     return rep
 
 
-def format_report(rep: dict[str, Any]) -> str:
-    """A table per gateway and epoch, then the totals and a verdict."""
-    from agent.cli.common import table
-
-    rows = [[e["gateway"], e["epoch"], str(e["received"]), str(e["duplicates"]), str(e["missing"]),
-             str(e["gap_readings"]), str(e["unexplained"]), str(e["gap_balance"]),
-             str(e["conflicts"] + e["gap_conflicts"])] for e in rep["epochs"]]
-    lines = [table(rows, ["GATEWAY", "EPOCH", "RECEIVED", "DUPLICATES", "MISSING", "IN GAPS",
-                          "UNEXPLAINED", "GAP BALANCE", "CONFLICTS"])] if rows else ["no readings yet"]
-    lines.append(
-        f"{rep['gateways']} gateway(s): received {rep['received']}, duplicates dropped {rep['duplicates']}, "
-        f"conflicts {rep['conflicts'] + rep['gap_conflicts']}, invalid {rep['invalid']}; gaps {rep['gaps']} "
-        f"({rep['gap_readings']} readings lost, balance {rep['gap_balance']}); missing {rep['missing']}, "
-        f"unexplained {rep['unexplained']}")
-    if rep["quarantines_unknown"]:
-        lines.append(f"{rep['quarantines_unknown']} quarantined buffer(s) with an unknown loss")
-    lines.append("OK" if rep["ok"] else "NOT OK")
-    return "\n".join(lines)
-
-
 def _iso(ts: Any) -> str:
     from datetime import UTC
 
