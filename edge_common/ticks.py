@@ -1,10 +1,10 @@
-"""Shared timer grid: periodic housekeeping wakes on common instants of the loop clock.
+"""Shared timer grid: periodic work wakes on common instants of the loop clock.
 
 On a small board (and much more so in a VM) a timer wake-up costs far more than the work it
 does: every wake-up is a context switch, a timer interrupt, an epoll round trip. Tasks that
 only need "about every N seconds" sleep until the next multiple of N on the loop's clock, so
 the 1 s, 5 s, 10 s and 60 s housekeeping timers of different tasks fire in the same loop
-iteration instead of each paying its own wake-up.
+iteration instead of each paying its own wake-up. Simulated devices sample on the same grid.
 """
 
 from __future__ import annotations
@@ -34,9 +34,13 @@ def raise_if_cancelling() -> None:
 
 async def sleep_to_tick(period: float) -> None:
     """Sleep until the next multiple of `period` on the loop clock (at most `period`)."""
+    await sleep_until(next_tick(period))
+
+
+async def sleep_until(when: float) -> None:
+    """Sleep until `when` on the loop clock (at once if past): equal deadlines share one wake-up."""
     raise_if_cancelling()
     loop = asyncio.get_running_loop()
-    when = next_tick(period, loop.time())
     fut = loop.create_future()
     handle = loop.call_at(when, _wake, fut)
     try:
