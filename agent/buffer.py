@@ -16,6 +16,10 @@ Guarantees
   of gap counts is exactly the set of seqs the platform will never see (docs/PROTOCOL.md).
 - With synchronous=FULL in WAL mode a committed batch survives power loss; the window is
   what is still in memory: at most `buffer.commit_interval` (default 0.5 s) of readings.
+- With synchronous=NORMAL a commit is durable only after the next WAL sync, which SQLite does
+  before a checkpoint. Nothing read from here may be published before that (`sync`,
+  `read_mark`): a power cut may then lose readings and reuse their seqs, but only seqs that
+  never left the gateway, so a seq the platform has always keeps its content.
 """
 
 from __future__ import annotations
@@ -154,6 +158,12 @@ class Outbox:
         self.full_retry = FULL_RETRY
         self._unlogged: dict[str, int] = {}
         self._last_drop_log = -1e18
+        # Durability under synchronous=NORMAL, in the connection's total_changes: every change
+        # up to `durable_changes` is on disk; what was handed out for publishing was read with
+        # `read_mark` changes made (the uplink publishes it once durable_changes >= read_mark).
+        self.durable_changes = 0
+        self.read_mark = 0
+        self.syncs = 0
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self) -> Outbox:
@@ -333,7 +343,8 @@ class Outbox:
         except BaseException:
             self._rollback_state()
             raise
-        if send is not None:  # durable now: the uplink may publish them
+        if send is not None:  # committed now: the uplink may publish them (once durable)
+            self.read_mark = self.db.total_changes
             if send:
                 self.fetched_upto = max(self.fetched_upto, send[-1][0])
                 self.protect_upto = max(self.protect_upto, send[-1][0])
@@ -565,6 +576,7 @@ class Outbox:
             "SELECT id, payload FROM events ORDER BY id LIMIT ?", (limit + len(self._events_inflight),)
         ).fetchall()
         out = [(i, p) for i, p in rows if i not in self._events_inflight][:limit]
+        self.read_mark = self.db.total_changes
         self._events_inflight.update(i for i, _ in out)
         self._events_sent.update(i for i, _ in out)
         return out
@@ -588,6 +600,7 @@ class Outbox:
         ).fetchall()
         if rows:
             self.fetched_upto = max(self.fetched_upto, rows[-1][0])
+        self.read_mark = self.db.total_changes
         return rows
 
     def fetch_for_send(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
@@ -596,7 +609,30 @@ class Outbox:
         if rows and rows[-1][0] > self.protect_upto:
             self.protect_upto = rows[-1][0]
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('sent_upto', ?)", (str(self.protect_upto),))
+            self.read_mark = self.db.total_changes
         return rows
+
+    # -- durability ---------------------------------------------------------------------
+    @property
+    def durable(self) -> bool:
+        """Everything handed out for publishing so far is on disk."""
+        return self.durable_changes >= self.read_mark
+
+    def sync(self) -> bool:
+        """Make every commit so far durable; True when done (False: retry later).
+
+        FULL: each commit already was. NORMAL: a PASSIVE checkpoint (SQLite syncs the WAL
+        before it copies frames, and the database file after); it is complete only if no
+        reader held back a frame.
+        """
+        mark = self.db.total_changes
+        if self.synchronous == "NORMAL":
+            busy, frames, done = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if busy or done < frames:
+                return False
+            self.syncs += 1
+        self.durable_changes = mark
+        return True
 
     def first_seq(self) -> int | None:
         return self.db.execute("SELECT min(seq) FROM outbox").fetchone()[0]  # type: ignore[no-any-return]

@@ -60,6 +60,8 @@ class BufferConfig(_Section):
     # Readings wait in memory at most this long before one batched commit (power-loss window).
     commit_interval: Duration = Field(default=0.5, le=60)
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    # NORMAL only: the WAL is synced at most this often; nothing is published before its sync.
+    sync_interval: Duration = Field(default=2.0, gt=0, le=60)
     queue_size: int = Field(default=100_000, ge=100)
     # Keep this much free on the filesystem (the OS and logs need it too); the buffer
     # drops or rejects per on_full instead of filling the card.

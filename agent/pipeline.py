@@ -24,15 +24,20 @@ AcceptListener = Callable[[int, Reading], None]
 # this long and normally ride along with the next commit of readings (one transaction, one
 # fsync, instead of one extra commit per PUBACK at light load).
 ACK_LINGER = 5.0
+SYNC_RETRY = 0.1  # an incomplete WAL sync (a reader held frames back) is retried this soon
 
 
 class Pipeline:
     """Owns the outbox thread: drivers `submit`, the writer commits, the uplink reads and acks."""
 
     def __init__(self, outbox: Outbox, *, commit_interval: float = 0.5, queue_size: int = 100_000,
-                 batch_max: int = 5000) -> None:
+                 batch_max: int = 5000, sync_interval: float = 2.0) -> None:
         self.outbox = outbox
         self.commit_interval = commit_interval
+        self.sync_interval = sync_interval  # synchronous=NORMAL: WAL syncs at most this often
+        self._sync_lock = asyncio.Lock()
+        self._last_sync = -1e18
+        self.hurry = asyncio.Event()  # set at stop: sync at once (the stop waits for the PUBACKs)
         self.queue_size = queue_size
         self.batch_max = batch_max
         self._queue: collections.deque[Reading] = collections.deque()
@@ -72,7 +77,35 @@ class Pipeline:
     async def open(cls, outbox: Outbox, **kw: Any) -> Pipeline:
         self = cls(outbox, **kw)
         await self.call(outbox.open)
+        await self.call(outbox.sync)  # NORMAL: the epoch is on disk before a birth message names it
         return self
+
+    async def durable(self, *, urgent: bool = False) -> None:
+        """Wait until everything handed out for publishing so far is on disk.
+
+        FULL: at once. NORMAL: until the next WAL sync, which runs at most every
+        `sync_interval` (the NORMAL trade-off: fewer fsyncs, later delivery), or at once when
+        `urgent` (a backlog drains: one sync per fetched chunk, as FULL does per commit).
+        """
+        ob = self.outbox
+        target = ob.read_mark
+        while ob.durable_changes < target:
+            async with self._sync_lock:
+                if ob.durable_changes >= target:
+                    return
+                if not urgent:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._last_sync + self.sync_interval - time.monotonic()):
+                            await self.hurry.wait()
+                try:
+                    done = await self.call(ob.sync)
+                    pause = SYNC_RETRY
+                except Exception as e:  # disk full, I/O error: nothing unsynced goes out
+                    log.warning("buffer: WAL sync failed (%s); publishing waits for it", e)
+                    done, pause = False, 1.0
+                self._last_sync = time.monotonic()
+                if not done:
+                    await asyncio.sleep(pause)
 
     # -- producers ------------------------------------------------------------------------
     def submit(self, reading: Reading) -> None:

@@ -128,7 +128,7 @@ def plan(old: AgentConfig, new: AgentConfig, running: set[str]) -> ReloadPlan:
     restart = tuple(i for i in wanted if i in running and before.get(i) != wanted[i])
     buf = tuple(
         k
-        for k in (*LIVE_BUFFER, "commit_interval")
+        for k in (*LIVE_BUFFER, "commit_interval", "sync_interval")
         if getattr(eff.buffer, k) != getattr(old.buffer, k)
     )
     uplink = eff.uplink != old.uplink or eff.health_every != old.health_every
@@ -211,6 +211,7 @@ async def _reload(agent: Agent, path: Path) -> bool:
 
         await agent.pipeline.call(apply_limits)
         agent.pipeline.commit_interval = b.commit_interval
+        agent.pipeline.sync_interval = b.sync_interval
     if p.log_level:
         logging.getLogger().setLevel(p.config.log_level.upper())
     if candidate is not None:

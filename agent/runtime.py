@@ -100,7 +100,8 @@ class Agent:
         outbox = Outbox(b.path, max_bytes=b.max_bytes, max_age=b.max_age, on_full=b.on_full,
                         synchronous=b.synchronous, gateway=self.cfg.gateway.id,
                         min_free_disk=b.min_free_disk, page_size=b.page_size)
-        self.pipeline = await Pipeline.open(outbox, commit_interval=b.commit_interval, queue_size=b.queue_size)
+        self.pipeline = await Pipeline.open(outbox, commit_interval=b.commit_interval, queue_size=b.queue_size,
+                                            sync_interval=b.sync_interval)
         if outbox.quarantined:
             self.pipeline.new_events.set()
         log.info("buffer %s: epoch %s, %d readings waiting, next seq %d",
@@ -195,6 +196,7 @@ class Agent:
                 except Exception:
                     log.exception("closing service %s failed", name)
         if self.pipeline is not None:
+            self.pipeline.hurry.set()
             try:
                 async with asyncio.timeout(STOP_TIMEOUT / 2):
                     await self.pipeline.flush()

@@ -318,6 +318,8 @@ class Uplink:
                 if rows is None:
                     rows = await pipe.call(pipe.outbox.fetch_for_send, cursor, limit)
                 caught_up = len(rows) < limit
+                if rows:
+                    await pipe.durable(urgent=not caught_up)  # synchronous=NORMAL: on disk first
                 for chunk in self._batches(rows):
                     await window.acquire()
                     if failure.done():
@@ -366,6 +368,7 @@ class Uplink:
             if not rows:
                 await pipe.new_events.wait()
                 continue
+            await pipe.durable()
             for eid, payload in rows:
                 await client.publish(topic, payload.encode(), qos=1, timeout=60)
                 raise_if_cancelling()
