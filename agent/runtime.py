@@ -131,7 +131,7 @@ class Agent:
             self.stop_event.set()
 
     def add_device(self, dev: DeviceConfig) -> DeviceRunner:
-        if "ble" not in self.services and driver_class(dev.driver).transport == "ble":
+        if "ble" not in self.services and driver_class(dev.driver).device_transport(dev) == "ble":
             from drivers.ble.scanner import BleScanner  # only when a BLE device is configured
 
             self.services["ble"] = BleScanner.from_config(self.cfg)

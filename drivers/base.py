@@ -116,15 +116,16 @@ class Driver(ABC):
     def check_config(cls, device: DeviceConfig) -> list[tuple[str, str]]:
         """Problems as (key relative to the device, message); empty when valid."""
         problems: list[tuple[str, str]] = []
-        if cls.transport == "serial" and not device.port:
+        transport = cls.device_transport(device)
+        if transport == "serial" and not device.port:
             problems.append(("port", f"required by driver {device.driver!r}"))
-        if cls.transport == "ble" and not device.address and cls.requires_address():
+        if transport == "ble" and not device.address and cls.requires_address():
             problems.append(("address", f"required by driver {device.driver!r}"))
         # A key of the other transport is a mistake (a copied block, the wrong driver): say so.
         given = device.model_fields_set
-        if cls.transport == "serial" and "address" in given:
+        if transport == "serial" and "address" in given:
             problems.append(("address", f"not used by serial driver {device.driver!r} (it reads `port`)"))
-        if cls.transport == "ble":
+        if transport == "ble":
             for key in ("port", "baud", "parity", "stopbits", "bytesize"):
                 if key in given:
                     problems.append((key, f"not used by BLE driver {device.driver!r} (it listens for `address`)"))
@@ -139,6 +140,11 @@ class Driver(ABC):
     @classmethod
     def requires_address(cls) -> bool:
         return True
+
+    @classmethod
+    def device_transport(cls, device: DeviceConfig) -> Literal["serial", "ble", "none"]:
+        """The transport this device uses (drivers speaking both choose by the device's `transport` key)."""
+        return cls.transport
 
     @property
     def expected_interval(self) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import abstractmethod
+from collections import Counter
 from typing import ClassVar, Literal
 
 from drivers.base import Driver, StreamProtocol
@@ -40,6 +41,20 @@ class StreamDriver(Driver):
     async def on_open(self, port: SerialPort) -> None:
         """Hook: send an init command after opening (e.g. set reporting mode)."""
 
+    async def serve(self, port: SerialPort, proto: StreamProtocol, seen: Counter[str]) -> None:
+        """Decode what the device sends until the port goes away (TransportClosed)."""
+        while True:
+            if self.idle_flush is None:
+                chunk = await port.read()
+            else:
+                try:
+                    async with asyncio.timeout(self.idle_flush):
+                        chunk = await port.read()
+                except TimeoutError:
+                    self.ctx.deliver(proto.flush(), proto.errors, seen)
+                    continue
+            self.ctx.deliver(proto.feed(chunk), proto.errors, seen)
+
     async def run(self) -> None:
         backoff = Backoff(0.1, self.reopen_backoff_max)
         settings = self.settings()
@@ -57,17 +72,7 @@ class StreamDriver(Driver):
             seen_errors = proto.errors.copy()
             try:
                 await self.on_open(port)
-                while True:
-                    if self.idle_flush is None:
-                        chunk = await port.read()
-                    else:
-                        try:
-                            async with asyncio.timeout(self.idle_flush):
-                                chunk = await port.read()
-                        except TimeoutError:
-                            self.ctx.deliver(proto.flush(), proto.errors, seen_errors)
-                            continue
-                    self.ctx.deliver(proto.feed(chunk), proto.errors, seen_errors)
+                await self.serve(port, proto, seen_errors)
             except TransportClosed as e:
                 log.warning("%s: port lost: %s; reopening", self.device.id, e)
                 self.ctx.set_link("disconnected", str(e))

@@ -99,6 +99,10 @@ DESIGN_QUANTITIES = {
     "xiaomi": {"temperature", "humidity", "battery"},
     "aranet4": {"co2", "temperature", "humidity", "pressure"},
     "ble_nus": {"temperature", "humidity", "co2"},  # "via lines format"
+    # issue 13 (docs/VEHICLE.md); speed and distance because the simulated ride has a wheel geometry
+    "vesc": {"temperature_fet", "temperature_motor", "motor_current", "input_current", "duty", "erpm",
+             "input_voltage", "amp_hours", "amp_hours_charged", "watt_hours", "watt_hours_charged", "tachometer",
+             "tachometer_abs", "fault", "speed", "distance"},
 }
 
 

@@ -17,6 +17,7 @@ from drivers.modbus.simulator import RegisterSlave, co2_values, s8_bus_bytes
 from drivers.nmea.simulator import epoch_bytes, fixes
 from drivers.pms5003 import simulator as psim
 from drivers.sds011 import simulator as ssim
+from drivers.vesc import simulator as vsim
 from tests.support.pty import PtyDevice
 
 
@@ -42,6 +43,7 @@ SOURCES = {
     "sds011": lambda: (ssim.frame_bytes(s) for s in ssim.samples()),
     "modbus": lambda: (s8_bus_bytes(c) for c in co2_values()),
     "modbus_holding": lambda: (_holding_poll(i) for i in itertools.count()),
+    "vesc": lambda: vsim.exchange_bytes(),
     "json_lines": lambda: (lsim.line_bytes(s, "json") for s in lsim.samples()),
     "kv_lines": lambda: (lsim.line_bytes(s, "kv") for s in lsim.samples()),
     "csv_lines": lambda: itertools.chain([lsim.CSV_HEADER], (lsim.line_bytes(s, "csv") for s in lsim.samples())),

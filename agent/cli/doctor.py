@@ -300,7 +300,7 @@ def _ble_devices(cfg: AgentConfig) -> list[str]:
         if not d.enabled:
             continue
         try:
-            transport = driver_class(d.driver).transport
+            transport = driver_class(d.driver).device_transport(d)
         except (ImportError, KeyError):
             transport = "ble" if d.address and not d.port else "none"
         if transport == "ble":  # a `sim` device with an address simulates BLE without a radio

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from drivers.ble.decoders import Advert
 
 NUS_SERVICE = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
+JBD_SERVICE = "0000ff00-0000-1000-8000-00805f9b34fb"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -110,8 +111,7 @@ class Collector:
         s.service_data.update(adv.service_data)
         fam = identify(adv)
         if fam is None:
-            if NUS_SERVICE in (u.lower() for u in adv.service_uuids):
-                s.driver, s.note = "ble_nus", "Nordic UART Service (connect to read)"
+            s.driver, s.note = _connectable(adv, s.name) or (s.driver, s.note)
             return
         s.driver = fam
         try:
@@ -122,6 +122,18 @@ class Collector:
         if values:
             s.sample = dict(values)
             s.note = ""
+
+
+def _connectable(adv: Advert, name: str | None) -> tuple[str, str] | None:
+    """(driver, note) for a device read over a GATT connection, known by its advertised service."""
+    uuids = {u.lower() for u in adv.service_uuids}
+    if JBD_SERVICE in uuids:
+        return "jbd_bms", 'JBD/Xiaoxiang BMS (service FF00): transport = "ble"'
+    if NUS_SERVICE in uuids:
+        if "vesc" in (name or "").lower():
+            return "vesc", 'VESC over BLE (Nordic UART): transport = "ble"'
+        return "ble_nus", "Nordic UART Service (connect to read)"
+    return None
 
 
 async def _scan(cfg: AgentConfig | None, seconds: float) -> tuple[Collector, dict[str, Any]]:

@@ -11,11 +11,13 @@ from pathlib import Path
 
 from tests.ble.conftest import agent_env
 from tests.support import ble_vectors as v
-from tests.support.bluez import NUS_SERVICE, DBusDaemon, ScriptedBlueZ
+from tests.support.bluez import JBD_SERVICE, NUS_SERVICE, DBusDaemon, ScriptedBlueZ
 
 RUUVI = "C7:F5:2A:A1:B2:C3"
 IBEACON = "00:11:22:33:44:55"
 BMS = "F0:0D:12:34:56:78"
+VESC = "E4:5F:01:AA:BB:01"
+JBD = "A4:C1:37:00:11:22"
 
 
 class Room:
@@ -33,6 +35,8 @@ class Room:
             self.bz.advertise(v.BTHOME_ENC_MAC, rssi=-70, service_data={v.BTHOME_UUID: v.BTHOME_ENCRYPTED})
             self.bz.advertise(IBEACON, rssi=-80, manufacturer_data={0x004C: b"\x02\x15" + bytes(21)})
             self.bz.advertise(BMS, name="BMS-12", rssi=-60, service_uuids=(NUS_SERVICE,))
+            self.bz.advertise(VESC, name="VESC BLE UART", rssi=-62, service_uuids=(NUS_SERVICE,))
+            self.bz.advertise(JBD, name="xiaoxiang BMS", rssi=-64, service_uuids=(JBD_SERVICE,))
             self._stop.wait(0.1)
 
     def stop(self) -> None:
@@ -62,13 +66,15 @@ def test_scan_lists_devices_drivers_and_samples(
         room.stop()
     assert plain.returncode == 0, plain.stderr
     devs = {d["address"]: d for d in json.loads(plain.stdout)["devices"]}
-    assert set(devs) == {RUUVI, v.BTHOME_ENC_MAC, IBEACON, BMS}
+    assert set(devs) == {RUUVI, v.BTHOME_ENC_MAC, IBEACON, BMS, VESC, JBD}
     assert devs[RUUVI]["driver"] == "ruuvi" and devs[RUUVI]["rssi"] == -48 and devs[RUUVI]["name"] == "Ruuvi B2C3"
     assert devs[RUUVI]["sample"]["temperature"] == 24.3
     assert devs[v.BTHOME_ENC_MAC]["driver"] == "bthome" and devs[v.BTHOME_ENC_MAC]["sample"] is None
     assert devs[v.BTHOME_ENC_MAC]["note"].startswith("cannot decode")
     assert devs[IBEACON]["driver"] is None and devs[IBEACON]["manufacturer_ids"] == ["0x004c"]
     assert devs[BMS]["driver"] == "ble_nus"
+    assert devs[VESC]["driver"] == "vesc" and devs[VESC]["note"].startswith("VESC over BLE")
+    assert devs[JBD]["driver"] == "jbd_bms" and "FF00" in devs[JBD]["note"]
     assert next(iter(devs)) == RUUVI  # strongest known device first
     assert keyed.returncode == 0, keyed.stderr
     enc = {d["address"]: d for d in json.loads(keyed.stdout)["devices"]}[v.BTHOME_ENC_MAC]

@@ -59,6 +59,11 @@ GATT_CHAR = "org.bluez.GattCharacteristic1"
 NUS_SERVICE = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
 NUS_RX = "6e400002-b5a3-f393-e0a9-e50e24dcca9e"
 NUS_TX = "6e400003-b5a3-f393-e0a9-e50e24dcca9e"
+JBD_SERVICE = "0000ff00-0000-1000-8000-00805f9b34fb"
+JBD_NOTIFY = "0000ff01-0000-1000-8000-00805f9b34fb"
+JBD_WRITE = "0000ff02-0000-1000-8000-00805f9b34fb"
+# GATT layouts a peripheral can have: service -> (write characteristic, notify characteristic)
+GATT_LAYOUTS = {NUS_SERVICE: (NUS_RX, NUS_TX), JBD_SERVICE: (JBD_WRITE, JBD_NOTIFY)}
 
 _BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
  "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
@@ -375,6 +380,7 @@ class GattCharacteristic1(ServiceInterface):
         self.value = b""
         self.notifying = False
         self.written: list[bytes] = []
+        self.on_write: Callable[[bytes], None] | None = None
 
     @dbus_property(PropertyAccess.READ)
     def UUID(self) -> "s":
@@ -407,6 +413,8 @@ class GattCharacteristic1(ServiceInterface):
     @dbus_method()
     def WriteValue(self, value: "ay", options: "a{sv}"):
         self.written.append(bytes(value))
+        if self.on_write is not None:
+            self.on_write(bytes(value))
 
     @dbus_method()
     def StartNotify(self):
@@ -429,9 +437,13 @@ class Peripheral:
 
     address: str
     name: str | None = None
-    gatt: bool = False  # connectable NUS peripheral
+    gatt: bool = False  # connectable peripheral with the GATT service below
     mtu: int = 23
     connects: int = 0
+    service: str = NUS_SERVICE  # a key of GATT_LAYOUTS
+    # Answers what the central writes: bytes -> reply, sent as notifications of at most mtu - 3 bytes.
+    responder: Callable[[bytes], bytes] | None = None
+    written: list[bytes] = field(default_factory=list)  # every write, over all connections
 
 
 @dataclass
@@ -527,8 +539,9 @@ class ScriptedBlueZ:
     def start_daemon(self) -> None:
         self._call(self._up())
 
-    def add_peripheral(self, address: str, name: str | None = None, *, gatt: bool = False, mtu: int = 23) -> Peripheral:
-        p = Peripheral(address.upper(), name, gatt, mtu)
+    def add_peripheral(self, address: str, name: str | None = None, *, gatt: bool = False, mtu: int = 23,
+                       service: str = NUS_SERVICE, responder: Callable[[bytes], bytes] | None = None) -> Peripheral:
+        p = Peripheral(address.upper(), name, gatt, mtu, service=service, responder=responder)
         self.peripherals[p.address] = p
         return p
 
@@ -572,7 +585,7 @@ class ScriptedBlueZ:
 
     def notifying(self, address: str) -> bool:
         def get() -> bool:
-            tx = self._char(address.upper(), NUS_TX)
+            tx = self._notify_char(address.upper())
             return tx is not None and tx.notifying
         return self._run(get)
 
@@ -580,9 +593,9 @@ class ScriptedBlueZ:
         return self._run(lambda: bool((d := self.devices.get(address.upper())) and d.connected))
 
     def notify(self, address: str, data: bytes) -> bool:
-        """The peripheral sends one notification on the NUS TX characteristic."""
+        """The peripheral sends one notification on its notify characteristic (NUS TX, JBD FF01)."""
         def send() -> bool:
-            tx = self._char(address.upper(), NUS_TX)
+            tx = self._notify_char(address.upper())
             if tx is None or not tx.notifying:
                 return False
             tx.value = bytes(data)
@@ -595,7 +608,7 @@ class ScriptedBlueZ:
         self._run(lambda: self._link_lost(address.upper()))
 
     def written(self, address: str) -> list[bytes]:
-        return self._run(lambda: list(c.written) if (c := self._char(address.upper(), NUS_RX)) else [])
+        return self._run(lambda: list(c.written) if (c := self._write_char(address.upper())) else [])
 
     # -- behaviour (event-loop thread) --------------------------------------------------------
     def _advert(self, p: Peripheral, name: str | None, rssi: int, mfr: dict[int, bytes],
@@ -787,10 +800,14 @@ class ScriptedBlueZ:
         dev.emit_properties_changed({"Connected": True})
         base = dev_path(dev.address, self.adapter_name)
         svc_path = f"{base}/service000a"
+        write_uuid, notify_uuid = GATT_LAYOUTS[p.service]
+        rx = GattCharacteristic1(write_uuid, svc_path, ["write", "write-without-response"], p.mtu)
+        tx = GattCharacteristic1(notify_uuid, svc_path, ["notify"], p.mtu)
+        rx.on_write = lambda data: self._on_write(p, tx, data)
         objs: list[tuple[str, ServiceInterface]] = [
-            (svc_path, GattService1(NUS_SERVICE, base)),
-            (f"{svc_path}/char000b", GattCharacteristic1(NUS_RX, svc_path, ["write", "write-without-response"], p.mtu)),
-            (f"{svc_path}/char000d", GattCharacteristic1(NUS_TX, svc_path, ["notify"], p.mtu)),
+            (svc_path, GattService1(p.service, base)),
+            (f"{svc_path}/char000b", rx),
+            (f"{svc_path}/char000d", tx),
         ]
         for path, obj in objs:
             self._bus.export(path, obj)
@@ -819,6 +836,25 @@ class ScriptedBlueZ:
         self.devices.pop(address, None)
         if self._bus is not None:
             self._bus.unexport(dev_path(address, self.adapter_name))
+
+    def _on_write(self, p: Peripheral, tx: GattCharacteristic1, data: bytes) -> None:
+        """A device answering a write: its reply split over notifications, as the radio carries it."""
+        p.written.append(data)
+        if p.responder is None:
+            return
+        reply, size = p.responder(data), p.mtu - 3
+        for i in range(0, len(reply), size):
+            if tx.notifying:
+                tx.value = reply[i:i + size]
+                tx.emit_properties_changed({"Value": tx.value})
+
+    def _notify_char(self, address: str) -> GattCharacteristic1 | None:
+        p = self.peripherals.get(address)
+        return self._char(address, GATT_LAYOUTS[p.service if p else NUS_SERVICE][1])
+
+    def _write_char(self, address: str) -> GattCharacteristic1 | None:
+        p = self.peripherals.get(address)
+        return self._char(address, GATT_LAYOUTS[p.service if p else NUS_SERVICE][0])
 
     def _char(self, address: str, uuid: str) -> GattCharacteristic1 | None:
         for _, obj in self.gatt.get(address, []):
