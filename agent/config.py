@@ -348,10 +348,52 @@ def masked_dump(cfg: AgentConfig) -> dict[str, Any]:
     return walk(data)  # type: ignore[no-any-return]
 
 
+SERIAL_KEYS = ("port", "baud", "parity", "stopbits", "bytesize")
+BLE_KEYS = ("address",)
+
+
+def device_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema of each registered driver's device table: the common keys, its transport's, its Options'."""
+    from drivers.registry import registry
+
+    common = DeviceConfig.model_json_schema(ref_template="#/$defs/{model}")
+    out: dict[str, dict[str, Any]] = {}
+    for name, reg in registry().drivers.items():
+        try:
+            cls = reg.family.driver_class(name)
+        except ImportError:
+            continue  # `config check` names it when a device uses it
+        opts = cls.Options.model_json_schema(ref_template="#/$defs/{model}")
+        transport = BLE_KEYS if cls.transport in ("ble", "none") else SERIAL_KEYS if cls.transport == "serial" else ()
+        props = {k: v for k, v in common["properties"].items() if k not in SERIAL_KEYS + BLE_KEYS or k in transport}
+        props["driver"] = {"const": name, "title": "Driver"}
+        props.update(opts.get("properties", {}))
+        required = ["id", "driver"] + (["port"] if cls.transport == "serial" else [])
+        required += ["address"] if cls.transport == "ble" and cls.requires_address() else []
+        out[name] = {
+            "title": f"{name} device", "description": reg.family.title + ("" if reg.builtin else f" (plugin {reg.dist})"),
+            "type": "object", "properties": props, "required": required + opts.get("required", []),
+            "additionalProperties": False, "$defs": {**common.get("$defs", {}), **opts.get("$defs", {})},
+        }
+    return out
+
+
 def json_schema() -> dict[str, Any]:
-    """JSON Schema of the config file."""
+    """JSON Schema of the config file; `devices` is a union over the registered drivers, on `driver`."""
     schema = AgentConfig.model_json_schema(mode="validation")
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "edge-agent configuration"
     schema.get("properties", {}).pop("source_path", None)
+    defs = schema.setdefault("$defs", {})
+    mapping: dict[str, str] = {}
+    for name, dev in device_schemas().items():
+        defs.update(dev.pop("$defs"))
+        key = f"Device_{name}"
+        defs[key] = dev
+        mapping[name] = f"#/$defs/{key}"
+    schema["properties"]["devices"]["items"] = {
+        "oneOf": [{"$ref": ref} for ref in mapping.values()],
+        "discriminator": {"propertyName": "driver", "mapping": mapping},  # OpenAPI's; editors use it
+    }
+    defs.pop("DeviceConfig", None)
     return schema

@@ -18,12 +18,12 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.base import Driver
 from drivers.family import Decoder, SimParams
 from drivers.registry import registry
-from edge_common.units import parse_duration
+from edge_common.device import Duration
 
 FAMILIES: tuple[str, ...] = tuple(registry().simulated())
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class SimOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     family: Family
-    interval: Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=86400)] = 1.0
+    interval: Annotated[Duration, Field(gt=0, le=86400)] = 1.0
     format: Literal["json", "csv", "kv"] = "json"
 
 

@@ -13,22 +13,19 @@ import logging
 import math
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from drivers.base import Driver
+from edge_common.device import Duration
 from edge_common.errors import DriverError
-from edge_common.units import parse_duration
 
 if TYPE_CHECKING:
     from drivers.ble.decoders import Advert
     from drivers.ble.scanner import BleScanner
 
 log = logging.getLogger(__name__)
-
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
-
 
 class AdvertOptions(BaseModel):
     """Keys of every advert driver."""

@@ -16,12 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.base import StreamProtocol
-from edge_common.units import parse_duration
+from edge_common.device import Duration as AnyDuration
 
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Duration = Annotated[AnyDuration, Field(gt=0)]
 RegType = Literal["int16", "uint16", "int32", "uint32", "float32"]
 MAX_READ = 125  # registers per read request (Modbus spec)
 _WIDTH = {"int16": 1, "uint16": 1, "int32": 2, "uint32": 2, "float32": 2}
