@@ -371,7 +371,8 @@ def device_schemas() -> dict[str, dict[str, Any]]:
         required = ["id", "driver"] + (["port"] if cls.transport == "serial" else [])
         required += ["address"] if cls.transport == "ble" and cls.requires_address() else []
         out[name] = {
-            "title": f"{name} device", "description": reg.family.title + ("" if reg.builtin else f" (plugin {reg.dist})"),
+            "title": f"{name} device",
+            "description": reg.family.title + ("" if reg.builtin else f" (plugin {reg.dist})"),
             "type": "object", "properties": props, "required": required + opts.get("required", []),
             "additionalProperties": False, "$defs": {**common.get("$defs", {}), **opts.get("$defs", {})},
         }

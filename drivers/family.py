@@ -67,6 +67,7 @@ class DriverEntry:
     cls: Ref  # the `Driver` subclass
     quantities: tuple[str, ...] = ()  # what it emits (canonical names); empty: as configured/advertised
     simulator: Ref | None = None  # a SimulatorFactory: makes `sim` (family = name) and the conformance tests work
+    sim_device: Ref | None = None  # a dict: device keys under which this driver reads its simulator (a field map)
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,6 +33,7 @@ ARANET4 = _advert("aranet4", "Aranet4 CO2", "Aranet4Driver", ((0, 0xFF, b"\x02\x
 BLE_NUS = DriverFamily(
     name="ble_nus",
     title="Nordic UART Service notify stream (vehicle controllers, BMS), lines format",
-    drivers=(DriverEntry("ble_nus", "drivers.ble.nus:BleNusDriver", simulator="drivers.ble.simulator:nus"),),
+    drivers=(DriverEntry("ble_nus", "drivers.ble.nus:BleNusDriver", simulator="drivers.ble.simulator:nus",
+                         sim_device="drivers.lines.simulator:DEVICE_OPTIONS"),),
     ble_patterns=((0, 0x07, _NUS_LE), (0, 0x06, _NUS_LE)),  # NUS in the 128-bit UUID list
 )

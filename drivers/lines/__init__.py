@@ -6,5 +6,6 @@ from drivers.family import DriverEntry, DriverFamily
 FAMILY = DriverFamily(
     name="lines",
     title="custom boards: JSON lines / CSV / key=value, field map in config",
-    drivers=(DriverEntry("lines", "drivers.lines.driver:LinesDriver", simulator="drivers.lines.simulator:simulation"),),
+    drivers=(DriverEntry("lines", "drivers.lines.driver:LinesDriver", simulator="drivers.lines.simulator:simulation",
+                         sim_device="drivers.lines.simulator:DEVICE_OPTIONS"),),
 )

@@ -66,3 +66,6 @@ def simulation(p: SimParams) -> Simulation:
     from drivers.lines.protocol import LinesOptions, LinesProtocol
 
     return chunks(p.format), LinesProtocol(LinesOptions.model_validate({"fields": FIELDS}))
+
+# The device keys under which the `lines` driver decodes this board (conformance tests, demo).
+DEVICE_OPTIONS = {"fields": FIELDS}

@@ -7,7 +7,8 @@ FAMILY = DriverFamily(
     title="Modbus RTU slaves (register map in config) and presets",
     drivers=(
         # the simulated slave is a Senseair S8 for both
-        DriverEntry("modbus", "drivers.modbus.driver:ModbusDriver", simulator="drivers.modbus.simulator:simulation"),
+        DriverEntry("modbus", "drivers.modbus.driver:ModbusDriver", simulator="drivers.modbus.simulator:simulation",
+                    sim_device="drivers.modbus.simulator:S8_AS_MODBUS"),
         DriverEntry("senseair_s8", "drivers.modbus.driver:SenseairS8Driver", quantities=("co2",),
                     simulator="drivers.modbus.simulator:simulation"),
     ),

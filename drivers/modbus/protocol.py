@@ -186,6 +186,8 @@ class ModbusReplyError(ValueError):
 
 def parse_reply(request: bytes, data: bytes) -> list[int]:
     """The words of a read reply to `request`; ModbusReplyError (kind crc|exception|malformed)."""
+    if len(request) < 6:
+        raise ModbusReplyError("malformed", f"not a read request: {request.hex()}")
     slave, fn, count = request[0], request[1], int.from_bytes(request[4:6], "big")
     if len(data) >= 5 and data[0] == slave and data[1] == fn | 0x80:
         if crc16(data[:3]) != int.from_bytes(data[3:5], "little"):

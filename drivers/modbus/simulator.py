@@ -104,6 +104,11 @@ class S8Exchanges(StreamProtocol):
         return [decode_block(plan_reads(S8_REGISTERS)[0], words)]
 
 
+# The simulated S8 as a generic `modbus` device reads it.
+S8_AS_MODBUS = {"slave": S8_ANY_ADDRESS, "registers": [
+    {"quantity": "co2", "address": S8_CO2_IR, "function": 4, "type": "int16", "unit": "ppm"}]}
+
+
 def simulation(p: SimParams) -> Simulation:
     """The `sim` driver's source: a polled Senseair S8, decoded with the generic Modbus decoder."""
     return (s8_bus_bytes(c) for c in co2_values()), S8Exchanges()
