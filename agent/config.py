@@ -130,12 +130,23 @@ class BleConfig(_Section):
     bluez_timeout: Duration = Field(default=60.0, ge=1)
 
 
+class CommandsConfig(_Section):
+    """Signed remote commands on P/commands (agent/commands.py); the section absent: off."""
+
+    trusted_keys: list[Path] = Field(min_length=1)  # Ed25519 public keys (PEM); kid = file name sans extension
+    allow: list[str] | None = None  # None: every verb
+    max_lifetime: Duration = Field(default=3600.0, gt=0)  # longest exp - iat accepted
+    confirm_timeout: Duration = Field(default=120.0, ge=1, le=3600)  # config.apply: connect + PUBACK by then
+    keep_versions: int = Field(default=5, ge=1, le=100)  # previous config files kept by config.apply
+
+
 class AgentConfig(_Section):
     gateway: GatewayConfig
     buffer: BufferConfig = BufferConfig()
     uplink: UplinkConfig = UplinkConfig()
     control: ControlConfig = ControlConfig()
     ble: BleConfig = BleConfig()
+    commands: CommandsConfig | None = None
     devices: list[DeviceConfig] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     health_interval: Duration | None = Field(default=None, gt=0)  # alias of gateway.health_interval
@@ -250,17 +261,23 @@ def parse_config(
                 update={k: _resolve(base, getattr(t, k)) for k in ("ca_file", "cert_file", "key_file")}
             )
         ctl = cfg.control.model_copy(update={"socket": _resolve(base, cfg.control.socket)})
+        cmds = cfg.commands and cfg.commands.model_copy(
+            update={"trusted_keys": [_resolve(base, k) for k in cfg.commands.trusted_keys]})
         cfg = cfg.model_copy(
             update={
                 "buffer": buf,
                 "uplink": cfg.uplink.model_copy(update=up_upd),
                 "control": ctl,
+                "commands": cmds,
                 "source_path": source.resolve(),
             }
         )
     from agent.auth import check_uplink_files
+    from agent.commands import check_commands
 
     for key, msg in check_uplink_files(cfg) if check_files else ():  # files exist; password file private
+        add(key, msg)
+    for key, msg in check_commands(cfg, check_files=check_files):  # verbs known; keys are Ed25519 PEM
         add(key, msg)
     if problems:
         raise ConfigError(problems, str(source) if source else None)

@@ -141,7 +141,46 @@ class BufferQuarantinedEvent(_Strict):
     ts: Timestamp
 
 
-Event = Annotated[GapEvent | DeviceEvent | BufferQuarantinedEvent, Field(discriminator="type")]
+CommandStatus = Literal["ok", "refused", "failed", "rolled_back"]
+Jti = Annotated[str, Field(min_length=1, max_length=128, description="the command's jti claim")]
+Verb = Annotated[str, Field(max_length=64, description="the command's cmd claim")]
+Kid = Annotated[str, Field(max_length=64, description="the trusted key that signed it (JWS header kid)")]
+Reason = Annotated[str, Field(max_length=64, description=(
+    "machine-readable cause (docs/PROTOCOL.md#refusals); null when ok"))]
+
+
+class CommandEvent(_Strict):
+    """A command on P/commands and its outcome (the same as its P/commands/result)."""
+
+    v: Version
+    type: Literal["command"]
+    jti: Jti | None = Field(description="null: the message was refused before a jti could be read")
+    cmd: Verb | None
+    kid: Kid | None
+    status: CommandStatus
+    reason: Reason | None
+    detail: Annotated[str, Field(max_length=200)]
+    ts: Timestamp
+
+
+Event = Annotated[GapEvent | DeviceEvent | BufferQuarantinedEvent | CommandEvent, Field(discriminator="type")]
+
+
+# -- P/commands/result ----------------------------------------------------------------------------
+class CommandResult(_Strict):
+    """`P/commands/result` (QoS 1): the answer to every message on P/commands."""
+
+    model_config = ConfigDict(title="CommandResult", extra="forbid", strict=True, frozen=True)
+    v: Version
+    gateway: GatewayId
+    jti: Jti | None = Field(description="null: refused before a jti could be read (malformed, bad signature ...)")
+    cmd: Verb | None
+    kid: Kid | None
+    status: CommandStatus
+    reason: Reason | None
+    detail: Annotated[str, Field(max_length=500, description="for humans")]
+    result: Any = Field(description="the verb's answer (docs/PROTOCOL.md#verbs); for some refusals details")
+    ts: Timestamp
 
 
 # -- P/health -----------------------------------------------------------------------------------
@@ -232,7 +271,7 @@ class Health(_Open):
 
 
 # -- validation -------------------------------------------------------------------------------
-TOPICS = ("telemetry", "status", "health", "events")
+TOPICS = ("telemetry", "status", "health", "events", "commands/result")
 
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "telemetry": TypeAdapter(Telemetry),
@@ -240,6 +279,7 @@ _ADAPTERS: dict[str, TypeAdapter[Any]] = {
     "health": TypeAdapter(Health),
     "events": TypeAdapter(Event),
     "reading": TypeAdapter(ReadingMsg),  # one element of telemetry `readings`
+    "commands/result": TypeAdapter(CommandResult),
 }
 
 
@@ -267,8 +307,9 @@ def schemas() -> dict[str, dict[str, Any]]:
         "telemetry": "edge-agent P/telemetry (QoS 1)",
         "status": "edge-agent P/status (retained birth / last will)",
         "health": "edge-agent P/health (QoS 0)",
-        "events": "edge-agent P/events (QoS 1): gap, device, buffer_quarantined",
+        "events": "edge-agent P/events (QoS 1): gap, device, buffer_quarantined, command",
         "reading": "edge-agent reading R (an element of P/telemetry readings)",
+        "commands/result": "edge-agent P/commands/result (QoS 1): the answer to a signed command",
     }
     out: dict[str, dict[str, Any]] = {}
     for name, adapter in _ADAPTERS.items():
@@ -279,7 +320,7 @@ def schemas() -> dict[str, dict[str, Any]]:
             "description": f"Message format version {VERSION}; see docs/PROTOCOL.md.",
             **{k: v for k, v in body.items() if k not in ("title", "description")},
         }
-        out[f"{name}.schema.json"] = doc
+        out[f"{name.replace('commands/result', 'command_result')}.schema.json"] = doc
     return out
 
 

@@ -104,6 +104,7 @@ class Counters:
     births: int = 0
     offline: int = 0
     health: int = 0
+    command_results: int = 0
     events: dict[str, int] = field(default_factory=dict)
 
 
@@ -137,6 +138,10 @@ class Receiver:
         """One MQTT message."""
         self.c.messages += 1
         prefix, _, kind = topic.rpartition("/")
+        if kind == "result" and prefix.endswith("/commands"):
+            prefix, kind = prefix.removesuffix("/commands"), "commands/result"
+        elif kind == "commands":
+            return  # the platform's own signed commands: the gateway verifies those
         now = time.time()
         try:
             if kind not in TOPICS:
@@ -164,6 +169,8 @@ class Receiver:
             self.db.execute("INSERT OR REPLACE INTO status VALUES (?, ?, ?, ?)", (topic, msg.state, now, text))
         elif kind == "health":
             self.c.health += 1
+        elif kind == "commands/result":
+            self.c.command_results += 1
 
     def _telemetry(self, msg: Telemetry, text: str, now: float) -> None:
         raws = raw_readings(text)
@@ -248,7 +255,8 @@ class Receiver:
             "unexplained": sum(e["unexplained"] for e in per),
             "gap_balance": sum(e["gap_balance"] for e in per),
             "quarantines_unknown": self.quarantines_unknown,
-            "births": c.births, "offline": c.offline, "health": c.health, "events": dict(c.events),
+            "births": c.births, "offline": c.offline, "health": c.health,
+            "command_results": c.command_results, "events": dict(c.events),
             "status": {t: s for t, s in self.db.execute("SELECT topic, state FROM status")},
             "epochs": per, "errors": list(self.errors),
         }

@@ -90,6 +90,7 @@ class Agent:
         self._reload_task: asyncio.Task[Any] | None = None
         self.control: Any = None  # agent.control.ControlServer, the CLI's socket
         self._upkeep_wake = asyncio.Event()
+        self.commands: Any = None  # agent.remote.CommandService when [commands] is configured
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -107,6 +108,12 @@ class Agent:
         log.info("buffer %s: epoch %s, %d readings waiting, next seq %d",
                  b.path, outbox.epoch, outbox.depth, outbox.next_seq)
         self.uplink = Uplink(self.cfg, self.pipeline, health=self.health)
+        if self.cfg.commands is not None:  # signed remote commands on P/commands (agent/remote.py)
+            from agent.remote import CommandService
+
+            self.commands = CommandService(self)
+            self.uplink.on_command = self.commands.offer
+            self._spawn(self.commands.run(), "commands")
         self._spawn(self.pipeline.run_writer(), "writer")
         self._spawn(self.uplink.run(), "uplink")
         self._spawn(self._upkeep(), "upkeep")
@@ -175,6 +182,7 @@ class Agent:
             self._tasks.remove(t)
             t.cancel()
             await asyncio.gather(t, return_exceptions=True)
+        uplink.on_command = old.on_command
         self.uplink = uplink
         self._spawn(uplink.run(), "uplink")
 

@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from agent import __version__
 from agent.backoff import Backoff
 from agent.config import AgentConfig
-from agent.errors import ConfigError
+from agent.errors import ConfigError, UplinkError
 from agent.model import format_ts
 from agent.pipeline import Pipeline
 from agent.ticks import raise_if_cancelling, sleep_to_tick
@@ -103,6 +103,10 @@ class _Client(aiomqtt.Client):
             await sleep_to_tick(period)
 
 
+class _ReconnectNow(Exception):
+    """reconnect_now() ends the session with this."""
+
+
 def _first(eg: BaseExceptionGroup[BaseException]) -> BaseException:
     e: BaseException = eg
     while isinstance(e, BaseExceptionGroup):
@@ -134,6 +138,10 @@ class Uplink:
         self.connected = asyncio.Event()
         self._acked_upto = 0  # highest seq whose PUBACK came in
         self._progress = asyncio.Event()  # set by every PUBACK
+        self._reconnect = asyncio.Event()  # reconnect_now(): end the session / the backoff wait
+        self._backoff = Backoff(cfg.uplink.backoff_initial, cfg.uplink.backoff_max)
+        # P/commands (agent/commands.py): called with (payload, retained) for each message; None: not subscribed
+        self.on_command: Callable[[bytes, bool], None] | None = None
         self._head = (
             '{"v":1,"gateway":' + json.dumps(cfg.gateway.id) + ',"epoch":'
             + json.dumps(pipeline.outbox.epoch) + ',"readings":['
@@ -175,10 +183,10 @@ class Uplink:
 
     # -- main loop ----------------------------------------------------------------------
     async def run(self) -> None:
-        up = self.cfg.uplink
-        backoff = Backoff(up.backoff_initial, up.backoff_max)
+        backoff = self._backoff
         while True:
             self.stats.state = "connecting"
+            self._reconnect.clear()  # this attempt is the reconnect asked for
             client = self._client_for_session()
             self._connecting = client
             self._last_transport_error = ""
@@ -187,6 +195,9 @@ class Uplink:
                     self._client = client
                     backoff.reset()
                     await self._session(client)
+            except* _ReconnectNow:
+                self.stats.connected_since = None
+                log.info("uplink: reconnecting now (asked for)")
             except* ssl.SSLError as eg:
                 self._lost(f"TLS: {_first(eg)}")
             except* (aiomqtt.MqttError, OSError, TimeoutError) as eg:
@@ -203,10 +214,23 @@ class Uplink:
                 self.stats.inflight = 0
                 await self.pipeline.call(self.pipeline.outbox.release_events)
             raise_if_cancelling()  # a stop that a connect timeout swallowed: no reconnect
+            if self._reconnect.is_set():
+                backoff.reset()
+                continue
             delay = backoff.next()
             self.stats.state = "backoff"
             self.stats.backoff_until = time.time() + delay
-            await asyncio.sleep(delay)
+            try:
+                async with asyncio.timeout(delay):
+                    await self._reconnect.wait()
+                backoff.reset()
+            except TimeoutError:
+                pass
+
+    def reconnect_now(self) -> None:
+        """Reset the reconnect backoff and reconnect at once (a session in progress is closed first)."""
+        self._backoff.reset()
+        self._reconnect.set()
 
     def _transport_error(self, msg: str) -> bool:
         """paho hit a socket/TLS error; while connecting, fail the attempt now. True: handled."""
@@ -254,6 +278,9 @@ class Uplink:
         raise_if_cancelling()  # connect and birth go through wait_for: a stop must not be lost there
         await client.publish(f"{self.prefix}/status", self._status("online"), qos=1, retain=True)
         raise_if_cancelling()
+        if self.on_command is not None:
+            await client.subscribe(f"{self.prefix}/commands", qos=1)
+            raise_if_cancelling()
         self.connected.set()
         # Not a TaskGroup: on CPython 3.11 a child failing while the group waits in __aexit__
         # leaves this task's cancelling() count raised for good, and a stop could no longer be
@@ -261,6 +288,9 @@ class Uplink:
         senders = [asyncio.create_task(self._send_telemetry(client)), asyncio.create_task(self._send_events(client))]
         if self.health is not None:
             senders.append(asyncio.create_task(self._send_health(client)))
+        if self.on_command is not None:
+            senders.append(asyncio.create_task(self._receive_commands(client, self.on_command)))
+        senders.append(asyncio.create_task(self._watch_reconnect()))
         try:
             done, _ = await asyncio.wait(senders, return_when=asyncio.FIRST_EXCEPTION)
         finally:
@@ -384,6 +414,25 @@ class Uplink:
             await client.publish(topic, json.dumps(body, separators=(",", ":")).encode(), qos=0)
             raise_if_cancelling()
             await (sleep_to_tick(interval) if interval >= 10 else asyncio.sleep(interval))
+
+    async def _receive_commands(self, client: aiomqtt.Client, handler: Callable[[bytes, bool], None]) -> None:
+        async for m in client.messages:
+            payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+            handler(payload, bool(m.retain))
+
+    async def _watch_reconnect(self) -> None:
+        await self._reconnect.wait()
+        raise _ReconnectNow()
+
+    async def publish(self, suffix: str, payload: bytes, *, qos: int = 1) -> None:
+        """Publish on `P/<suffix>` in the current session; UplinkError when not connected or it fails."""
+        c = self._client
+        if c is None or not self.connected.is_set():
+            raise UplinkError("uplink not connected")
+        try:
+            await c.publish(f"{self.prefix}/{suffix}", payload, qos=qos, timeout=10)
+        except (aiomqtt.MqttError, OSError) as e:
+            raise UplinkError(str(e)) from e
 
     async def settle(self) -> bool:
         """Clean shutdown: wait until every committed reading is acknowledged (bound it by the caller).

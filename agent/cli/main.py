@@ -20,6 +20,7 @@ VERB_MODULES = [
     "agent.cli.doctor",
     "agent.cli.receive",
     "agent.cli.ingest",
+    "agent.cli.command_cmd",
 ]
 
 

@@ -34,17 +34,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="also report every S seconds (JSON lines on stdout with --json, else stderr)")
     p.add_argument("--since-epoch-start", action="store_true",
                    help="the gateway's epochs began while we listened: count missing seqs from 1")
-    p.add_argument("--client-id", help="MQTT client id (default: derived from the prefix)")
     p.add_argument("--keep-session", action="store_true",
                    help="leave the persistent broker session (and its queue) behind on exit")
+    add_broker_args(p)
+    add_json_arg(p)
+    p.set_defaults(func=receive)
+
+
+def add_broker_args(p: argparse.ArgumentParser) -> None:
+    """How a platform-side tool reaches the broker (besides --broker): client id, TLS, credentials."""
+    p.add_argument("--client-id", help="MQTT client id (default: derived from the prefix)")
     p.add_argument("--tls", action="store_true", help="TLS with the system trust store")
     p.add_argument("--tls-ca", metavar="PEM", help="CA file to verify the broker (implies TLS)")
     p.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
     p.add_argument("--tls-key", metavar="PEM", help="client key (mutual TLS)")
     p.add_argument("--username")
     p.add_argument("--password-file", metavar="PATH")
-    add_json_arg(p)
-    p.set_defaults(func=receive)
 
 
 def _from_config(args: argparse.Namespace) -> None:
@@ -69,9 +74,14 @@ def _from_config(args: argparse.Namespace) -> None:
 
 
 def _endpoint(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    _from_config(args)
+    return endpoint(args, "edge-receive-")
+
+
+def endpoint(args: argparse.Namespace, client_prefix: str):  # type: ignore[no-untyped-def]
+    """The receiver.Endpoint of --broker, --topic-prefix and add_broker_args()."""
     from agent.receiver import Endpoint
 
-    _from_config(args)
     host, sep, port = args.broker.rpartition(":")
     if not sep or not host or not port.isdigit():
         raise CliExit(EXIT_USAGE, f"--broker: expected HOST:PORT, got {args.broker!r}")
@@ -83,7 +93,7 @@ def _endpoint(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as e:
             raise CliExit(EXIT_USAGE, f"--password-file: {e.strerror}: {args.password_file}") from None
-    cid = args.client_id or "edge-receive-" + hashlib.sha256(args.topic_prefix.encode()).hexdigest()[:10]
+    cid = args.client_id or client_prefix + hashlib.sha256(args.topic_prefix.encode()).hexdigest()[:10]
     return Endpoint(host.strip("[]"), int(port), args.topic_prefix.rstrip("/"), cid,
                     args.tls_ca, args.tls_cert, args.tls_key, bool(args.tls),
                     args.username, password)

@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    _recover_config(args)
     cfg = load(args)  # exits 78 before touching anything
     from agent.auth import check_uplink_files
 
@@ -59,6 +60,24 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(main())
     except ConfigError as e:  # found only at start (e.g. an unreadable password file)
         raise CliExit(EXIT_CONFIG, format_config_error(e)) from None
+
+
+def _recover_config(args: argparse.Namespace) -> None:
+    """A remote config.apply the last process left unconfirmed is rolled back before the config is read."""
+    import sys
+    from pathlib import Path
+
+    from agent.config import default_config_path
+    from agent.confirm import recover
+
+    path = Path(getattr(args, "config", None) or default_config_path())
+    try:
+        p = recover(path)
+    except (OSError, RuntimeError) as e:
+        raise CliExit(EXIT_CONFIG, f"config.apply recovery: {e}") from None
+    if p is not None:
+        print(f"edge-agent: config.apply {p.jti} was not confirmed before the agent stopped: "
+              f"{path} restored to its previous version ({p.base[:12]})", file=sys.stderr, flush=True)
 
 
 def demo(args: argparse.Namespace) -> int:
