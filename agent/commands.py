@@ -166,22 +166,20 @@ class Verifier:
         now = time.time() if now is None else now
         if len(payload) > MAX_PAYLOAD:
             raise Refused("oversize", f"{len(payload)} bytes (at most {MAX_PAYLOAD})")
+        token, header, claimed = _parse(payload)
         if retained:
-            raise Refused("retained", "commands must not be retained messages (the broker replays those)")
-        try:
-            token = payload.decode("ascii").strip()
-            header = jwt.get_unverified_header(token)
-        except (UnicodeDecodeError, jwt.DecodeError) as e:
-            raise Refused("malformed", f"not a compact JWS: {e}") from None
+            raise Refused("retained", "commands must not be retained messages (the broker replays those)", **claimed)
+        if isinstance(header, str):
+            raise Refused("malformed", header)
+        kid = header.get("kid")
         alg = header.get("alg")
         if alg != "EdDSA":
-            raise Refused("bad_alg", f"alg {alg!r} is not accepted (only EdDSA)")
-        kid = header.get("kid")
+            raise Refused("bad_alg", f"alg {str(alg)[:16]!r} is not accepted (only EdDSA)", **claimed)
         if not isinstance(kid, str):
-            raise Refused("unknown_kid", "the header has no kid")
+            raise Refused("unknown_kid", "the header has no kid", **claimed)
         key = self.keys.get(kid)
         if key is None:
-            raise Refused("unknown_kid", f"kid {kid[:64]!r} is not a trusted key")
+            raise Refused("unknown_kid", f"kid {kid[:64]!r} is not a trusted key", **claimed)
         try:
             claims = jwt.decode(
                 token, key, algorithms=["EdDSA"], audience=self.gateway, leeway=LEEWAY,
@@ -189,23 +187,23 @@ class Verifier:
                          "verify_exp": clock_synced, "verify_iat": clock_synced, "verify_nbf": clock_synced},
             )
         except jwt.InvalidSignatureError:
-            raise Refused("bad_signature", f"signature does not verify with key {kid!r}", kid=kid) from None
+            raise Refused("bad_signature", f"signature does not verify with key {kid!r}", **claimed) from None
         except jwt.ExpiredSignatureError:
-            raise Refused("expired", "exp is in the past", kid=kid, **_ids(token)) from None
+            raise Refused("expired", "exp is in the past", **claimed) from None
         except jwt.ImmatureSignatureError as e:
-            raise Refused("not_yet_valid", str(e), kid=kid, **_ids(token)) from None
+            raise Refused("not_yet_valid", str(e), **claimed) from None
         except jwt.InvalidAudienceError:
-            raise Refused("wrong_aud", f"aud is not {self.gateway!r}", kid=kid, **_ids(token)) from None
+            raise Refused("wrong_aud", f"aud is not {self.gateway!r}", **claimed) from None
         except jwt.InvalidAlgorithmError as e:
-            raise Refused("bad_alg", str(e), kid=kid) from None
+            raise Refused("bad_alg", str(e), **claimed) from None
         except jwt.PyJWTError as e:  # missing claims, bad types, bad JSON
-            raise Refused("malformed", str(e), kid=kid, **_ids(token)) from None
+            raise Refused("malformed", str(e), **claimed) from None
         jti, cmd, args = claims.get("jti"), claims.get("cmd"), claims.get("args", {})
         exp, iat = claims["exp"], claims["iat"]
         if not isinstance(jti, str) or not 1 <= len(jti) <= JTI_MAX:
             raise Refused("malformed", f"jti must be a string of 1..{JTI_MAX} characters", kid=kid)
         if not isinstance(cmd, str):
-            raise Refused("malformed", "cmd must be a string", kid=kid, jti=jti)
+            raise Refused("malformed", "cmd must be a string", **claimed)
         ids: dict[str, Any] = {"kid": kid, "jti": jti, "cmd": cmd[:64]}
         if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in (exp, iat)):
             raise Refused("malformed", "exp and iat must be numbers", **ids)
@@ -226,11 +224,29 @@ class Verifier:
         return Command(jti=jti, cmd=cmd, args=args, kid=kid, iat=float(iat), exp=float(exp))
 
 
+def _parse(payload: bytes) -> tuple[str, dict[str, Any] | str, dict[str, Any]]:
+    """Token text, its header (or why it is none), and jti/cmd/kid as claimed (unverified)."""
+    try:
+        token = payload.decode("ascii").strip()
+        header = jwt.get_unverified_header(token)
+    except (UnicodeDecodeError, jwt.DecodeError) as e:
+        return "", f"not a compact JWS: {e}", {}
+    kid = header.get("kid")
+    return token, header, {**_ids(token), "kid": kid[:64] if isinstance(kid, str) else None}
+
+
+def claimed_ids(payload: bytes) -> dict[str, Any]:
+    """jti, cmd and kid as a payload claims them, unverified: echoed in a refusal so the sender can match it."""
+    return _parse(payload)[2] if len(payload) <= MAX_PAYLOAD else {}
+
+
 def _ids(token: str) -> dict[str, Any]:
-    """jti and cmd of a token whose signature verified but whose claims failed (for the result)."""
+    """jti and cmd as a token claims them, unverified (only echoed in a refusal); {} if unreadable."""
     try:
         c = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
+        return {}
+    if not isinstance(c, dict):
         return {}
     jti, cmd = c.get("jti"), c.get("cmd")
     return {"jti": jti[:JTI_MAX] if isinstance(jti, str) else None, "cmd": cmd[:64] if isinstance(cmd, str) else None}

@@ -72,7 +72,8 @@ def keep_version(config: Path, data: bytes, keep: int) -> Path:
     """Save `data` (the file about to be replaced) as a version; only the newest `keep` stay."""
     d = versions_dir(config)
     d.mkdir(mode=0o750, exist_ok=True)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    now = time.time()  # names sort by time: pruning keeps the newest
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{int(now * 1e6) % 1_000_000:06d}Z"
     dest = d / f"{stamp}-{sha256_hex(data)[:12]}{config.suffix}"
     atomic_write(dest, data, mode=config.stat().st_mode & 0o7777)
     old = sorted(p for p in d.iterdir() if not p.name.startswith("."))

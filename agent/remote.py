@@ -31,6 +31,7 @@ from agent.commands import (
     RateLimiter,
     Refused,
     Verifier,
+    claimed_ids,
     load_trusted_keys,
     result_message,
     store_path,
@@ -93,6 +94,8 @@ class CommandService:
 
     # -- intake (the uplink's message loop: never blocks) -------------------------------------
     def offer(self, payload: bytes, retained: bool) -> None:
+        if not payload:
+            return  # a zero-length message clears a retained one: nothing to answer
         limited = not self.rate.take()
         try:
             self.queue.put_nowait((payload, retained, limited))
@@ -130,7 +133,8 @@ class CommandService:
         cmd: Command | None = None
         try:
             if limited:
-                raise Refused("rate_limited", f"more than {RATE:g} commands per second (burst {BURST})")
+                raise Refused("rate_limited", f"more than {RATE:g} commands per second (burst {BURST})",
+                              **claimed_ids(payload))
             self._refresh()
             synced = self.agent.clock.state() == "synced"
             cmd = self.verifier.verify(payload, retained=retained, clock_synced=synced)

@@ -281,6 +281,7 @@ class Uplink:
         if self.on_command is not None:
             await client.subscribe(f"{self.prefix}/commands", qos=1)
             raise_if_cancelling()
+            log.debug("uplink: subscribed to %s/commands", self.prefix)
         self.connected.set()
         # Not a TaskGroup: on CPython 3.11 a child failing while the group waits in __aexit__
         # leaves this task's cancelling() count raised for good, and a stop could no longer be
