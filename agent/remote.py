@@ -255,7 +255,11 @@ class CommandService:
             raise Refused("base_mismatch", f"the file on the gateway has sha256 {cur_sha}, not {base[:64]}",
                           result={"sha256": cur_sha})
         new = text.encode()
-        problems = await asyncio.to_thread(self._check_candidate, path, new)
+        try:
+            problems = await asyncio.to_thread(self._check_candidate, path, new)
+        except OSError as e:
+            raise Failed("not_writable", f"cannot write in {path.parent}: {e.strerror} (remote configuration "
+                         "needs a writable config folder: docs/DEPLOY.md)") from None
         if problems:
             raise Refused("invalid_config", f"{len(problems)} problem(s): {'; '.join(problems)}",
                           result={"problems": problems})
