@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -27,9 +27,6 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from agent.errors import ConfigError
 from agent.model import format_ts
-
-if TYPE_CHECKING:
-    from agent.config import AgentConfig
 
 VERBS = ("ping", "status", "devices", "config.get", "config.apply", "device.restart", "uplink.reconnect",
          "buffer.stats")
@@ -114,7 +111,21 @@ def _key_problems(paths: list[Path]) -> tuple[dict[str, Ed25519PublicKey], list[
     return keys, problems
 
 
-def check_commands(cfg: AgentConfig, *, check_files: bool = True) -> list[tuple[str, str]]:
+class _CommandsSection(Protocol):
+    @property
+    def trusted_keys(self) -> list[Path]: ...
+    @property
+    def allow(self) -> list[str] | None: ...
+
+
+class HasCommands(Protocol):
+    """What the checks read of the config (`AgentConfig`; a protocol so that this needs no config import)."""
+
+    @property
+    def commands(self) -> _CommandsSection | None: ...
+
+
+def check_commands(cfg: HasCommands, *, check_files: bool = True) -> list[tuple[str, str]]:
     """`[commands]` problems: unknown verbs in allow; unreadable or non-Ed25519 keys."""
     c = cfg.commands
     if c is None:
@@ -265,9 +276,9 @@ def result_message(gateway: str, *, jti: str | None, cmd: str | None, kid: str |
 AUDIT_KEEP = 10_000  # newest audit rows kept
 
 
-def store_path(cfg: AgentConfig) -> Path:
-    """The commands database: beside the buffer database."""
-    return Path(cfg.buffer.path).with_name("commands.db")
+def store_path(buffer_path: Path) -> Path:
+    """The commands database: beside the buffer database (`buffer.path`)."""
+    return Path(buffer_path).with_name("commands.db")
 
 
 class CommandStore:

@@ -78,7 +78,7 @@ class CommandService:
         self.agent = agent
         self._commands_cfg = agent.cfg.commands
         self.verifier = self._make_verifier()
-        self.store = CommandStore(store_path(agent.cfg))
+        self.store = CommandStore(store_path(agent.cfg.buffer.path))
         self.rate = RateLimiter(RATE, BURST)
         self.queue: asyncio.Queue[tuple[bytes, bool, bool]] = asyncio.Queue(QUEUE)
         self.dropped = 0
@@ -203,11 +203,11 @@ class CommandService:
             return {"devices": self._view().devices()}
         if cmd.cmd == "config.get":
             return await asyncio.to_thread(self._config_get)
-        if cmd.cmd == "buffer.stats":
-            from agent.cli.buffer_cmd import buffer_stats
-
-            stats = await asyncio.to_thread(buffer_stats, a.cfg)
+        if cmd.cmd in a.command_readers:  # buffer.stats: lent by the CLI layer (`edge-agent run`)
+            stats = await asyncio.to_thread(a.command_readers[cmd.cmd], a.cfg)
             return json.loads(json.dumps(stats, default=str))
+        if cmd.cmd == "buffer.stats":
+            raise Failed("unavailable", "buffer.stats is served by `edge-agent run` only")
         if cmd.cmd == "device.restart":
             dev = cmd.args.get("device")
             if not isinstance(dev, str) or dev not in a.devices:

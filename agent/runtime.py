@@ -91,6 +91,8 @@ class Agent:
         self.control: Any = None  # agent.control.ControlServer, the CLI's socket
         self._upkeep_wake = asyncio.Event()
         self.commands: Any = None  # agent.remote.CommandService when [commands] is configured
+        # read-only views the CLI layer lends to remote commands (verb -> fn(cfg) -> JSON), e.g. buffer.stats
+        self.command_readers: dict[str, Callable[[AgentConfig], dict[str, Any]]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:

@@ -231,7 +231,7 @@ def commands(args: argparse.Namespace) -> int:
     from agent.model import parse_ts
 
     cfg = load(args)
-    path = store_path(cfg)
+    path = store_path(cfg.buffer.path)
     if not path.exists():
         rows: list[dict[str, Any]] = []
     else:

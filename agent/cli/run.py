@@ -44,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().call_later(5.0, release_startup_memory)
 
     async def main() -> int:
+        from agent.cli.buffer_cmd import buffer_stats
+
         agent = Agent(cfg)
+        agent.command_readers["buffer.stats"] = buffer_stats  # the same JSON as `buffer stats --json`
         install_signal_handlers(agent)
         agent.on_ready.append(lambda: remember_uplink_files(agent))
         agent.on_ready.append(release_later)
