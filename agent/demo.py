@@ -156,13 +156,17 @@ def _own_config(user: AgentConfig, workdir: Path, port: int) -> AgentConfig:
     })
 
 
-async def _demo(seconds: float | None, workdir: Path, as_json: bool, user: AgentConfig | None = None) -> int:
+async def _demo(seconds: float | None, workdir: Path, as_json: bool, user: AgentConfig | None = None,
+                broker_port: int | None = None) -> int:
     from agent.config import load_config
     from agent.logs import setup_logging
     from agent.runtime import Agent, install_signal_handlers
 
     broker: LocalBroker | None = None
-    if mosquitto_path() is not None:
+    if broker_port is not None:  # someone else's broker (e.g. the platform's ingest is subscribed there)
+        port = broker_port
+        print(f"demo: using the MQTT broker on 127.0.0.1:{port}", file=sys.stderr)
+    elif mosquitto_path() is not None:
         broker = LocalBroker(workdir=workdir / "mosquitto").start()
         port = broker.port
         print(f"demo: local Mosquitto on 127.0.0.1:{port}", file=sys.stderr)
@@ -195,7 +199,7 @@ async def _demo(seconds: float | None, workdir: Path, as_json: bool, user: Agent
     stop = asyncio.Event()
     counts: dict[str, int] = {}
     tasks: list[asyncio.Task[None]] = []
-    if broker is not None:
+    if broker is not None or broker_port is not None:
         # The platform view subscribes first: it shows every reading from seq 1 on.
         subscribed = asyncio.Event()
         tasks.append(asyncio.create_task(_watch(port, cfg.topic_prefix, as_json, stop, counts, subscribed)))
@@ -222,11 +226,11 @@ async def _demo(seconds: float | None, workdir: Path, as_json: bool, user: Agent
             broker.stop()
     print(f"demo: {counts.get('readings', 0)} readings reached the platform in "
           f"{time.monotonic() - t0:.0f} s", file=sys.stderr)
-    return 0 if broker is None or counts.get("readings", 0) > 0 else 1
+    return 0 if (broker is None and broker_port is None) or counts.get("readings", 0) > 0 else 1
 
 
 def run_demo(seconds: float | None = None, workdir: str | None = None, as_json: bool = False,
-             config: str | None = None) -> int:
+             config: str | None = None, broker_port: int | None = None) -> int:
     """The demo; with `config`, that file's gateway and devices instead of the built-in ones."""
     from agent.config import load_config
 
@@ -240,7 +244,7 @@ def run_demo(seconds: float | None = None, workdir: str | None = None, as_json: 
         wd = Path(workdir)
         wd.mkdir(parents=True, exist_ok=True)
     try:
-        return asyncio.run(_demo(seconds, wd.resolve(), as_json, user))
+        return asyncio.run(_demo(seconds, wd.resolve(), as_json, user, broker_port))
     except KeyboardInterrupt:
         return 0
     finally:

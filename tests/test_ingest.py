@@ -301,3 +301,56 @@ def test_a_slow_database_holds_back_the_broker_not_our_memory(broker: Broker, pg
         ing.stop.set()
         t.join(20)
     assert not t.is_alive()
+
+
+def test_a_real_agent_end_to_end_with_an_overflow_gap_while_the_broker_was_down(
+        pg: Postgres, tmp_path: Path, pty_factory: Any, fleet_factory: Any) -> None:
+    """Agent process (NMEA on a pty) -> persistent Mosquitto -> 2 instances -> PostgreSQL: every seq once or in a gap."""
+    import itertools
+
+    from drivers.nmea.simulator import epoch_bytes, fixes
+    from tests.support.agentproc import AgentProcess, nmea_device, write_config
+    from tests.support.receiver import persistent_broker
+
+    db = pg.new_database()
+    broker = persistent_broker().start()
+    dev = pty_factory()
+    src = (epoch_bytes(f) for f in fixes(start=1_790_000_000.0))
+    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=nmea_device(dev.port),
+                       buffer="max_bytes = 3000", uplink='health_interval = "300ms"')
+    agent = AgentProcess(cfg)
+    try:
+        ingest = fleet_factory(db, broker.port).start(2)
+        agent.start_and_wait_port()
+        for b in itertools.islice(src, 5):
+            dev.write(b)
+        wait_rows(db, 5, 30)
+        broker.stop()  # the sessions (and what is queued for them) survive: persistence
+        for b in itertools.islice(src, 60):
+            dev.write(b)
+        agent.wait_log("buffer: dropped")
+        broker.start()
+
+        def settled() -> bool:
+            rep = report(db, "--since-epoch-start")[1]
+            return rep["received"] + rep["gap_readings"] == 65 and rep["unexplained"] == 0
+        wait_until(settled, 60, "all 65 seqs received or inside a gap")
+        assert agent.terminate() == 0
+        wait_until(lambda: query(db, "SELECT state, reason FROM status") == [("offline", "shutdown")], 30,
+                   "the clean shutdown in status")
+        rc, rep = report(db, "--since-epoch-start")
+        assert rc == 0 and rep["ok"] and 0 < rep["received"] < 65 and rep["gap_readings"] == 65 - rep["received"]
+        assert (rep["invalid"], rep["conflicts"], rep["gap_balance"], rep["gateways"]) == (0, 0, 0, 1)
+        assert keys(db)[:5] == [("gw-test", s) for s in range(1, 6)]
+        (device, driver, clock, lat, tags), = query(
+            db, """SELECT device, driver, clock, ("values"->>'latitude')::float, tags FROM readings WHERE seq = 1""")
+        assert (device, driver, tags) == ("van-gnss", "nmea", {"vehicle": "van-3"}) and lat
+        assert clock in ("synced", "unsynced")  # this machine's clock decides
+        assert query(db, "SELECT DISTINCT type FROM events ORDER BY 1") == [("device",), ("gap",)]
+        assert query(db, "SELECT count(*) > 0 FROM health")[0][0]
+        assert query(db, "SELECT gateway, payload->'buffer'->>'epoch' = %s FROM health_latest",
+                     rep["epochs"][0]["epoch"]) == [("gw-test", True)]
+        assert all(p.alive() for p in ingest)
+    finally:
+        agent.close()
+        broker.close()

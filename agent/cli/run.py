@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument("--config", "-c", metavar="PATH", default=None,
                    help="run this config's gateway and devices (e.g. `sim` ones) instead of the built-in demo; "
                         "the uplink goes to the demo's local broker, buffer and control socket to the working folder")
+    d.add_argument("--broker-port", type=int, metavar="PORT",
+                   help="use the MQTT broker already listening on 127.0.0.1:PORT instead of starting a private "
+                        "one (e.g. to feed `edge-agent ingest`, docs/PLATFORM.md)")
     d.set_defaults(func=demo)
 
 
@@ -88,6 +91,7 @@ def demo(args: argparse.Namespace) -> int:
     from agent.errors import ConfigError
 
     try:
-        return run_demo(seconds=args.seconds, workdir=args.dir, as_json=args.json, config=args.config)
+        return run_demo(seconds=args.seconds, workdir=args.dir, as_json=args.json, config=args.config,
+                        broker_port=args.broker_port)
     except ConfigError as e:
         raise CliExit(EXIT_CONFIG, format_config_error(e)) from None
