@@ -354,3 +354,35 @@ def test_a_real_agent_end_to_end_with_an_overflow_gap_while_the_broker_was_down(
     finally:
         agent.close()
         broker.close()
+
+
+def test_platform_md_shows_the_schema_init_creates() -> None:
+    from agent.ingest.schema import DDL_V1
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "PLATFORM.md").read_text()
+    assert DDL_V1.strip() in doc
+
+
+def test_the_quick_start_every_demo_reading_once_and_a_clean_report(
+        pg: Postgres, broker: Broker, tmp_path: Path, fleet_factory: Any) -> None:
+    """docs/PLATFORM.md's quick start: two instances, then `edge-agent demo --broker-port`."""
+    import re
+
+    db = pg.new_database()
+    ingest = fleet_factory(db, broker.port).start(2)
+    demo = subprocess.run([sys.executable, "-m", "agent", "demo", "--broker-port", str(broker.port),
+                           "--seconds", "6", "--dir", str(tmp_path / "demo")],
+                          capture_output=True, text=True, timeout=90)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    m = re.search(r"demo: (\d+) readings reached the platform", demo.stderr)
+    assert m and int(m.group(1)) > 0, demo.stderr[-2000:]
+    n = int(m.group(1))
+    wait_rows(db, n)
+    assert query(db, "SELECT count(*), count(DISTINCT (gateway, epoch, seq)), max(seq) FROM readings") == [(n, n, n)]
+    rc, rep = report(db, "--since-epoch-start")
+    assert rc == 0 and rep["ok"] and (rep["received"], rep["missing"], rep["duplicates"]) == (n, 0, 0)
+    assert rep["status"]["gw-demo"]["state"] == "offline"
+    for p in ingest:
+        assert p.terminate() == 0
+    stored = sum(int(x) for p in ingest for x in re.findall(r"(\d+) readings stored", p.output()))
+    assert stored == n  # the two instances shared the demo's readings, none twice

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from agent.contract import TOPICS, ContractError, GapEvent, Telemetry, validate
 from agent.receiver import account, raw_readings
 
@@ -56,7 +58,9 @@ class Outcome:
 
 @dataclass(slots=True)
 class _Batch:
-    readings: dict[tuple[str, str, int], tuple[str, bytes]] = field(default_factory=dict)
+    # key -> (R text, its digest, the row's device, driver, ts, clock, values and tags as JSON)
+    readings: dict[tuple[str, str, int], tuple[str, bytes, tuple[str, str, str, str, str, str]]] = field(
+        default_factory=dict)
     gaps: dict[tuple[str, str, int], tuple[GapEvent, bytes, str]] = field(default_factory=dict)
     events: dict[tuple[str, bytes], tuple[str, str, str]] = field(default_factory=dict)
     status: dict[str, tuple[Any, str]] = field(default_factory=dict)
@@ -115,6 +119,10 @@ def _bump(counts: dict[tuple[str, str], int], key: tuple[str, str], n: int = 1) 
     counts[key] = counts.get(key, 0) + n
 
 
+def _json(obj: Any) -> str:
+    return orjson.dumps(obj).decode()
+
+
 def _telemetry(b: _Batch, msg: Telemetry, text: str) -> None:
     raws = raw_readings(text)
     if raws is None or len(raws) != len(msg.readings):
@@ -125,7 +133,7 @@ def _telemetry(b: _Batch, msg: Telemetry, text: str) -> None:
         d = digest(raw)
         seen = b.readings.get(key)
         if seen is None:
-            b.readings[key] = (raw, d)
+            b.readings[key] = (raw, d, (r.device, r.driver, r.ts, r.clock, _json(r.values), _json(r.tags)))
         elif seen[1] == d:
             _bump(b.duplicates, key[:2])
         else:
@@ -134,9 +142,9 @@ def _telemetry(b: _Batch, msg: Telemetry, text: str) -> None:
 
 _INSERT_READINGS = """
 INSERT INTO readings (gateway, epoch, seq, device, driver, ts, clock, "values", tags, digest)
-SELECT g, e, s, r->>'device', r->>'driver', (r->>'ts')::timestamptz, r->>'clock', r->'values', r->'tags', d
-FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::jsonb[], %s::bytea[]) AS t(g, e, s, r, d)
-ORDER BY g, e, s
+SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::timestamptz[], %s::text[],
+                     %s::jsonb[], %s::jsonb[], %s::bytea[])
+ORDER BY 1, 2, 3
 ON CONFLICT (gateway, epoch, seq) DO NOTHING
 RETURNING gateway, epoch, seq
 """
@@ -212,13 +220,13 @@ def write_batch(conn: Any, messages: list[Message], instance: str) -> Outcome:
     b = _classify(messages)
     if b.readings:
         keys = sorted(b.readings)
-        rows = [(*k, b.readings[k][0], b.readings[k][1]) for k in keys]
-        inserted = {tuple(r) for r in conn.execute(_INSERT_READINGS, _cols(rows, 5)).fetchall()}
+        rows = [(*k, *b.readings[k][2], b.readings[k][1]) for k in keys]
+        inserted = {tuple(r) for r in conn.execute(_INSERT_READINGS, _cols(rows, 10)).fetchall()}
         out.readings = len(inserted)
         rest = [k for k in keys if k not in inserted]
         if rest:
             for g, e, s, d in conn.execute(_EXISTING_READINGS, _cols(rest, 3)).fetchall():
-                raw, mine = b.readings[(g, e, s)]
+                raw, mine, _ = b.readings[(g, e, s)]
                 if bytes(d) == mine:
                     _bump(b.duplicates, (g, e))
                 else:
