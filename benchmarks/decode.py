@@ -1,4 +1,8 @@
-"""Decode rate per protocol on one core: frames/s through each pure decoder (python benchmarks/decode.py)."""
+"""Decode rate per protocol on one core: frames/s through each pure decoder (python benchmarks/decode.py).
+
+Beside each rate: the frames/s the serial line itself can carry at the family's usual baud (10 bits
+per byte, 8N1), the physical limit a decoder has to keep up with.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import time
 from collections.abc import Callable
 
 from drivers.base import StreamProtocol
+from drivers.jbd_bms import simulator as jsim
+from drivers.jbd_bms.protocol import JbdProtocol
 from drivers.lines import simulator as lsim
 from drivers.lines.protocol import LinesProtocol
 from drivers.modbus import protocol as mb
@@ -17,6 +23,8 @@ from drivers.pms5003 import simulator as psim
 from drivers.pms5003.protocol import Pms5003Protocol
 from drivers.sds011 import simulator as ssim
 from drivers.sds011.protocol import Sds011Protocol
+from drivers.vesc import simulator as vsim
+from drivers.vesc.protocol import VescProtocol
 
 N = 20_000
 CHUNK = 64  # bytes per read, like a busy serial port
@@ -27,11 +35,12 @@ def _stream(frames: list[bytes]) -> list[bytes]:
     return [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
 
 
-CASES: list[tuple[str, Callable[[], StreamProtocol], list[bytes], int]] = []
+CASES: list[tuple[str, Callable[[], StreamProtocol], list[bytes], int, int]] = []
 
 
-def _case(name: str, make: Callable[[], StreamProtocol], frames: list[bytes], per_frame: int = 1) -> None:
-    CASES.append((name, make, _stream(frames), len(frames) * per_frame))
+def _case(name: str, make: Callable[[], StreamProtocol], frames: list[bytes], per_frame: int = 1,
+          baud: int = 9600) -> None:
+    CASES.append((name, make, _stream(frames), len(frames) * per_frame, baud))
 
 
 def main() -> None:
@@ -44,9 +53,15 @@ def main() -> None:
     for fmt in ("json", "csv", "kv"):
         hdr = [lsim.CSV_HEADER] if fmt == "csv" else []
         _case(f"lines {fmt}", lambda: LinesProtocol({"fields": lsim.FIELDS}),
-              hdr + [lsim.line_bytes(s, fmt) for s in itertools.islice(lsim.samples(), N)])
-    print(f"{'protocol':34} {'frames/s (1 core)':>18} {'MB/s':>8}")
-    for name, make, chunks, frames in CASES:
+              hdr + [lsim.line_bytes(s, fmt) for s in itertools.islice(lsim.samples(), N)], baud=115200)
+    _case("vesc GET_VALUES (req+reply)", lambda: VescProtocol(vsim.GEOMETRY),
+          list(itertools.islice(vsim.exchange_bytes(), N)), baud=115200)
+    _case("jbd_bms 0x03+0x04 (reqs+replies)", JbdProtocol, list(itertools.islice(jsim.exchanges(), N // 2)), 2)
+    from benchmarks.common import machine
+
+    print(f"machine: {machine()}")
+    print(f"{'protocol':34} {'frames/s (1 core)':>18} {'MB/s':>8} {'line max frames/s':>18}")
+    for name, make, chunks, frames, baud in CASES:
         best = 0.0
         nbytes = sum(map(len, chunks))
         for _ in range(3):
@@ -58,7 +73,8 @@ def main() -> None:
             dt = time.perf_counter() - t0
             best = max(best, frames / dt)
             assert not p.errors, (name, p.errors)
-        print(f"{name:34} {best:>18,.0f} {best * nbytes / frames / 1e6:>8.2f}")
+        line = baud / 10 / (nbytes / frames)
+        print(f"{name:34} {best:>18,.0f} {best * nbytes / frames / 1e6:>8.2f} {line:>12,.0f} @{baud}")
     # Register decoding for a modbus poll of 4 values
     regs = [mb.Register(quantity=f"q{i}", address=2 * i, type="float32") for i in range(4)]
     block = mb.plan_reads(regs)[0]

@@ -172,3 +172,23 @@ class StreamProtocol(ABC):
     def flush(self) -> list[dict[str, Value]]:
         """Values held back waiting for more input (called when the line goes quiet)."""
         return []
+
+
+class BufferedProtocol(StreamProtocol):
+    """A StreamProtocol over a byte buffer: `parse` consumes the complete frames at the start of `_buf`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Value]]:
+        self._buf += data
+        return self.parse(final=False)
+
+    def flush(self) -> list[dict[str, Value]]:
+        """The line went quiet: a frame still incomplete is dropped and what follows it parsed."""
+        return self.parse(final=True)
+
+    @abstractmethod
+    def parse(self, final: bool) -> list[dict[str, Value]]:
+        """Values of the complete frames in `_buf` (removing them); with `final`, resync past a cut frame."""

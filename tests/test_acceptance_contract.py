@@ -103,6 +103,9 @@ DESIGN_QUANTITIES = {
     "vesc": {"temperature_fet", "temperature_motor", "motor_current", "input_current", "duty", "erpm",
              "input_voltage", "amp_hours", "amp_hours_charged", "watt_hours", "watt_hours_charged", "tachometer",
              "tachometer_abs", "fault", "speed", "distance"},
+    "jbd_bms": {"voltage", "current", "power", "remaining_capacity", "nominal_capacity", "cycles", "state_of_charge",
+                "cell_voltage_1", "cell_voltage_13", "cell_voltage_min", "cell_voltage_max", "cell_voltage_delta",
+                "temperature_1", "temperature_2", "charge_fet", "discharge_fet", "protection", "balancing"},
 }
 
 

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from drivers.jbd_bms import simulator as jsim
+from drivers.jbd_bms.protocol import BASIC_INFO_REQUEST, CELL_VOLTAGES_REQUEST, JbdProtocol
 from drivers.vesc import simulator as vsim
 from drivers.vesc.protocol import GET_VALUES_REQUEST, VescProtocol
 from tests.support.agentproc import AgentProcess, write_config
@@ -28,6 +30,12 @@ def vesc_expected(n: int) -> list[dict[str, Any]]:
     """The first `n` replies of the simulated ride, decoded as the agent must decode them."""
     p = VescProtocol(vsim.GEOMETRY)
     return [p.feed(r)[0] for r in itertools.islice(vsim.replies(0.1), n)]
+
+
+def jbd_expected(n: int) -> list[dict[str, Any]]:
+    """The first `n` polls of the simulated pack, both replies merged as the driver merges them."""
+    dec = jsim.Merged(JbdProtocol())
+    return [dec.feed(c)[0] for c in itertools.islice(jsim.exchanges(0.1), n)]
 
 
 def in_order_subsequence(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> bool:
@@ -87,3 +95,42 @@ def test_vesc_serial_polls_decodes_and_survives_silence_and_replug(tmp_path: Pat
     # the gateway only ever sent the read request
     written = bytes(ctl.written)
     assert written and written == GET_VALUES_REQUEST * (len(written) // len(GET_VALUES_REQUEST))
+
+
+def test_jbd_bms_serial_polls_both_registers_and_survives_replug(tmp_path: Path, broker: Broker,
+                                                                  sub: Subscriber) -> None:
+    bms = PolledPty(tmp_path / "usb-1a86_USB_Serial-if00-port0", jsim.JbdResponder(dt=0.1).answer)
+    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=f"""
+        [[devices]]
+        id = "cargo-3-bms"
+        driver = "jbd_bms"
+        port = "{bms.port}"
+        poll_interval = "100ms"
+        """)
+    agent = AgentProcess(cfg)
+    try:
+        agent.start_and_wait_port("cargo-3-bms")
+        sub.wait_for(lambda: len(device(sub, "cargo-3-bms")) >= 5, 30, "5 BMS readings")
+        got = device(sub, "cargo-3-bms")
+        assert [r["values"] for r in got[:5]] == jbd_expected(5)  # basic info and cells in one reading
+        assert {"voltage", "state_of_charge", "cell_voltage_13", "cell_voltage_delta", "protection"} <= set(
+            got[0]["values"])
+        n = len(got)
+        bms.unplug()
+        agent.wait_log("cargo-3-bms: port lost")
+        bms.plug()
+        agent.wait_log("cargo-3-bms: opened", count=2)
+        sub.wait_for(lambda: len(device(sub, "cargo-3-bms")) >= n + 3, 30, "readings after replug")
+        assert agent.terminate() == 0
+    finally:
+        agent.close()
+        bms.close()
+    got = device(sub, "cargo-3-bms")
+    expected = jbd_expected(2000)
+    # a poll cut by the unplug may lack its cell reply: every reading is a poll's values, in order
+    assert in_order_subsequence([r["values"] for r in got if "cell_voltage_1" in r["values"]], expected)
+    assert [r["seq"] for r in got] == sorted({r["seq"] for r in got})
+    written = bytes(bms.written)
+    pair = BASIC_INFO_REQUEST + CELL_VOLTAGES_REQUEST
+    assert written.startswith(pair) and written.replace(BASIC_INFO_REQUEST, b"").replace(
+        CELL_VOLTAGES_REQUEST, b"") == b""  # nothing but the two read requests

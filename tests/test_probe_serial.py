@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent.cli.main import main
+from drivers.jbd_bms import simulator as jsim
 from drivers.lines import simulator as lsim
 from drivers.modbus.protocol import read_request
 from drivers.modbus.simulator import RegisterSlave, co2_values, s8_bus_bytes
@@ -44,6 +45,7 @@ SOURCES = {
     "modbus": lambda: (s8_bus_bytes(c) for c in co2_values()),
     "modbus_holding": lambda: (_holding_poll(i) for i in itertools.count()),
     "vesc": lambda: vsim.exchange_bytes(),
+    "jbd_bms": lambda: jsim.exchanges(),
     "json_lines": lambda: (lsim.line_bytes(s, "json") for s in lsim.samples()),
     "kv_lines": lambda: (lsim.line_bytes(s, "kv") for s in lsim.samples()),
     "csv_lines": lambda: itertools.chain([lsim.CSV_HEADER], (lsim.line_bytes(s, "csv") for s in lsim.samples())),

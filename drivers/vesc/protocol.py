@@ -25,7 +25,7 @@ import math
 import struct
 from dataclasses import dataclass
 
-from drivers.base import StreamProtocol
+from drivers.base import BufferedProtocol
 
 Values = dict[str, float | int | str | bool]
 
@@ -174,7 +174,7 @@ def _selective(payload: bytes) -> Values:
     return out
 
 
-class VescProtocol(StreamProtocol):
+class VescProtocol(BufferedProtocol):
     """Feed bytes; returns the quantities of every GET_VALUES reply, resynchronising like the firmware.
 
     Errors: "noise" (bytes before a start byte), "malformed" (bad length or end byte), "checksum",
@@ -187,17 +187,8 @@ class VescProtocol(StreamProtocol):
         super().__init__()
         self.geometry = geometry
         self.requests = 0
-        self._buf = bytearray()
 
-    def feed(self, data: bytes) -> list[Values]:
-        self._buf += data
-        return self._parse(final=False)
-
-    def flush(self) -> list[Values]:
-        """The line went quiet: a frame still incomplete is dropped and what follows it parsed."""
-        return self._parse(final=True)
-
-    def _parse(self, final: bool) -> list[Values]:
+    def parse(self, final: bool) -> list[Values]:
         out: list[Values] = []
         buf = self._buf
         while buf:
