@@ -19,11 +19,11 @@ from abc import abstractmethod
 from collections import Counter
 from typing import TYPE_CHECKING, Annotated, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.base import StreamProtocol
 from drivers.stream import StreamDriver
-from edge_common.units import parse_duration
+from edge_common.device import Duration as AnyDuration
 
 if TYPE_CHECKING:
     from bleak import BleakClient
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=86400)]
+Duration = Annotated[AnyDuration, Field(gt=0, le=86400)]
 
 
 class PollOptions(BaseModel):
