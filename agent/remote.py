@@ -336,6 +336,7 @@ class CommandService:
                 log.info("config.apply %s confirmed after %.1f s", cmd.jti, time.monotonic() - t0)
                 await self._finish(cmd, "ok", result={"sha256": pending.new, "previous": pending.base,
                                                       "backup": pending.backup,
+                                                      "config_digest": self.agent.cfg.digest(),
                                                       "confirmed_after": round(time.monotonic() - t0, 3)})
                 return
             u = self.agent.cfg.uplink

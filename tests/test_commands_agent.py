@@ -221,6 +221,8 @@ def test_config_apply_adding_a_device_is_confirmed_and_its_readings_arrive(gw: G
     assert gw.config.read_text() == new
     assert Path(r["result"]["backup"]).read_bytes().decode() + EXTRA_DEVICE == new
     wait_until(lambda: any(x["device"] == "sim-pm" for x in p.sub.readings()), 20, "readings of the new device")
+    digests = [m.json()["config_digest"] for m in p.sub.on("/status") if m.json()["state"] == "online"]
+    assert len(set(digests)) == 2 and digests[-1] == r["result"]["config_digest"]  # the birth tells the new config
     assert seqs(p) == list(range(1, seqs(p)[-1] + 1))
     assert "sim-pm" in gw.status()["devices"]
 
@@ -298,3 +300,38 @@ def test_cli_send_signs_and_waits_for_the_result(gw: Gateway) -> None:
     assert [ln.split()[2:5] for ln in lines[1:]] == [
         ["ping", "platform", "ok"], ["config.get", "platform", "ok"], ["config.apply", "platform", "ok"],
         ["device.restart", "platform", "refused"]]
+
+
+def test_fuzzed_tokens_at_the_agent_never_execute_and_device_restart_works(tmp_path: Path, broker: Broker) -> None:
+    import random
+
+    g = Gateway(tmp_path, broker)  # every verb allowed
+    try:
+        g.start()
+        p = g.platform
+        rnd = random.Random(15)
+        good = p.token(p.claims("uplink.reconnect")).encode()
+        fuzz: list[bytes] = []
+        for _ in range(20):
+            b = bytearray(good)
+            for _ in range(rnd.randint(1, 4)):
+                b[rnd.randrange(len(b))] = rnd.randrange(256)
+            if bytes(b) != good:
+                fuzz.append(bytes(b))
+        for f in fuzz:
+            paced(lambda f=f: p.send(f))
+        wait_until(lambda: len(p.results()) == len(fuzz), 30, "every fuzzed token answered")
+        assert {r["status"] for r in p.results()} == {"refused"}
+        assert g.status()["uplink"]["reconnects"] == 0 and g.births() == 1
+        before = g.status()["devices"]["sim-gnss"]["readings"]
+        jti = paced(lambda: p.command("device.restart", {"device": "sim-gnss"}))
+        r = p.result(jti)
+        assert (r["status"], r["result"]) == ("ok", {"device": "sim-gnss", "restarted": True})
+        # a new runner counts from 0 (the old one had `before` > 20 readings after the fuzzing above)
+        assert before > 20
+        wait_until(lambda: g.status()["devices"]["sim-gnss"]["readings"] < before, 20, "a fresh driver run")
+        wait_until(lambda: g.status()["devices"]["sim-gnss"]["online"], 20, "the device back online")
+        jti = paced(lambda: p.command("device.restart", {"device": "nope"}))
+        assert p.result(jti)["reason"] == "bad_args"
+    finally:
+        g.close()
