@@ -57,6 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUEUE = 4 * BURST  # messages waiting for the worker; past it, dropped unanswered (counted, logged)
+DROP_LOG = (1, 10, 100)  # the flood is logged at these counts, then every 1000
 
 
 class Failed(Exception):
@@ -80,6 +81,7 @@ class CommandService:
         self.verifier = self._make_verifier()
         self.store = CommandStore(store_path(agent.cfg.buffer.path))
         self.rate = RateLimiter(RATE, BURST)
+        self.refusals = RateLimiter(RATE, BURST)  # rate_limited answers: past these, a flood is dropped unanswered
         self.queue: asyncio.Queue[tuple[bytes, bool, bool]] = asyncio.Queue(QUEUE)
         self.dropped = 0
         self._results = asyncio.Event()
@@ -98,10 +100,12 @@ class CommandService:
             return  # a zero-length message clears a retained one: nothing to answer
         limited = not self.rate.take()
         try:
+            if limited and not self.refusals.take():
+                raise asyncio.QueueFull  # answering a flood would only multiply it (results, audit, events)
             self.queue.put_nowait((payload, retained, limited))
         except asyncio.QueueFull:
             self.dropped += 1
-            if self.dropped in (1, 10, 100) or self.dropped % 1000 == 0:
+            if self.dropped in DROP_LOG or self.dropped % 1000 == 0:
                 log.warning("commands: flooded; %d messages on P/commands dropped unanswered", self.dropped)
 
     # -- the worker ---------------------------------------------------------------------------
@@ -111,7 +115,10 @@ class CommandService:
             await self._report_interrupted()
             while True:
                 payload, retained, limited = await self.queue.get()
-                await self._handle(payload, retained, limited)
+                try:
+                    await self._handle(payload, retained, limited)
+                except Exception:  # e.g. commands.db unwritable: never the end of the agent
+                    log.exception("commands: a command could not be recorded")
         finally:
             tasks = [t for t in (sender, self._apply) if t is not None]
             for t in tasks:
@@ -186,10 +193,14 @@ class CommandService:
             for row_id, payload in rows:
                 try:
                     await up.publish("commands/result", payload)
-                except UplinkError:
-                    await asyncio.sleep(0.2)
+                    await asyncio.to_thread(self.store.mark_sent, row_id)
+                except (UplinkError, TimeoutError):
+                    await asyncio.sleep(0.2)  # lost the session: wait for the next one
                     break
-                await asyncio.to_thread(self.store.mark_sent, row_id)
+                except Exception:
+                    log.exception("commands: results cannot be published")
+                    await asyncio.sleep(1.0)
+                    break
 
     # -- verbs ----------------------------------------------------------------------------------
     async def _execute(self, cmd: Command) -> Any:
@@ -295,7 +306,7 @@ class CommandService:
 
         tmp = path.with_name(f".{path.name}.candidate-{os.getpid()}")
         try:
-            tmp.write_bytes(new)
+            atomic_write(tmp, new, mode=0o600)  # it may hold secrets (bindkeys)
             try:
                 cfg = load_config(tmp)
             except ConfigError as e:
