@@ -142,6 +142,9 @@ class CommandService:
             if limited:
                 raise Refused("rate_limited", f"more than {RATE:g} commands per second (burst {BURST})",
                               **claimed_ids(payload))
+            if self.agent.cfg.commands is None:
+                raise Refused("not_allowed", "[commands] was removed by a reload: remote commands are off",
+                              **claimed_ids(payload))
             self._refresh()
             synced = self.agent.clock.state() == "synced"
             cmd = self.verifier.verify(payload, retained=retained, clock_synced=synced)
@@ -267,7 +270,7 @@ class CommandService:
                           result={"sha256": cur_sha})
         new = text.encode()
         try:
-            problems = await asyncio.to_thread(self._check_candidate, path, new)
+            problems = await asyncio.to_thread(self._check_candidate, path, new, cmd.kid)
         except OSError as e:
             raise Failed("not_writable", f"cannot write in {path.parent}: {e.strerror} (remote configuration "
                          "needs a writable config folder: docs/DEPLOY.md)") from None
@@ -299,7 +302,7 @@ class CommandService:
                                           name="commands:confirm")
         return _LATER
 
-    def _check_candidate(self, path: Path, new: bytes) -> list[str]:
+    def _check_candidate(self, path: Path, new: bytes, kid: str) -> list[str]:
         """Every problem `config check` finds in the new text (read beside the real file: same relative paths)."""
         from agent.config import load_config
         from agent.reload import plan
@@ -318,6 +321,13 @@ class CommandService:
                for k in plan(self.agent.cfg, cfg, set(self.agent.devices)).needs_restart]
         if cfg.commands is None:
             out.append("commands: removing [commands] remotely would end remote management (do it on site)")
+            return out
+        if cfg.commands.allow is not None and "config.apply" not in cfg.commands.allow:
+            out.append("commands.allow: dropping config.apply remotely would end remote configuration (do it on site)")
+        signer = self.verifier.keys[kid].public_bytes_raw()
+        if all(k.public_bytes_raw() != signer for k in load_trusted_keys(cfg.commands.trusted_keys).values()):
+            out.append(f"commands.trusted_keys: the new file does not trust the key that signed this config.apply "
+                       f"({kid!r}): the platform would lock itself out (sign it with a key that stays trusted)")
         return out
 
     async def _reload(self, path: Path) -> Uplink | None:

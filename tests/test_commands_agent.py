@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -216,6 +217,20 @@ def test_config_apply_adding_a_device_is_confirmed_and_its_readings_arrive(gw: G
     assert r["reason"] == "invalid_config" and gw.sha() == base
     assert any("unknown driver 'warp'" in x for x in r["result"]["problems"])
     assert any(x.startswith("uplink2: unknown key") for x in r["result"]["problems"])
+    make_key(gw.dir, "other")
+    for text, problem in (
+            (new.replace('trusted_keys = ["platform.pub"]', 'trusted_keys = ["other.pub"]'),
+             "commands.trusted_keys: the new file does not trust the key that signed this config.apply"),
+            (re.sub(r"\[commands\].*?(?=\[\[devices\]\])", "", new, flags=re.S),
+             "commands: removing [commands] remotely would end remote management"),
+            (new.replace("[buffer]", '[buffer]\nqueue_size = 5000'),
+             "buffer.queue_size: takes effect only after a restart")):
+        assert text != new
+        locked = paced(lambda text=text: p.command("config.apply", {"config": text, "base": base}))
+        r = p.result(locked)
+        assert r["reason"] == "invalid_config" and any(x.startswith(problem) for x in r["result"]["problems"]), \
+            r["result"]
+    assert gw.sha() == base
     t0 = time.monotonic()
     jti = paced(lambda: p.command("config.apply", {"config": new, "base": base}))
     r = p.result(jti, timeout=30)
