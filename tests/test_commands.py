@@ -140,9 +140,10 @@ def test_fuzzed_tokens_never_verify(keys: tuple[Ed25519PrivateKey, Path], verifi
 
 def test_rate_limiter_allows_a_burst_then_the_rate() -> None:
     r = RateLimiter(rate=5, burst=10)
-    t = r.t
+    t = r.t = 1000.0
     assert [r.take(t) for _ in range(11)] == [True] * 10 + [False]
-    assert r.take(t + 0.2) and not r.take(t + 0.2)
+    assert r.take(t + 0.25) and not r.take(t + 0.25)  # 1.25 tokens came back
+    assert [r.take(t + 100) for _ in range(11)] == [True] * 10 + [False]  # never more than the burst
 
 
 def test_replay_store_survives_reopen_and_forgets_after_exp(tmp_path: Path) -> None:
