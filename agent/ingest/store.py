@@ -80,6 +80,8 @@ def _classify(messages: list[Message]) -> _Batch:
     b = _Batch()
     for m in messages:
         kind = m.topic.rpartition("/")[2]
+        if kind == "commands":
+            continue  # the platform's own signed commands (docs/PROTOCOL.md#commands), not a gateway's message
         try:
             if kind not in TOPICS:
                 raise ContractError(f"unknown topic {m.topic!r}")
