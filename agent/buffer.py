@@ -24,6 +24,7 @@ Guarantees
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -84,6 +85,10 @@ _get_clock = attrgetter("clock")
 _get_mono = attrgetter("mono")
 
 DropReason = Literal["buffer_full", "max_age", "corrupt_database"]
+# What keeps the buffer from writing: the disk is full, another process holds the lock, the
+# filesystem went read-only, the device fails (I/O error), or the file is damaged.
+Fault = Literal["disk_full", "locked", "read_only", "io_error", "corrupt"]
+PendingEvent = tuple[str, dict[str, Any], float]  # (type, body, time made): stored with the next commit
 
 
 @dataclass(slots=True)
@@ -94,6 +99,7 @@ class CommitResult:
     rejected: int = 0
     gaps: list[dict[str, Any]] = field(default_factory=list)
     for_send: list[tuple[int, str]] | None = None  # rows fetched for the uplink (`send_after`)
+    events: int = 0  # events stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,16 +170,29 @@ class Outbox:
         self.durable_changes = 0
         self.read_mark = 0
         self.syncs = 0
+        self._sent_upto_saved = 0  # meta.sent_upto as last written (protect_upto may be ahead)
+        self._events_acked: set[int] = set()  # PUBACKed events whose delete has not committed yet
+        self._unwritten_logged = False
+        self._last_read: tuple[int, float | None] = (0, None)  # (events pending, oldest ts) for stats
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we opened
+        self._file_checked = -1e18
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self) -> Outbox:
-        """Open or create; a corrupt file is quarantined (renamed, kept) and a fresh one made."""
+        """Open or create; a corrupt file is quarantined (renamed, kept) and a fresh one made.
+
+        Only corruption quarantines: a full disk, an I/O error or a read-only filesystem is
+        not the file's fault (BufferError_ naming it; the file is left alone).
+        """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._open()
         except (sqlite3.DatabaseError, BufferCorrupt) as e:
             if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
                 raise BufferError_(f"{self.path}: database is locked by another process") from e
+            fault = write_fault(e)
+            if fault is not None and fault != "corrupt":
+                raise BufferError_(f"{self.path}: cannot open the buffer ({fault.replace('_', ' ')}: {e})") from e
             self._quarantine(str(e))
             self._open()
             self._record_quarantine(str(e))
@@ -221,7 +240,8 @@ class Outbox:
         self.bytes = total + ROW_OVERHEAD * self.depth
         self.dropped = dict(db.execute("SELECT reason, sum(count) FROM drops GROUP BY reason").fetchall())
         self.rejected = int(meta.get("rejected", "0"))
-        self.protect_upto = int(meta.get("sent_upto", "0"))
+        self.protect_upto = self._sent_upto_saved = int(meta.get("sent_upto", "0"))
+        self._file_id = self._identity()
 
     def _quarantine(self, why: str) -> None:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -239,6 +259,7 @@ class Outbox:
         old = salvage(self.quarantined)
         now = time.time()
         db = self.db
+        mark = self._mark()
         db.execute("BEGIN IMMEDIATE")
         try:
             for ts, type_, payload in old.events:  # verbatim: byte-identical if already sent
@@ -252,11 +273,55 @@ class Outbox:
             }, now=now)
             db.execute("COMMIT")
         except BaseException:
-            self._rollback_state()
+            self._rollback_state(mark)
             raise
         log.error("buffer: old epoch %s: %s readings lost, %d undelivered events carried over",
                   old.epoch or "(unreadable)", "unknown number of" if old.lost is None else old.lost,
                   len(old.events))
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def check_file(self, now: float | None = None) -> str | None:
+        """Is `path` still our database? If it was deleted or replaced while we run, put ours back.
+
+        SQLite goes on writing into the open file even after it left the directory: at the next
+        start everything in it would be gone. So the open database is copied (backup API) to
+        `path` and reopened: same epoch, same seqs, nothing lost. A foreign file found at `path`
+        is kept as `<path>.replaced-<time>`. At most once a second; returns what was done.
+        """
+        now = time.monotonic() if now is None else now
+        if now - self._file_checked < 1.0 or self._db is None:
+            return None
+        self._file_checked = now
+        found = self._identity()
+        if found == self._file_id:
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        what = "deleted"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if found is not None:
+            aside = self.path.with_name(f"{self.path.name}.replaced-{stamp}")
+            os.rename(self.path, aside)
+            what = f"replaced by another file (kept as {aside})"
+        tmp = self.path.with_name(f"{self.path.name}.restore-{stamp}")
+        dst = sqlite3.connect(tmp)
+        try:
+            self._db.backup(dst)
+        finally:
+            dst.close()
+        self._db.close()  # the detached file goes with its last descriptor
+        self._db = None
+        os.replace(tmp, self.path)
+        self._open()
+        msg = (f"{self.path} was {what} while the agent ran; restored from the open database "
+               f"(epoch {self.epoch}, {self.depth} readings kept, next seq {self.next_seq})")
+        log.error("buffer: %s", msg)
+        return msg
 
     def close(self) -> None:
         if self._db is not None:
@@ -276,7 +341,7 @@ class Outbox:
     # -- write path -----------------------------------------------------------------------
     def commit(
         self, readings: Sequence[Reading], acks: Iterable[tuple[int, int]] = (), now: float | None = None,
-        send_after: tuple[int, int] | None = None,
+        send_after: tuple[int, int] | None = None, events: Sequence[PendingEvent] = (),
     ) -> CommitResult:
         """One transaction: accept readings (assign seqs), apply acks, enforce limits.
 
@@ -292,7 +357,7 @@ class Outbox:
         if self.full_cap is not None and now - self._full_since > self.full_retry:
             self.full_cap = None  # space may have come back: try the configured limit again
         try:
-            return self._commit(readings, acks, now, send_after)
+            return self._commit(readings, acks, now, send_after, events)
         except sqlite3.OperationalError as e:
             if not _is_full(e):
                 raise
@@ -306,16 +371,17 @@ class Outbox:
         batch = sum(len(r.values) * 16 + 160 for r in readings)
         self.full_cap = max(0, min(self.bytes, self.max_bytes) - batch)
         try:
-            return self._commit(readings, acks, now, send_after)
+            return self._commit(readings, acks, now, send_after, events)
         except sqlite3.OperationalError as e:
             if _is_full(e):
                 raise BufferFull(f"{self.path}: disk full") from e
             raise
 
     def _commit(self, readings: Sequence[Reading], acks: list[tuple[int, int]], now: float,
-                send_after: tuple[int, int] | None = None) -> CommitResult:
+                send_after: tuple[int, int] | None = None, events: Sequence[PendingEvent] = ()) -> CommitResult:
         res = CommitResult()
         db = self.db
+        mark = self._mark()
         db.execute("BEGIN IMMEDIATE")
         try:
             freed = 0
@@ -329,6 +395,11 @@ class Outbox:
                     self.depth -= n
                     freed += b + ROW_OVERHEAD * n
             self.bytes -= freed
+            for type_, body, ts in events:
+                self.add_event(type_, body, now=ts, in_txn=True)
+            acked_events = sorted(self._events_acked)
+            if acked_events:
+                db.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in acked_events])
             inserted = self._insert(readings, now, res) if readings else False
             if not inserted:
                 self._save_next_seq()
@@ -337,12 +408,17 @@ class Outbox:
                 send = db.execute(
                     "SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", send_after
                 ).fetchall()
-                if send and send[-1][0] > self.protect_upto:
-                    db.execute("INSERT OR REPLACE INTO meta VALUES ('sent_upto', ?)", (str(send[-1][0]),))
+            sent_upto = max(self.protect_upto, send[-1][0] if send else 0)
+            if sent_upto > self._sent_upto_saved:  # also a mark fetch_for_send could not write
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('sent_upto', ?)", (str(sent_upto),))
             db.execute("COMMIT")
         except BaseException:
-            self._rollback_state()
+            self._rollback_state(mark)
             raise
+        self._sent_upto_saved = sent_upto
+        self._unwritten_logged = False
+        self._forget_events(acked_events)
+        res.events = len(events)
         if send is not None:  # committed now: the uplink may publish them (once durable)
             self.read_mark = self.db.total_changes
             if send:
@@ -493,6 +569,7 @@ class Outbox:
         now = time.time() if now is None else now
         db = self.db
         cutoff = now - self.max_age
+        mark = self._mark()
         db.execute("BEGIN IMMEDIATE")
         try:
             first, last, n, b = db.execute(
@@ -509,7 +586,7 @@ class Outbox:
                 self._save_next_seq()
             db.execute("COMMIT")
         except BaseException:
-            self._rollback_state()
+            self._rollback_state(mark)
             raise
         self._log_drops(gaps, now)
         return gaps
@@ -543,20 +620,18 @@ class Outbox:
         self._open_gap = (eid, reason)
         return gap
 
-    def _rollback_state(self) -> None:
+    def _mark(self) -> tuple[Any, ...]:
+        """The in-memory view a transaction may move (restored by _rollback_state if it fails)."""
+        return (self.next_seq, self.depth, self.bytes, dict(self.dropped), self.rejected, self._open_gap)
+
+    def _rollback_state(self, mark: tuple[Any, ...]) -> None:
+        # Restored from memory, not re-read: after an I/O error reads may fail too, and a
+        # next_seq left advanced by a failed commit would skip seqs (a hole no gap explains).
         try:
             self.db.execute("ROLLBACK")
         except sqlite3.DatabaseError:
             pass
-        # Re-read counters: the in-memory view may have moved with the failed transaction.
-        db = self.db
-        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-        top = db.execute("SELECT max(seq) FROM outbox").fetchone()[0] or 0
-        self.next_seq = max(int(meta["next_seq"]), top + 1)
-        self.depth, total = db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
-        self.bytes = total + ROW_OVERHEAD * self.depth
-        self.dropped = dict(db.execute("SELECT reason, sum(count) FROM drops GROUP BY reason").fetchall())
-        self._open_gap = None
+        self.next_seq, self.depth, self.bytes, self.dropped, self.rejected, self._open_gap = mark
 
     # -- events -------------------------------------------------------------------------
     def add_event(self, type_: str, body: dict[str, Any], *, now: float | None = None, in_txn: bool = False) -> int:
@@ -572,21 +647,41 @@ class Outbox:
 
     def fetch_events(self, limit: int = 100) -> list[tuple[int, str]]:
         """Undelivered events not already in flight, oldest first; marks them in flight."""
+        skip = self._events_inflight | self._events_acked
         rows = self.db.execute(
-            "SELECT id, payload FROM events ORDER BY id LIMIT ?", (limit + len(self._events_inflight),)
+            "SELECT id, payload FROM events ORDER BY id LIMIT ?", (limit + len(skip),)
         ).fetchall()
-        out = [(i, p) for i, p in rows if i not in self._events_inflight][:limit]
+        out = [(i, p) for i, p in rows if i not in skip][:limit]
         self.read_mark = self.db.total_changes
         self._events_inflight.update(i for i, _ in out)
         self._events_sent.update(i for i, _ in out)
         return out
 
     def ack_event(self, event_id: int) -> None:
-        self.db.execute("DELETE FROM events WHERE id = ?", (event_id,))
+        """The broker has the event: delete it (kept for the next commit if the disk refuses)."""
+        self._events_acked.add(event_id)
         self._events_inflight.discard(event_id)
-        self._events_sent.discard(event_id)
         if self._open_gap and self._open_gap[0] == event_id:
             self._open_gap = None
+        done = sorted(self._events_acked)
+        try:
+            self.db.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in done])
+        except sqlite3.DatabaseError as e:
+            if write_fault(e) is None:
+                raise
+            self._unwritten(e, "acknowledged events are deleted later")
+            return
+        self._forget_events(done)
+
+    def _forget_events(self, ids: Iterable[int]) -> None:
+        for i in ids:
+            self._events_acked.discard(i)
+            self._events_sent.discard(i)
+
+    def _unwritten(self, e: BaseException, what: str) -> None:
+        if not self._unwritten_logged:
+            log.warning("buffer: write refused (%s); %s", e, what)
+            self._unwritten_logged = True
 
     def release_events(self) -> None:
         """After a disconnect: in-flight events become sendable again."""
@@ -608,8 +703,17 @@ class Outbox:
         rows = self.fetch(after_seq, limit)
         if rows and rows[-1][0] > self.protect_upto:
             self.protect_upto = rows[-1][0]
-            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('sent_upto', ?)", (str(self.protect_upto),))
-            self.read_mark = self.db.total_changes
+            try:
+                self.db.execute("INSERT OR REPLACE INTO meta VALUES ('sent_upto', ?)", (str(self.protect_upto),))
+            except sqlite3.DatabaseError as e:
+                # Delivering what is stored comes first: the mark protects the rows in memory
+                # and the next commit writes it.
+                if write_fault(e) is None:
+                    raise
+                self._unwritten(e, "the handed-out mark is kept in memory until a commit writes it")
+            else:
+                self._sent_upto_saved = self.protect_upto
+                self.read_mark = self.db.total_changes
         return rows
 
     # -- durability ---------------------------------------------------------------------
@@ -627,7 +731,19 @@ class Outbox:
         """
         mark = self.db.total_changes
         if self.synchronous == "NORMAL":
-            busy, frames, done = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            try:
+                busy, frames, done = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            except sqlite3.OperationalError as e:
+                if not _is_full(e):
+                    raise
+                # A full disk refuses the checkpoint's copy into the database file, not the
+                # WAL's own sync: fsync the WAL ourselves (the file, whichever descriptor).
+                fd = os.open(f"{self.path}-wal", os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                busy = done = frames = 0
             if busy or done < frames:
                 return False
             self.syncs += 1
@@ -642,8 +758,13 @@ class Outbox:
         return row[0] if row else None
 
     def stats(self) -> BufferStats:
+        """Counters for health and status; a disk that fails reads leaves the last values read."""
         db = self.db
-        pending = db.execute("SELECT count(*) FROM events").fetchone()[0]
+        try:
+            self._last_read = (db.execute("SELECT count(*) FROM events").fetchone()[0], self.oldest_ts())
+        except sqlite3.DatabaseError:
+            pass
+        pending, oldest = self._last_read
         try:
             files = (Path(str(self.path) + suffix) for suffix in ("", "-wal"))
             file_bytes = sum(f.stat().st_size for f in files if f.exists())
@@ -651,7 +772,7 @@ class Outbox:
             file_bytes = 0
         return BufferStats(
             epoch=self.epoch, depth=self.depth, bytes=self.bytes, max_bytes=self.max_bytes,
-            oldest_ts=self.oldest_ts(), next_seq=self.next_seq, dropped=dict(self.dropped),
+            oldest_ts=oldest, next_seq=self.next_seq, dropped=dict(self.dropped),
             rejected=self.rejected, events_pending=pending, file_bytes=file_bytes,
         )
 
@@ -672,6 +793,53 @@ def is_locked(e: BaseException) -> bool:
         getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
         or "database is locked" in str(e)
     )
+
+
+_FAULTS: dict[int, Fault] = {
+    sqlite3.SQLITE_FULL: "disk_full",
+    sqlite3.SQLITE_BUSY: "locked",
+    sqlite3.SQLITE_LOCKED: "locked",
+    sqlite3.SQLITE_READONLY: "read_only",
+    sqlite3.SQLITE_PERM: "read_only",
+    sqlite3.SQLITE_IOERR: "io_error",
+    sqlite3.SQLITE_CANTOPEN: "io_error",
+    sqlite3.SQLITE_CORRUPT: "corrupt",
+    sqlite3.SQLITE_NOTADB: "corrupt",
+}
+
+
+_OS_FAULTS: dict[int, Fault] = {errno.ENOSPC: "disk_full", errno.EDQUOT: "disk_full", errno.EROFS: "read_only",
+                                 errno.EACCES: "read_only", errno.EPERM: "read_only"}
+
+
+def write_fault(e: BaseException, path: Path | None = None) -> Fault | None:
+    """What a failed buffer operation says about the disk, or None when it is not the disk's doing.
+
+    SQLite reports a write refused by a filesystem gone read-only (ext4 errors=remount-ro on a
+    failing SD card; newer kernels do not even flag the mount) as a plain I/O error: with `path`
+    given, creating a file next to it tells read_only (EROFS) and disk_full (ENOSPC) apart.
+    """
+    if isinstance(e, BufferFull):
+        return "disk_full"
+    if isinstance(e, OSError):  # our own file operations (restoring a deleted file, a WAL fsync)
+        return _OS_FAULTS.get(e.errno or 0, "io_error")
+    if not isinstance(e, sqlite3.DatabaseError):
+        return None
+    code = getattr(e, "sqlite_errorcode", None)
+    fault = _FAULTS.get(code & 0xFF) if isinstance(code, int) else None
+    if fault is None:
+        text = str(e)
+        fault = ("disk_full" if "disk is full" in text else "locked" if "locked" in text
+                 else "read_only" if "readonly" in text else "io_error" if "I/O error" in text
+                 else "corrupt" if "malformed" in text or "not a database" in text else None)
+    if fault == "io_error" and path is not None:
+        probe = path.with_name(f".{path.name}.write-probe")
+        try:
+            os.close(os.open(probe, os.O_CREAT | os.O_WRONLY, 0o600))
+            os.unlink(probe)
+        except OSError as oe:
+            fault = _OS_FAULTS.get(oe.errno or 0, fault)
+    return fault
 
 
 _EPOCH_RE = re.compile(r"^[0-9a-f]{16}$")

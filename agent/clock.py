@@ -23,6 +23,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Literal
 
+from agent.buffer import write_fault
 from agent.model import Reading, format_ts
 from agent.ticks import sleep_to_tick
 
@@ -195,8 +196,13 @@ async def watch_clock(agent: Agent, interval: float = POLL_INTERVAL,
         if prev == "unsynced" and cur == "synced":
             try:
                 res = await correct_buffered(agent.pipeline, mon.offset)
-            except Exception:  # e.g. the buffer is locked: readings stay unsynced, nothing lost
-                log.exception("clock synchronised, but re-stamping buffered readings failed")
+            except Exception as e:  # the disk refuses (full, locked, read-only): readings stay unsynced
+                if write_fault(e) is None:
+                    log.exception("clock synchronised, but re-stamping buffered readings failed")
+                    prev = cur
+                    continue
+                log.warning("clock synchronised, but re-stamping buffered readings failed (%s); retrying", e)
+                continue  # prev stays unsynced: the next poll tries again
             else:
                 log.warning(
                     "clock synchronised (wall clock moved %+.3fs): %d buffered readings "

@@ -200,8 +200,11 @@ class HealthBuffer(_Open):
     file_bytes: int = Field(ge=0)
     accept_rate: float = Field(ge=0, description="readings/s over the last minutes")
     events_pending: int = Field(ge=0)
-    writer: Literal["ok", "disk_full", "locked"] = Field(
-        default="ok", description="disk_full / locked: commits fail for now; readings wait in memory (queued)")
+    writer: Literal["ok", "disk_full", "locked", "read_only", "io_error", "corrupt"] = Field(
+        default="ok", description="not ok: the disk refuses commits for now (full, locked by another process, "
+        "read-only filesystem, I/O errors, damaged file); readings wait in memory (queued), stored ones are "
+        "still delivered")
+    writer_detail: str = Field(default="", description="the last refusal's SQLite error, when writer is not ok")
 
 
 class HealthUplink(_Open):

@@ -136,7 +136,7 @@ async def build_health(agent: Agent, reader: str = "health") -> dict[str, Any]:
             "dropped_total": sum(st.dropped.values()), "rejected": st.rejected,
             "queue_overflow": pipe.overflow, "queued": pipe.queued, "file_bytes": st.file_bytes,
             "accept_rate": round(rate, 2), "events_pending": st.events_pending,
-            "writer": "disk_full" if pipe.disk_full else "locked" if pipe.locked else "ok",
+            "writer": pipe.writer, "writer_detail": pipe.writer_detail,
         },
         "uplink": {
             "state": u.state, "connected_since": _ts(u.connected_since), "last_error": u.last_error,

@@ -129,6 +129,7 @@ def stall_reason(agent: Agent, stall_after: float, now: float | None = None) -> 
         return f"buffer commit stuck for {now - pipe.busy_since:.0f}s"
     if (
         pipe.queued
+        and pipe.writer == "ok"  # a refusing disk is reported and retried: a restart loses the queue
         and pipe.busy_since is None
         and now - pipe.last_commit > stall_after + pipe.commit_interval
     ):
@@ -149,7 +150,7 @@ def status_line(agent: Agent) -> str:
     pipe = agent.pipeline
     if pipe is not None:
         parts.append(f"buffer {pipe.outbox.depth} readings"
-                     + (" (disk full)" if pipe.disk_full else " (locked)" if pipe.locked else ""))
+                     + ("" if pipe.writer == "ok" else f" ({pipe.writer.replace('_', ' ')})"))
     if agent.uplink is not None:
         parts.append(f"uplink {agent.uplink.stats.state}")
     parts.append(f"clock {agent.clock.state()}")

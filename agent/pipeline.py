@@ -9,10 +9,9 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-from agent.buffer import CommitResult, Outbox, is_locked
-from agent.errors import BufferFull
+from agent.buffer import CommitResult, Fault, Outbox, PendingEvent, write_fault
 from agent.model import Reading
 
 log = logging.getLogger(__name__)
@@ -58,8 +57,11 @@ class Pipeline:
         self.last_commit_duration = 0.0
         self.busy_since: float | None = None
         self._closed = False
-        self.disk_full = False
-        self.locked = False  # another process holds the database: readings wait in memory
+        # "ok", or the Fault keeping commits from the disk: readings (bounded by queue_size),
+        # acks and events then wait in memory and the writer retries every second.
+        self.writer: Literal["ok"] | Fault = "ok"
+        self.writer_detail = ""
+        self._events: list[PendingEvent] = []
         self._full_batch = 0
         # The uplink, caught up and waiting, asks for the rows the next commit adds: they are
         # fetched in the same buffer-thread job as the commit (one thread round trip, not two).
@@ -101,7 +103,10 @@ class Pipeline:
                     done = await self.call(ob.sync)
                     pause = SYNC_RETRY
                 except Exception as e:  # disk full, I/O error: nothing unsynced goes out
-                    log.warning("buffer: WAL sync failed (%s); publishing waits for it", e)
+                    fault = write_fault(e, ob.path)
+                    if fault is None:
+                        raise
+                    self._fault(fault, e, "WAL sync; publishing waits for it")
                     done, pause = False, 1.0
                 self._last_sync = time.monotonic()
                 if not done:
@@ -147,12 +152,15 @@ class Pipeline:
         self._fetched = None
         return got[1]
 
-    def _commit_job(self, batch: list[Reading], acks: list[tuple[int, int]]) -> CommitResult:
+    def _commit_job(self, batch: list[Reading], acks: list[tuple[int, int]],
+                    events: list[PendingEvent] | None = None) -> CommitResult:
         """Buffer thread: commit and, in the same transaction, fetch for a waiting uplink
         (prefetched rows of an earlier commit are dropped first: they may miss this commit's rows)."""
         self._fetched = None
         want = self._want
-        res = self.outbox.commit(batch, acks, send_after=None if want is None else (want[1], want[2]))
+        self.outbox.check_file()
+        res = self.outbox.commit(batch, acks, send_after=None if want is None else (want[1], want[2]),
+                                 events=events or ())
         if want is not None and res.for_send is not None:
             self._want = None
             self._fetched = (want[0], res.for_send)
@@ -162,15 +170,45 @@ class Pipeline:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def disk_full(self) -> bool:
+        return self.writer == "disk_full"
+
+    @property
+    def locked(self) -> bool:
+        return self.writer == "locked"
+
+    def _fault(self, fault: Fault, e: BaseException, what: str) -> None:
+        """A buffer operation failed for a reason of the disk's: say so once per change of state."""
+        detail = str(e)[:200]
+        if fault != self.writer:
+            hint = {
+                "disk_full": "the disk is full",
+                "locked": f"{self.outbox.path} is locked by another process",
+                "read_only": "the filesystem is read-only",
+                "io_error": "the disk reports I/O errors",
+                "corrupt": "the database file is damaged",
+            }[fault]
+            log.error("buffer: %s (%s: %s); %d readings wait in memory (at most %d), delivery of what is "
+                      "stored goes on, retrying every second", hint, what, detail, len(self._queue), self.queue_size)
+        self.writer = fault
+        self.writer_detail = detail
+
+    def _cleared(self) -> None:
+        if self.writer != "ok":
+            log.warning("buffer: writing again (was %s)", self.writer.replace("_", " "))
+        self.writer = "ok"
+        self.writer_detail = ""
+
     # -- the writer -------------------------------------------------------------------------
     async def run_writer(self) -> None:
         """Commit every `commit_interval` (or sooner when a batch fills) until cancelled."""
         while True:
-            if not self._queue and not self._acks:
+            if not self._queue and not self._acks and not self._events:
                 await self._wake.wait()
                 self._wake.clear()
                 continue
-            if not self._queue:
+            if not self._queue and not self._events:
                 # Acks only: wait for readings to commit them with, at most until the linger ends.
                 left = self._acks_since + self.ack_linger - time.monotonic()
                 if left > 0:
@@ -188,50 +226,40 @@ class Pipeline:
                                 await self._wake.wait()
                                 self._wake.clear()
             await self.flush()
-            if self.disk_full or self.locked:
+            if self.writer != "ok":
                 await asyncio.sleep(1.0)
 
     async def flush(self) -> CommitResult | None:
-        """Commit everything queued and every pending ack now."""
-        if not self._queue and not self._acks:
-            return None
+        """Commit everything queued and every pending ack and event now.
+
+        A failure of the disk's (full, locked, read-only, I/O error) keeps them all in memory,
+        in order, for the next try (readings bounded by queue_size: `submit` refuses beyond).
+        """
         total: CommitResult | None = None
-        while self._queue or self._acks:
+        while self._queue or self._acks or self._events:
             n = min(len(self._queue), self._full_batch or self.batch_max)
             batch = [self._queue.popleft() for _ in range(n)]
             acks, self._acks = self._acks, []
+            events, self._events = self._events, []
             t0 = time.monotonic()
             self.busy_since = t0
             try:
-                res = await self.call(self._commit_job, batch, acks)
-            except BufferFull:
-                # Keep them in memory (bounded by queue_size) and try again later.
-                self._queue.extendleft(reversed(batch))
-                self._acks[:0] = acks
-                self.busy_since = None
-                if not self.disk_full:
-                    log.error("buffer: disk full; %d readings wait in memory", len(self._queue))
-                self.disk_full = True
-                self._full_batch = max(10, n // 4)  # smaller transactions need less WAL space
-                return total
+                res = await self.call(self._commit_job, batch, acks, events)
             except Exception as e:
                 self._queue.extendleft(reversed(batch))
                 self._acks[:0] = acks
+                self._events[:0] = events
                 self.busy_since = None
-                if is_locked(e):
-                    if not self.locked:
-                        log.error("buffer: %s is locked by another process; %d readings wait in memory, "
-                                  "retrying every second", self.outbox.path, len(self._queue))
-                    self.locked = True
-                    return total
-                log.exception("buffer commit failed; %d readings kept in memory for retry", len(batch))
-                raise
+                fault = write_fault(e, self.outbox.path)
+                if fault is None:
+                    log.exception("buffer commit failed; %d readings kept in memory for retry", len(batch))
+                    raise
+                self._fault(fault, e, "commit")
+                if fault == "disk_full":
+                    self._full_batch = max(10, n // 4)  # smaller transactions need less WAL space
+                return total
             self.busy_since = None
-            if self.disk_full:
-                log.warning("buffer: writing again after a full disk")
-            if self.locked:
-                log.warning("buffer: writing again, the lock is gone")
-            self.disk_full = self.locked = False
+            self._cleared()
             self._full_batch = 0
             self.last_commit = time.monotonic()
             self.last_commit_duration = self.last_commit - t0
@@ -251,6 +279,8 @@ class Pipeline:
                     except Exception:  # a listener (tail client) must not break ingestion
                         log.exception("accept listener failed")
         self.rejected += res.rejected
+        if res.events:
+            self.new_events.set()
         if res.gaps:
             self.new_events.set()
             for gap in res.gaps:
@@ -261,9 +291,10 @@ class Pipeline:
         try:
             gaps = await self.call(self.outbox.expire)
         except Exception as e:
-            if not is_locked(e):
+            fault = write_fault(e, self.outbox.path)
+            if fault is None:
                 raise
-            log.warning("buffer: locked by another process; max-age expiry postponed")
+            self._fault(fault, e, "max-age expiry postponed")
             return
         if gaps:
             self.new_events.set()
@@ -272,19 +303,23 @@ class Pipeline:
                     g(gap)
 
     async def add_event(self, type_: str, body: dict[str, Any]) -> None:
-        """Store a durable event for P/events (committed at once; waits out a locked database)."""
+        """Queue a durable event for P/events: the writer stores it at once, in its own commit
+        (a disk that refuses keeps it in memory with the readings until it can)."""
+        self._events.append((type_, body, time.time()))
+        self._wake.set()
+
+    async def read(self, fn: Callable[..., T], *args: Any) -> T:
+        """`call` for the uplink's reads: a failure of the disk's is reported and retried every
+        second instead of ending the session (what is stored keeps going out once it reads)."""
         while True:
             try:
-                await self.call(self._add_event_txn, type_, body)
-                break
+                return await self.call(fn, *args)
             except Exception as e:
-                if not is_locked(e):
+                fault = write_fault(e, self.outbox.path)
+                if fault is None:
                     raise
-                await asyncio.sleep(1.0)  # retry: the event must not be lost
-        self.new_events.set()
-
-    def _add_event_txn(self, type_: str, body: dict[str, Any]) -> None:
-        self.outbox.add_event(type_, body)  # autocommit: isolation_level=None
+                self._fault(fault, e, f"reading for the uplink ({getattr(fn, '__name__', 'read')})")
+            await asyncio.sleep(1.0)
 
     async def close(self) -> None:
         """Flush what is queued, then close the database and the thread."""

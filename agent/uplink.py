@@ -347,7 +347,7 @@ class Uplink:
                 else:
                     pipe.new_data.clear()
                 if rows is None:
-                    rows = await pipe.call(pipe.outbox.fetch_for_send, cursor, limit)
+                    rows = await pipe.read(pipe.outbox.fetch_for_send, cursor, limit)
                 caught_up = len(rows) < limit
                 if rows:
                     await pipe.durable(urgent=not caught_up)  # synchronous=NORMAL: on disk first
@@ -395,7 +395,7 @@ class Uplink:
         topic = f"{self.prefix}/events"
         while True:
             pipe.new_events.clear()
-            rows = await pipe.call(pipe.outbox.fetch_events, 100)
+            rows = await pipe.read(pipe.outbox.fetch_events, 100)
             if not rows:
                 await pipe.new_events.wait()
                 continue
@@ -403,7 +403,7 @@ class Uplink:
             for eid, payload in rows:
                 await client.publish(topic, payload.encode(), qos=1, timeout=60)
                 raise_if_cancelling()
-                await pipe.call(pipe.outbox.ack_event, eid)
+                await pipe.read(pipe.outbox.ack_event, eid)
                 self.stats.events_published += 1
 
     async def _send_health(self, client: aiomqtt.Client) -> None:

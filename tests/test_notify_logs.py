@@ -123,6 +123,22 @@ def test_an_unhealthy_service_stops_the_watchdog() -> None:
     assert stall_reason(agent, 10.0, now=1.0) == "ble: no powered Bluetooth adapter"  # type: ignore[arg-type]
 
 
+def test_a_refusing_disk_is_progress_for_the_watchdog_a_hung_commit_is_not() -> None:
+    import types
+
+    from agent.notify import stall_reason
+
+    # The writer retries a full / read-only disk every second: a restart would lose the queue.
+    pipe = types.SimpleNamespace(busy_since=None, queued=50, last_commit=0.0, commit_interval=0.5,
+                                 writer="read_only")
+    agent = types.SimpleNamespace(pipeline=pipe, services={})
+    assert stall_reason(agent, 10.0, now=100.0) is None  # type: ignore[arg-type]
+    pipe.writer = "ok"
+    assert stall_reason(agent, 10.0, now=100.0) == "50 readings waiting 100s for a commit"  # type: ignore[arg-type]
+    pipe.writer, pipe.busy_since = "read_only", 50.0
+    assert stall_reason(agent, 10.0, now=100.0) == "buffer commit stuck for 50s"  # type: ignore[arg-type]
+
+
 def test_pymodbus_retry_warnings_stay_out_of_the_journal_unless_debugging() -> None:
     from agent.logs import setup_logging
 

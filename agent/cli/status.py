@@ -131,6 +131,9 @@ def render_status(st: dict[str, Any]) -> str:
         extra.append(paint("DISK FULL: readings wait in memory", "fail"))
     elif buf.get("writer") == "locked":
         extra.append(paint("LOCKED by another process (a sqlite3 shell?): readings wait in memory", "fail"))
+    elif buf.get("writer") in ("read_only", "io_error", "corrupt"):
+        what = {"read_only": "READ-ONLY FILESYSTEM", "io_error": "DISK I/O ERRORS", "corrupt": "DATABASE DAMAGED"}
+        extra.append(paint(f"{what[buf['writer']]} ({buf.get('writer_detail', '')}): readings wait in memory", "fail"))
     if buf.get("rejected"):
         extra.append(f"rejected {buf['rejected']} (buffer full, on_full=reject_new)")
     if buf.get("queue_overflow"):
