@@ -173,6 +173,15 @@ class StreamProtocol(ABC):
         """Values held back waiting for more input (called when the line goes quiet)."""
         return []
 
+    @property
+    def pending(self) -> bool:
+        """Whether `flush` may return values: a driver's idle-flush timer is armed only then.
+
+        True unless a protocol knows better, so a driver with `idle_flush` flushes once after
+        each quiet period; an idle line arms no timer either way (data must come first).
+        """
+        return True
+
 
 class BufferedProtocol(StreamProtocol):
     """A StreamProtocol over a byte buffer: `parse` consumes the complete frames at the start of `_buf`."""
@@ -188,6 +197,10 @@ class BufferedProtocol(StreamProtocol):
     def flush(self) -> list[dict[str, Value]]:
         """The line went quiet: a frame still incomplete is dropped and what follows it parsed."""
         return self.parse(final=True)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._buf)
 
     @abstractmethod
     def parse(self, final: bool) -> list[dict[str, Value]]:

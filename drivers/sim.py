@@ -14,7 +14,7 @@ decodes them, so the demo exercises the real decoders without hardware.
 from __future__ import annotations
 
 import asyncio
-import time
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
@@ -24,6 +24,7 @@ from drivers.base import Driver
 from drivers.family import Decoder, SimParams
 from drivers.registry import registry
 from edge_common.device import Duration
+from edge_common.ticks import sleep_until
 
 FAMILIES: tuple[str, ...] = tuple(registry().simulated())
 if TYPE_CHECKING:
@@ -65,8 +66,10 @@ class SimDriver(Driver):
         chunks, proto = source(o.family, o.format, address=self.device.address or DEFAULT_ADDRESS)
         self.ctx.set_link("connected", f"simulated {o.family}")
         seen = proto.errors.copy()
-        next_t = time.monotonic()
+        # The first sample at once, then on the shared grid (multiples of `interval` on the loop
+        # clock): no drift, and devices with the same interval sample in one wake-up.
+        k = math.floor(asyncio.get_running_loop().time() / o.interval)
         for chunk in chunks:
             self.ctx.deliver(proto.feed(chunk) + proto.flush(), proto.errors, seen)
-            next_t += o.interval  # a fixed sampling grid, no drift
-            await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+            k += 1
+            await sleep_until(k * o.interval)

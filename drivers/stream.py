@@ -43,17 +43,14 @@ class StreamDriver(Driver):
 
     async def serve(self, port: SerialPort, proto: StreamProtocol, seen: Counter[str]) -> None:
         """Decode what the device sends until the port goes away (TransportClosed)."""
-        while True:
-            if self.idle_flush is None:
+        idle = _IdleFlush(self, proto, seen)
+        try:
+            while True:
                 chunk = await port.read()
-            else:
-                try:
-                    async with asyncio.timeout(self.idle_flush):
-                        chunk = await port.read()
-                except TimeoutError:
-                    self.ctx.deliver(proto.flush(), proto.errors, seen)
-                    continue
-            self.ctx.deliver(proto.feed(chunk), proto.errors, seen)
+                self.ctx.deliver(proto.feed(chunk), proto.errors, seen)
+                idle.data_seen()
+        finally:
+            idle.cancel()
 
     async def run(self) -> None:
         backoff = Backoff(0.1, self.reopen_backoff_max)
@@ -83,3 +80,41 @@ class StreamDriver(Driver):
             finally:
                 await port.close()
             await asyncio.sleep(backoff.next())
+
+
+class _IdleFlush:
+    """Flushes a protocol's held-back values once the line has been quiet for `idle_flush`.
+
+    One timer per quiet period, armed only while the protocol holds something back: an idle
+    port costs no wake-ups, and a burst read in many chunks does not arm a timer per read.
+    """
+
+    def __init__(self, driver: StreamDriver, proto: StreamProtocol, seen: Counter[str]) -> None:
+        self._driver, self._proto, self._seen = driver, proto, seen
+        self._loop = asyncio.get_running_loop()
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def data_seen(self) -> None:
+        """Bytes just arrived and were fed."""
+        quiet = self._driver.idle_flush
+        if quiet is None:
+            return
+        self._last = self._loop.time()
+        if self._timer is None and self._proto.pending:
+            self._timer = self._loop.call_at(self._last + quiet, self._check)
+
+    def _check(self) -> None:
+        quiet = self._driver.idle_flush
+        assert quiet is not None
+        due = self._last + quiet
+        if due - self._loop.time() > 1e-3:  # bytes came after the timer was armed: wait on
+            self._timer = self._loop.call_at(due, self._check)
+            return
+        self._timer = None
+        self._driver.ctx.deliver(self._proto.flush(), self._proto.errors, self._seen)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -171,3 +171,39 @@ async def test_a_swallowed_cancellation_still_ends_a_periodic_task() -> None:
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
     assert ticks_done == 1
+
+
+async def test_sim_devices_sample_on_the_shared_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sim devices started at different moments sleep to the same instants: one wake-up for all."""
+    from agent.config import DeviceConfig
+    from drivers import driver_class
+    from drivers.base import DeviceContext
+    from edge_common import ticks as grid
+
+    loop = asyncio.get_running_loop()
+    deadlines: dict[str, list[float]] = {"a": [], "b": []}
+    call_at = loop.call_at
+
+    def recording_call_at(when: float, callback: Any, *args: object, **kw: Any) -> asyncio.TimerHandle:
+        if callback is grid._wake:
+            task = asyncio.current_task()
+            deadlines[task.get_name() if task else "?"].append(when)
+        return call_at(when, callback, *args, **kw)
+
+    monkeypatch.setattr(loop, "call_at", recording_call_at)
+    got: dict[str, list[Reading]] = {"a": [], "b": []}
+    tasks = []
+    for name in ("a", "b"):
+        dev = DeviceConfig.model_validate({"id": name, "driver": "sim", "family": "sds011", "interval": 0.2})
+        drv = driver_class("sim")(dev, DeviceContext(dev, got[name].append))
+        tasks.append(asyncio.create_task(drv.run(), name=name))
+        await asyncio.sleep(0.07)  # b starts off a's phase
+    try:
+        await until(lambda: len(got["a"]) >= 4 and len(got["b"]) >= 4, 10, "four samples each")
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(round(w / 0.2, 6).is_integer() for w in deadlines["a"] + deadlines["b"]), deadlines
+    shared = set(deadlines["a"]) & set(deadlines["b"])
+    assert len(shared) >= 2, f"the same instants, not each device's own phase: {deadlines}"

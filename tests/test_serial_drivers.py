@@ -225,3 +225,43 @@ def test_config_check_names_keys() -> None:
         {"id": "x", "driver": "sim", "family": "senseair_s8", "interval": "2s"},
     ]})
     assert len(ok.devices) == 3
+
+
+async def test_nmea_idle_flush_arms_one_timer_per_quiet_period(
+    pty_factory, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    """An idle GNSS port costs no timers; an epoch read in several chunks goes out once, whole,
+    after the line has been quiet for `idle_flush` (not a timer per read)."""
+    from drivers.nmea.driver import NmeaDriver
+    from drivers.nmea.simulator import epoch_bytes, expected_values, fixes
+
+    monkeypatch.setattr(NmeaDriver, "idle_flush", 1.0)  # wide: a loaded machine must not split the epoch
+    loop = asyncio.get_running_loop()
+    armed: list[str] = []
+    call_at = loop.call_at
+
+    def recording_call_at(when: float, callback: Any, *args: Any, **kw: Any) -> asyncio.TimerHandle:
+        name = getattr(callback, "__qualname__", "")
+        if name.startswith(("_IdleFlush.", "Timeout.")):  # the idle-flush timer (or asyncio.timeout's)
+            armed.append(name)
+        return call_at(when, callback, *args, **kw)
+
+    monkeypatch.setattr(loop, "call_at", recording_call_at)
+    dev = pty_factory()
+    fix = next(fixes(start=1_790_000_000))
+    sentences = epoch_bytes(fix).splitlines(keepends=True)
+    h = Harness({"id": "gnss", "driver": "nmea", "port": dev.port})
+    async with running(h):
+        await h.until(lambda: h.ctx.link == "connected", what="open")
+        await asyncio.sleep(2.5)
+        assert armed == [], "an idle port arms no timer"
+        for s in sentences:
+            dev.write(s)
+            await asyncio.sleep(0.05)
+        t_last = time.monotonic()
+        await h.until(lambda: len(h.readings) == 1, what="the epoch")
+        assert time.monotonic() - t_last >= 1.0 - 0.3, "flushed only after the quiet period"
+        assert len(armed) <= 2, f"one timer per quiet period (re-armed once at most), not one per read: {armed}"
+        await asyncio.sleep(1.5)
+        assert len(h.readings) == 1
+    assert h.values() == [expected_values(fix)]

@@ -146,6 +146,11 @@ class NmeaProtocol(StreamProtocol):
         self._finish(out)
         return out
 
+    @property
+    def pending(self) -> bool:
+        """An epoch is in progress (its values go out with the next epoch or `flush`)."""
+        return bool(self._group)
+
     def _line(self, line: bytes, out: list[dict[str, float | int | str | bool]]) -> None:
         star = line.rfind(b"*")
         if star < 0 or len(line) - star != 3 or len(line) > MAX_SENTENCE:
