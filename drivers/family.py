@@ -83,6 +83,16 @@ class Recogniser:
 
 
 @dataclass(frozen=True, slots=True)
+class ScanHint:
+    """How `scan ble` names a connectable device (read over GATT) by the service it advertises."""
+
+    service_uuid: str  # full 128-bit, lower case
+    driver: str
+    note: str
+    name_contains: str | None = None  # also required in the advertised name (case-insensitive)
+
+
+@dataclass(frozen=True, slots=True)
 class DriverFamily:
     """Everything the product needs to know about one device family, without importing it."""
 
@@ -92,6 +102,7 @@ class DriverFamily:
     probe: tuple[Recogniser, ...] = ()
     ble_patterns: tuple[BlePattern, ...] = ()  # adverts the passive BLE scanner must let through
     advert_decoder: Ref | None = None  # BLE advert families: module with matches/decode/encode
+    scan_hints: tuple[ScanHint, ...] = ()  # connectable BLE devices `scan ble` can name
 
     def entry(self, driver: str) -> DriverEntry:
         for e in self.drivers:

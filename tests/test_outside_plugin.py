@@ -50,6 +50,7 @@ def test_the_plugin_is_validated_with_key_and_line(tmp_path: Path) -> None:
     th = schema["$defs"]["Device_acme_th1"]
     assert th["description"] == "Acme TH-1 thermo-hygrometer ($TH sentences) (plugin edge-agent-thermo)"
     assert th["required"] == ["id", "driver", "port"]
+    assert "Plugin drivers: acme_th1 (edge-agent-thermo)." in " ".join(cli("--help").stdout.split())
 
 
 def test_the_plugin_simulated_and_on_a_pty_reaches_the_platform(tmp_path: Path, broker: Broker) -> None:

@@ -70,6 +70,8 @@ def test_broken_and_conflicting_plugins_never_stop_the_builtins(plugin_site: Pat
     assert ("driver plugin 'nmea2' (from nmea_clone) is not used: driver 'nmea' is already provided by "
             "built-in family 'nmea'") in r.stderr
     assert "driver plugin 'oops' (from not_a_family) is not used: it names a int, not a" in r.stderr
+    help_text = " ".join(_cli(plugin_site, "--help").stdout.split())  # --help names them too
+    assert "Plugins not used: driver plugin 'acme' (from acme_broken) is not used: RuntimeError" in help_text
 
 
 def test_a_device_of_a_broken_plugin_is_a_config_error_naming_it(plugin_site: Path, tmp_path: Path) -> None:

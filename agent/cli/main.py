@@ -24,11 +24,37 @@ VERB_MODULES = [
 ]
 
 
+def _drivers_epilog() -> str:
+    """The registered drivers, plugins named with their distribution (entry points `edge_agent.drivers`)."""
+    from drivers.registry import registry
+
+    reg = registry()
+    text = "Drivers: " + ", ".join(n for n, r in reg.drivers.items() if r.builtin) + "."
+    plugins = [f"{n} ({r.dist})" for n, r in reg.drivers.items() if not r.builtin]
+    if plugins:
+        text += " Plugin drivers: " + ", ".join(plugins) + "."
+    if reg.problems:
+        text += " Plugins not used: " + "; ".join(reg.problems.values()) + "."
+    return text
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Wraps without breaking names at their hyphens (edge-agent-thermo)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="edge-agent",
+        formatter_class=_Formatter,
         description="Edge gateway agent: serial and BLE sensors -> durable buffer -> MQTT city platform.",
-        epilog="Exit codes: 0 ok, 1 failure, 2 usage, 69 agent not reachable, 78 configuration error.",
+        epilog=_drivers_epilog() + " Exit codes: 0 ok, 1 failure, 2 usage, 69 agent not reachable, "
+        "78 configuration error.",
     )
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = p.add_subparsers(dest="verb", metavar="VERB")

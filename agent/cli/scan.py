@@ -15,8 +15,6 @@ from agent.errors import ConfigError
 if TYPE_CHECKING:
     from drivers.ble.decoders import Advert
 
-NUS_SERVICE = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
-JBD_SERVICE = "0000ff00-0000-1000-8000-00805f9b34fb"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -126,13 +124,14 @@ class Collector:
 
 def _connectable(adv: Advert, name: str | None) -> tuple[str, str] | None:
     """(driver, note) for a device read over a GATT connection, known by its advertised service."""
+    from drivers.registry import registry
+
     uuids = {u.lower() for u in adv.service_uuids}
-    if JBD_SERVICE in uuids:
-        return "jbd_bms", 'JBD/Xiaoxiang BMS (service FF00): transport = "ble"'
-    if NUS_SERVICE in uuids:
-        if "vesc" in (name or "").lower():
-            return "vesc", 'VESC over BLE (Nordic UART): transport = "ble"'
-        return "ble_nus", "Nordic UART Service (connect to read)"
+    hints = [h for fam in registry().families.values() for h in fam.scan_hints if h.service_uuid in uuids]
+    hints.sort(key=lambda h: h.name_contains is None)  # a name match is the more specific hint
+    for h in hints:
+        if h.name_contains is None or h.name_contains.lower() in (name or "").lower():
+            return h.driver, h.note
     return None
 
 

@@ -5,9 +5,10 @@ Plain data: reading them imports neither bleak nor a decoder.
 
 from __future__ import annotations
 
-from drivers.family import DriverEntry, DriverFamily
+from drivers.family import DriverEntry, DriverFamily, ScanHint
 
-_NUS_LE = bytes.fromhex("6e400001b5a3f393e0a9e50e24dcca9e")[::-1]  # NUS service UUID, little-endian on air
+NUS_SERVICE = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"
+_NUS_LE = bytes.fromhex(NUS_SERVICE.replace("-", ""))[::-1]  # little-endian on air
 
 
 def _advert(name: str, title: str, cls: str, patterns: tuple[tuple[int, int, bytes], ...],
@@ -36,4 +37,5 @@ BLE_NUS = DriverFamily(
     drivers=(DriverEntry("ble_nus", "drivers.ble.nus:BleNusDriver", simulator="drivers.ble.simulator:nus",
                          sim_device="drivers.lines.simulator:DEVICE_OPTIONS"),),
     ble_patterns=((0, 0x07, _NUS_LE), (0, 0x06, _NUS_LE)),  # NUS in the 128-bit UUID list
+    scan_hints=(ScanHint(NUS_SERVICE, "ble_nus", "Nordic UART Service (connect to read)"),),
 )
