@@ -237,6 +237,8 @@ def parse_config(
         line = _line_of(text, key) if text else None
         problems.append(f"{key}: {msg}" + (f" (line {line})" if line else ""))
 
+    if source is not None:
+        data = _resolve_driver_paths(data, source.resolve().parent)
     cfg: AgentConfig | None = None
     try:
         cfg = AgentConfig.model_validate(data)
@@ -282,6 +284,26 @@ def parse_config(
     if problems:
         raise ConfigError(problems, str(source) if source else None)
     return cfg
+
+
+def _resolve_driver_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """`data` with the relative paths of driver keys (Driver.path_options, e.g. `dbc`) made absolute."""
+    from drivers.registry import registry
+
+    reg = registry()
+    raw = data.get("devices")
+    if not isinstance(raw, list):
+        return data
+    out: list[Any] = []
+    for d in raw:
+        if isinstance(d, dict) and d.get("driver") in reg.drivers:
+            try:
+                keys = reg.family_of(d["driver"]).driver_class(d["driver"]).path_options
+            except ImportError:
+                keys = ()
+            d = {**d, **{k: str(_resolve(base, Path(v))) for k in keys if isinstance(v := d.get(k), str) and v}}
+        out.append(d)
+    return {**data, "devices": out}
 
 
 def _lenient_devices(data: dict[str, Any]) -> list[DeviceConfig | None]:

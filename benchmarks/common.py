@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import paho.mqtt.client as mqtt
 
@@ -104,3 +107,20 @@ class CountingSubscriber:
     def close(self) -> None:
         self.c.loop_stop()
         self.c.disconnect()
+
+
+def start_agent(folder: Path, gateway: str, broker_port: int, devices: str, opened: str) -> tuple[subprocess.Popen[bytes], IO[str]]:
+    """The agent as a subprocess with `devices` (TOML) in `folder`, once its log says `opened`; (process, log file)."""
+    cfg = folder / "agent.toml"
+    cfg.write_text(f'[gateway]\nid = "{gateway}"\n[buffer]\npath = "b.db"\n[uplink]\nport = {broker_port}\n'
+                   f'[control]\nsocket = "c.sock"\n' + devices)
+    log = open(folder / "agent.log", "w")
+    p = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)], stdout=log, stderr=log)
+    deadline = time.monotonic() + 30
+    while opened not in (folder / "agent.log").read_text():
+        if time.monotonic() > deadline or p.poll() is not None:
+            p.kill()
+            log.close()
+            raise RuntimeError("agent did not start: " + (folder / "agent.log").read_text()[-2000:])
+        time.sleep(0.05)
+    return p, log

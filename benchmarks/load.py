@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.mosquitto import LocalBroker
-from benchmarks.common import CountingSubscriber, machine, proc_status
+from benchmarks.common import CountingSubscriber, machine, proc_status, start_agent
 
 FAMILIES = ["senseair_s8", "pms5003", "sds011", "lines", "ruuvi", "aranet4", "nmea", "senseair_s8", "ruuvi", "lines"]
 
@@ -94,18 +94,9 @@ def main() -> None:
             for i, fam in enumerate(FAMILIES)
         )
         devs += f'[[devices]]\nid = "burst"\ndriver = "nmea"\nport = "{os.ttyname(slave)}"\nexpected_interval = "1d"\n'
-        cfg = Path(d) / "agent.toml"
-        cfg.write_text(f'[gateway]\nid = "gw-load"\n[buffer]\npath = "b.db"\n[uplink]\nport = {broker.port}\n'
-                       f'[control]\nsocket = "c.sock"\n' + devs)
         sub = CountingSubscriber("127.0.0.1", broker.port, "edge/gw-load/telemetry")
-        log = open(Path(d) / "agent.log", "w")
-        p = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)], stdout=log, stderr=log)
+        p, log = start_agent(Path(d), "gw-load", broker.port, devs, "burst: opened")
         try:
-            deadline = time.monotonic() + 30
-            while "burst: opened" not in (Path(d) / "agent.log").read_text():
-                if time.monotonic() > deadline:
-                    raise RuntimeError("agent did not start")
-                time.sleep(0.05)
             time.sleep(10)  # warm-up: connected, first health message, start-up garbage trimmed (5 s)
             res["light_load"] = measure(p.pid, a.seconds)
             res["light_load"]["readings_per_s"] = 10

@@ -106,6 +106,8 @@ class Driver(ABC):
     Options: ClassVar[type[BaseModel]] = NoOptions
     # Used for liveness when the device config gives no expected_interval.
     default_expected_interval: ClassVar[float] = 60.0
+    # Driver keys holding file paths: relative ones resolve against the config file's folder.
+    path_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, device: DeviceConfig, ctx: DeviceContext) -> None:
         self.device = device

@@ -85,6 +85,10 @@ def _run(name: str, driver: str, title: str, proto: StreamProtocol, data: bytes,
     requests = getattr(proto, "requests", 0)
     if requests:
         note = f"{requests} requests seen"
+    ids = getattr(proto, "ids", None)  # a CAN sniffer: which frame ids are on the bus
+    if ids:
+        shown = ", ".join(f"0x{i:X}" for i, _ in ids.most_common(8))
+        note = f"{len(ids)} frame ids ({shown}{', ...' if len(ids) > 8 else ''})"
     refine = _refiners().get(name)
     if refine is not None and (better := refine(got)) is not None:  # e.g. a Senseair S8 poll on a Modbus bus
         driver, title = better

@@ -11,6 +11,7 @@ import pytest
 from drivers.lines import simulator as lsim
 from drivers.pms5003 import simulator as psim
 from drivers.sds011 import simulator as ssim
+from drivers.sim import source
 from tests.support.agentproc import AgentProcess, write_config
 from tests.support.broker import Broker
 from tests.support.modbus import ModbusBench
@@ -115,12 +116,12 @@ def test_sim_driver_every_family(tmp_path: Path, broker: Broker) -> None:
         driver = "sim"
         family = "{fam}"
         interval = "100ms"
-        """ for fam in ("nmea", "pms5003", "sds011", "senseair_s8", "lines"))
+        """ for fam in ("nmea", "pms5003", "sds011", "senseair_s8", "lines", "can"))
     cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=devices)
     sub = Subscriber(broker.host, broker.port, "edge/gw-test/#")
     agent = AgentProcess(cfg).start()
     try:
-        sub.wait_for(lambda: all(len(v) >= 3 for v in by_device(sub).values()) and len(by_device(sub)) == 5,
+        sub.wait_for(lambda: all(len(v) >= 3 for v in by_device(sub).values()) and len(by_device(sub)) == 6,
                      30, "3 readings from each simulated family")
         d = by_device(sub)
         assert set(d["sim-nmea"][0]["values"]) >= {"latitude", "longitude", "speed", "fix"}
@@ -128,6 +129,8 @@ def test_sim_driver_every_family(tmp_path: Path, broker: Broker) -> None:
         assert d["sim-sds011"][0]["values"] == next(ssim.samples()).values()
         assert set(d["sim-senseair-s8"][0]["values"]) == {"co2"}
         assert d["sim-lines"][0]["values"] == next(lsim.samples()).values()
+        chunks, proto = source("can")
+        assert [r["values"] for r in d["sim-can"][:3]] == proto.feed(next(chunks))[:3]
         assert {r["driver"] for r in sub.readings()} == {"sim"}
         assert agent.terminate() == 0
     finally:

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from agent.cli.main import main
+from drivers.can.protocol import lines_of
+from drivers.can.simulator import bus_frames
 from drivers.jbd_bms import simulator as jsim
 from drivers.lines import simulator as lsim
 from drivers.modbus.protocol import read_request
@@ -48,13 +50,14 @@ SOURCES = {
     "jbd_bms": lambda: jsim.exchanges(),
     "json_lines": lambda: (lsim.line_bytes(s, "json") for s in lsim.samples()),
     "kv_lines": lambda: (lsim.line_bytes(s, "kv") for s in lsim.samples()),
+    "slcan": lambda: (lines_of(frames) for _, frames in bus_frames()),  # an open CANable on a live bus
     "csv_lines": lambda: itertools.chain([lsim.CSV_HEADER], (lsim.line_bytes(s, "csv") for s in lsim.samples())),
 }
 
 
 # What the probe should suggest: an S8 poll (fc 4, IR4 on the any-address) is the S8 driver.
 DRIVERS = {"modbus": "senseair_s8", "modbus_holding": "modbus", "json_lines": "lines", "kv_lines": "lines",
-           "csv_lines": "lines"}
+           "csv_lines": "lines", "slcan": "can"}
 
 
 def _holding_poll(i: int) -> bytes:
@@ -81,6 +84,9 @@ def test_probe_identifies_simulator(protocol: str, pty_factory: type[PtyDevice],
     assert out["recognised"] is True and out["protocol"] == protocol.removesuffix("_holding")
     assert out["baud"] == 9600 and out["driver"] == DRIVERS.get(protocol, protocol)
     assert out["frames"] >= 2 and out["samples"]
+    if protocol == "slcan":
+        n, _, ids = out["note"].partition(" frame ids (")
+        assert int(n) >= 5 and ids.startswith("0xA0, 0xA2, 0x100") and out["errors"] == {}  # the 100 Hz ones first
     assert dev.read_available() == b""  # the probe never writes
 
 

@@ -151,7 +151,8 @@ def _serial(args: argparse.Namespace) -> int:
     else:
         total = sum(t["bytes"] for t in tried)
         if total == 0:
-            print("no bytes received: check power, TX->RX wiring, and that the device is in an active/reporting mode")
+            print("no bytes received: check power, TX->RX wiring, and that the device is in an active/reporting mode"
+                  " (a USB-CAN slcan adapter stays silent until opened: configure driver \"can\")")
         else:
             print("bytes arrive but no supported protocol was recognised: check the baud rate (--baud N)")
     return EXIT_OK if result["recognised"] else EXIT_FAILURE
