@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -38,14 +39,14 @@ class DemoDevice:
 
 
 def demo_devices() -> list[DemoDevice]:
-    """A delivery van and two classrooms, every family this build simulates."""
+    """A delivery van and two classrooms, then one device of every other driver the registry can simulate."""
     from drivers.lines import simulator as ls
     from drivers.nmea.simulator import epoch_bytes, fixes
     from drivers.pms5003 import simulator as pms
     from drivers.sds011 import simulator as sds
 
     board_fields = ", ".join(f'{k} = {{ quantity = "{v["quantity"]}" }}' for k, v in ls.FIELDS.items())
-    return [
+    scene = [
         DemoDevice("van-3-gnss", "nmea", lambda: (epoch_bytes(f) for f in fixes()), 1.0,
                    'tags = { vehicle = "van-3" }'),
         DemoDevice("a101-pm", "pms5003", lambda: (pms.frame_bytes(x) for x in pms.samples()), 2.0,
@@ -60,6 +61,59 @@ def demo_devices() -> list[DemoDevice]:
         DemoDevice("a102-aranet", "sim", None, 5.0,
                    'family = "aranet4"\ninterval = "5s"\naddress = "D1:23:45:67:89:AB"\ntags = { room = "A102" }'),
     ]
+    return scene + _more_devices({d.driver for d in scene} | {_sim_family(d) for d in scene})
+
+
+def _sim_family(d: DemoDevice) -> str:
+    return d.extra.split('family = "', 1)[1].split('"', 1)[0] if 'family = "' in d.extra else d.driver
+
+
+def _toml_value(v: object) -> str:
+    """An inline TOML value (the simulators' device keys: strings, numbers, booleans, tables, arrays)."""
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return json.dumps(v)  # a JSON string or number is a TOML one
+
+
+def _more_devices(covered: set[str]) -> list[DemoDevice]:
+    """Registered drivers the scene leaves out: on a pty when the driver only listens, else a `sim` device."""
+    from drivers.family import resolve
+    from drivers.polled import PolledDriver
+    from drivers.registry import registry
+    from drivers.stream import StreamDriver
+
+    out: list[DemoDevice] = []
+    reg = registry()
+    for n, name in enumerate(d for d in reg.simulated() if d not in covered):
+        entry, fam = reg.drivers[name].entry, reg.family_of(name)
+        dev_id = "demo-" + name.replace("_", "-")
+        try:
+            cls = fam.driver_class(name)
+        except ImportError:
+            continue  # config check would name it; the demo shows what loads
+        if issubclass(cls, StreamDriver) and not issubclass(cls, PolledDriver):
+            keys = {**(resolve(entry.sim_device) if entry.sim_device else {})}
+            extra = "".join(f"{k} = {_toml_value(v)}\n" for k, v in keys.items()) + 'tags = { room = "lab" }'
+            out.append(DemoDevice(dev_id, name, functools.partial(fam_chunks, name), 3.0, extra))
+        else:
+            extra = f'family = "{name}"\ninterval = "3s"\n'
+            if fam.advert_decoder:  # a simulated tag has an address
+                extra += f'address = "D2:00:00:00:00:{n:02X}"\n'
+            out.append(DemoDevice(dev_id, "sim", None, 3.0, extra + 'tags = { room = "lab" }'))
+    return out
+
+
+def fam_chunks(driver: str) -> Iterator[bytes]:
+    """The wire bytes of a driver's simulator."""
+    from drivers.family import SimParams
+    from drivers.registry import registry
+
+    chunks, _ = registry().family_of(driver).simulation(driver, SimParams())
+    return chunks
 
 
 class _Pty:
