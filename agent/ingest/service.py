@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from agent.ingest.schema import VERSION, current_version
-from agent.ingest.store import Message, Outcome, write_batch, write_invalid
+from agent.ingest.store import Message, Outcome, prepare, write_batch, write_invalid
 
 log = logging.getLogger("agent.ingest")
 
@@ -52,6 +52,7 @@ class Settings:
     password: str | None = None
     max_inflight: int = 1000
     batch_max: int = 500
+    batch_bytes: int = 2 * 2**20  # a batch also closes at this much payload (memory per transaction)
     batch_wait: float = 0.05
     session_expiry: int = 7 * 86400
     keepalive: int = 30
@@ -192,6 +193,7 @@ class Ingestor:
             conn.close()
             what = "has no edge-agent schema" if v == 0 else f"has schema version {v}, this edge-agent uses {VERSION}"
             raise FatalError(f"the database {redact(self.s.db)} {what}: run edge-agent ingest --init")
+        prepare(conn)
         self._conn = conn
         return conn
 
@@ -245,19 +247,20 @@ class Ingestor:
         except queue.Empty:
             return []
         deadline = time.monotonic() + self.s.batch_wait
-        while len(batch) < self.s.batch_max:
+        size = len(batch[0].payload)
+        while len(batch) < self.s.batch_max and size < self.s.batch_bytes:
             try:
-                batch.append(self.q.get_nowait())
-                continue
+                m = self.q.get_nowait()
             except queue.Empty:
-                pass
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            try:
-                batch.append(self.q.get(timeout=left))
-            except queue.Empty:
-                break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    m = self.q.get(timeout=left)
+                except queue.Empty:
+                    break
+            batch.append(m)
+            size += len(m.payload)
         return batch
 
     def run(self, stop_grace: float = 5.0) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -142,10 +143,14 @@ def _telemetry(b: _Batch, msg: Telemetry, text: str) -> None:
             b.conflicts.setdefault(("reading", *key, d), raw)
 
 
-_INSERT_READINGS = """
-INSERT INTO readings (gateway, epoch, seq, device, driver, ts, clock, "values", tags, digest)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[], %s::timestamptz[], %s::text[],
-                     %s::jsonb[], %s::jsonb[], %s::bytea[])
+# Readings travel by COPY into a per-session staging table (psycopg writes COPY rows in C; array
+# parameters would be escaped element by element in Python), then one INSERT ... SELECT.
+_READING_COLS = 'gateway, epoch, seq, device, driver, ts, clock, "values", tags, digest'
+_STAGE = ("CREATE TEMP TABLE IF NOT EXISTS readings_in (LIKE readings INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+_COPY_READINGS = f"COPY readings_in ({_READING_COLS}) FROM STDIN"
+_INSERT_READINGS = f"""
+INSERT INTO readings ({_READING_COLS})
+SELECT {_READING_COLS} FROM readings_in
 ORDER BY 1, 2, 3
 ON CONFLICT (gateway, epoch, seq) DO NOTHING
 RETURNING gateway, epoch, seq
@@ -216,14 +221,33 @@ def _cols(rows: Sequence[tuple[Any, ...]], n: int) -> list[list[Any]]:
     return [[r[i] for r in rows] for i in range(n)] if rows else [[] for _ in range(n)]
 
 
+_staged: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def prepare(conn: Any) -> None:
+    """Create the session's staging table outside any transaction (a rollback cannot take it back)."""
+    conn.execute(_STAGE)
+    if conn.info.transaction_status == conn.info.transaction_status.IDLE:
+        _staged.add(conn)
+
+
+def _staging(conn: Any) -> None:
+    """The session's staging table (temporary: one per connection, emptied at every commit)."""
+    if conn not in _staged:
+        conn.execute(_STAGE)  # inside the caller's transaction: again next time, in case it rolls back
+
+
 def write_batch(conn: Any, messages: list[Message], instance: str) -> Outcome:
     """Write `messages` inside the caller's open transaction (the caller commits, then acks)."""
     out = Outcome(messages=len(messages))
     b = _classify(messages)
     if b.readings:
         keys = sorted(b.readings)
-        rows = [(*k, *b.readings[k][2], b.readings[k][1]) for k in keys]
-        inserted = {tuple(r) for r in conn.execute(_INSERT_READINGS, _cols(rows, 10)).fetchall()}
+        _staging(conn)
+        with conn.cursor().copy(_COPY_READINGS) as cp:
+            for k in keys:
+                cp.write_row((*k, *b.readings[k][2], b.readings[k][1]))
+        inserted = {tuple(r) for r in conn.execute(_INSERT_READINGS).fetchall()}
         out.readings = len(inserted)
         rest = [k for k in keys if k not in inserted]
         if rest:
