@@ -131,6 +131,7 @@ def run_instances(n: int, url: str, port: int, msgs: list[tuple[str, bytes, list
             if time.monotonic() > deadline:
                 raise RuntimeError("instances did not subscribe: " + " | ".join(log.read_text() for log in logs))
             time.sleep(0.05)
+        cpu0 = sum(cpu_seconds(p.pid) for p in procs)  # start-up (imports) is not per reading
         pub, _ = acking_publisher(port, f"bench-pub-{n}", 100, len(msgs))
         with psycopg.connect(url, autocommit=True) as c:
             t0 = time.perf_counter()
@@ -145,13 +146,23 @@ def run_instances(n: int, url: str, port: int, msgs: list[tuple[str, bytes, list
         pub.disconnect()
         pub.loop_stop()
         rss = [proc_status(p.pid).get("VmHWM", 0) for p in procs]
+        cpu = sum(cpu_seconds(p.pid) for p in procs) - cpu0
     finally:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait(30)
     return {"instances": n, "readings": total, "seconds": round(elapsed, 3), "rate": total / elapsed,
-            "exact": have == total == distinct, "peak_rss_mb": [round(r / 2**20, 1) for r in rss]}
+            "exact": have == total == distinct, "peak_rss_mb": [round(r / 2**20, 1) for r in rss],
+            "ingest_cpu_us_per_reading": round(cpu / total * 1e6, 1)}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process so far (load on other processes does not inflate it)."""
+    import os
+
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in runs:
         lines.append(f"ingest {r['instances']} instance(s)  {r['rate']:>10,.0f} readings/s  "
                      f"({r['rate'] / copy_rate:.0%} of COPY, {r['rate'] / broker_rate:.0%} of the broker)  "
-                     f"scaling per instance {r['scaling_per_instance']:.2f}  peak RSS {r['peak_rss_mb']} MB  "
+                     f"scaling per instance {r['scaling_per_instance']:.2f}  ingest CPU {r['ingest_cpu_us_per_reading']} us/reading  "
+                     f"peak RSS {r['peak_rss_mb']} MB  "
                      f"exact={r['exact']}")
     emit(res, lines, args.json)
     return 0 if all(r["exact"] for r in runs) else 1
