@@ -39,7 +39,8 @@ class DemoDevice:
 
 
 def demo_devices() -> list[DemoDevice]:
-    """A delivery van and two classrooms, then one device of every other driver the registry can simulate."""
+    """A delivery van, a cargo bike (the vehicle profile) and two classrooms, then one device of every other
+    driver the registry can simulate."""
     from drivers.lines import simulator as ls
     from drivers.nmea.simulator import epoch_bytes, fixes
     from drivers.pms5003 import simulator as pms
@@ -49,6 +50,12 @@ def demo_devices() -> list[DemoDevice]:
     scene = [
         DemoDevice("van-3-gnss", "nmea", lambda: (epoch_bytes(f) for f in fixes()), 1.0,
                    'tags = { vehicle = "van-3" }'),
+        # the vehicle profile: one cargo bike's GNSS, motor controller, battery and CAN bus moving together
+        *(DemoDevice(f"cargo-1-{part}", "sim", None, 1.0,
+                     f'family = "{family}"\nvehicle = "cargo-1"\ninterval = "{interval}"\n'
+                     'tags = { vehicle = "cargo-1" }')
+          for part, family, interval in (("gnss", "nmea", "1s"), ("motor", "vesc", "1s"),
+                                         ("battery", "jbd_bms", "2s"), ("bus", "can", "2s"))),
         DemoDevice("a101-pm", "pms5003", lambda: (pms.frame_bytes(x) for x in pms.samples()), 2.0,
                    'tags = { room = "A101" }'),
         DemoDevice("a102-pm", "sds011", lambda: (sds.frame_bytes(x) for x in sds.samples()), 2.0,

@@ -6,7 +6,9 @@ Keys: ``family`` = the driver name to simulate, any registered driver with a sim
 families build real advertisements and decode them with the real decoders; "modbus" polls a
 simulated Senseair S8 slave with the generic Modbus decoder; "ble_nus" is a `lines` stream
 arriving in BLE-MTU-sized notifications),
-``interval`` (time between samples, default 1 s), ``format`` ("json" | "csv" | "kv", lines only).
+``interval`` (time between samples, default 1 s), ``format`` ("json" | "csv" | "kv", lines only),
+``vehicle`` (a name: "nmea", "vesc", "jbd_bms" and "can" devices naming the same vehicle show one
+simulated EV moving, drivers/vehicle.py).
 The family's simulator produces the same bytes a real device sends; the family's own protocol
 decodes them, so the demo exercises the real decoders without hardware.
 """
@@ -18,7 +20,7 @@ import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from drivers.base import Driver
 from drivers.family import Decoder, SimParams
@@ -42,6 +44,17 @@ class SimOptions(BaseModel):
     family: Family
     interval: Annotated[Duration, Field(gt=0, le=86400)] = 1.0
     format: Literal["json", "csv", "kv"] = "json"
+    vehicle: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+    @field_validator("vehicle")
+    @classmethod
+    def _profile(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from drivers.vehicle import FAMILIES as PROFILE
+
+        family = info.data.get("family")
+        if v is not None and family is not None and family not in PROFILE:
+            raise ValueError(f"family {family!r} has no vehicle profile (only {', '.join(PROFILE)})")
+        return v
 
 
 def source(family: str, fmt: str = "json", start: float | None = None,
@@ -63,7 +76,12 @@ class SimDriver(Driver):
 
     async def run(self) -> None:
         o: SimOptions = self.options
-        chunks, proto = source(o.family, o.format, address=self.device.address or DEFAULT_ADDRESS)
+        if o.vehicle is not None:
+            from drivers.vehicle import source as vehicle_source
+
+            chunks, proto = vehicle_source(o.family, o.vehicle)
+        else:
+            chunks, proto = source(o.family, o.format, address=self.device.address or DEFAULT_ADDRESS)
         self.ctx.set_link("connected", f"simulated {o.family}")
         seen = proto.errors.copy()
         # The first sample at once, then on the shared grid (multiples of `interval` on the loop

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from drivers.can.protocol import SLCAN_BITRATES, SlcanBusProtocol, SlcanFrame, slcan_line
 
 if TYPE_CHECKING:
-    from cantools.database.can import Database
+    from cantools.database.can import Database, Message
 
     from drivers.family import SimParams, Simulation
 
@@ -35,14 +35,14 @@ CELLS = 13
 MASS = 150.0  # kg, vehicle and rider
 WHEEL_RADIUS = 0.25  # m
 GEAR = 4.0  # motor turns per wheel turn
-R_PACK = 0.06  # ohm
+R_PACK = CELLS * 0.002  # ohm (2 mOhm a cell, as the BMS simulator's cells sag)
 KT = 0.5  # Nm per A (motor torque constant at the wheel side of the gear)
 
 
 def ocv(soc: float) -> float:
-    """Open-circuit voltage of the 13S pack at `soc` percent (a smooth Li-ion curve)."""
+    """Open-circuit voltage of the 13S pack at `soc` percent (the cell curve of the JBD BMS simulator)."""
     x = max(0.0, min(100.0, soc)) / 100
-    return CELLS * (3.30 + 0.75 * x + 0.15 * math.tanh((x - 0.08) * 12) - 0.05 * (1 - x) ** 4)
+    return CELLS * (3.3 + 0.9 * x - 0.15 * math.exp(-12 * x))
 
 
 @dataclass(slots=True)
@@ -187,17 +187,24 @@ def bus_frames(ride: Ride | None = None, db: Database | None = None,
     n = 0
     while True:
         ride.step(TICK)
-        vals = signals(ride.state())
-        frames = []
-        for name, every in RATES.items():
-            if n % every == 0:
-                m = msgs[name]
-                frames.append(SlcanFrame(m.frame_id, bytes(m.encode(vals[name], scaling=True, strict=False)),
-                                         dlc=m.length))
+        due = [name for name, every in RATES.items() if n % every == 0]
+        frames = snapshot(ride.state(), db, due, msgs)
         if foreign and n % 100 == 50:
             frames.append(SlcanFrame(UNKNOWN_ID, bytes([n // 100 & 0xFF, 0, 0, 0]), dlc=4))
         yield n * TICK, frames
         n += 1
+
+
+def snapshot(state: RideState, db: Database | None = None, names: list[str] | None = None,
+             msgs: dict[str, Message] | None = None) -> list[SlcanFrame]:
+    """One frame of each of `names` (default: every message) carrying the ride state `state`."""
+    db = db or load_vehicle_dbc()
+    vals = signals(state)
+    out = []
+    for name in names if names is not None else list(RATES):
+        m = msgs[name] if msgs is not None else db.get_message_by_name(name)
+        out.append(SlcanFrame(m.frame_id, bytes(m.encode(vals[name], scaling=True, strict=False)), dlc=m.length))
+    return out
 
 
 def bus_seconds(ride: Ride | None = None, foreign: bool = True) -> Iterator[bytes]:

@@ -45,10 +45,11 @@ class Pack:
         self.cell_offset = [0.004 * math.sin(i) for i in range(CELLS)]
         self.cell_offset[7] = -0.02  # the weak cell
 
-    def step(self) -> tuple[bytes, bytes]:
-        """(basic info reply, cell voltages reply) now, then advance."""
+    def step(self, current: float | None = None) -> tuple[bytes, bytes]:
+        """(basic info reply, cell voltages reply) now, then advance; `current` (A) overrides the cycle's."""
         soc = self.remaining / CAPACITY_AH
-        current = {"discharge": -12.0 - 3 * math.sin(self.remaining), "charge": 5.0}.get(self.mode, 0.0)
+        if current is None:
+            current = {"discharge": -12.0 - 3 * math.sin(self.remaining), "charge": 5.0}.get(self.mode, 0.0)
         cells_v = [_ocv(soc) + off + current * 0.002 for off in self.cell_offset]
         balancing = self.mode == "charge" and max(cells_v) > 4.1
         bal_bits = sum(1 << i for i, v in enumerate(cells_v) if balancing and v > min(cells_v) + 0.01)
