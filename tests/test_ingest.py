@@ -387,3 +387,42 @@ def test_the_quick_start_every_demo_reading_once_and_a_clean_report(
         assert p.terminate() == 0
     stored = sum(int(x) for p in ingest for x in re.findall(r"(\d+) readings stored", p.output()))
     assert stored == n  # the two instances shared the demo's readings, none twice
+
+
+def test_retiring_an_instance_drains_its_session_then_the_broker_forgets_it(
+        pg: Postgres, broker: Broker, tmp_path: Path, fleet_factory: Any) -> None:
+    import paho.mqtt.client as mqtt
+
+    db = pg.new_database()
+    keep, leaving = fleet_factory(db, broker.port).start(2)
+    assert leaving.terminate() == 0  # stopped: the broker keeps routing its share into its session
+    gws = gateways(tmp_path, 4, 200)
+    pub = Publisher(broker.port)
+    pub.send(interleave(gws))
+    wait_until(lambda: 0 < count(db), 30, "the remaining instance writing")
+    assert count(db) < 800  # the broker routed a share to `leaving` as it published: it waits in that session
+    r = subprocess.run([*leaving.cmd, "--retire"], capture_output=True, text=True, timeout=90)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "retired ingest-2" in r.stderr and "its broker session ended" in r.stderr
+    wait_rows(db, 800)
+    drained = int(r.stderr.split("retired ingest-2: ")[1].split()[0])
+    assert drained > 0
+    # From now on everything goes to the one left; the retired client id has no session any more.
+    more = ReplayGateway(tmp_path, "gw-after")
+    more.accept(100)
+    pub.send(more.messages())
+    wait_rows(db, 900)
+    assert keys(db) == sorted([(g.gateway, s) for g in gws for s in range(1, 201)]
+                              + [("gw-after", s) for s in range(1, 101)])
+    present: list[bool] = []
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ingest-2", protocol=mqtt.MQTTv5)
+    c.on_connect = lambda _c, _u, flags, *a: present.append(flags.session_present)
+    c.connect("127.0.0.1", broker.port, clean_start=False)
+    c.loop_start()
+    wait_until(lambda: bool(present), 10, "CONNACK")
+    c.disconnect()
+    c.loop_stop()
+    assert present == [False]
+    rc, rep = report(db, "--since-epoch-start")
+    assert rc == 0 and rep["received"] == 900
+    pub.close()

@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--session-expiry", default="7d", metavar="DURATION",
                    help="how long the broker keeps this instance's session and its share of the "
                         "messages while it is away (default: %(default)s)")
+    p.add_argument("--retire", action="store_true",
+                   help="remove an instance for good: stop it, then run this with its --client-id: it "
+                        "unsubscribes, writes what the broker kept in that session, ends the session, exits")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=ingest)
     sub2 = p.add_subparsers(dest="ingest_verb", metavar="VERB")
@@ -136,10 +139,13 @@ def _settings(args: argparse.Namespace, db: str) -> Any:
         expiry = int(parse_duration(args.session_expiry))
     except (ValueError, TypeError) as e:
         raise CliExit(EXIT_USAGE, f"--session-expiry: {e}") from None
+    if args.retire and not args.client_id:
+        raise CliExit(EXIT_USAGE, "--retire: give the --client-id of the instance to retire")
     cid = args.client_id or f"edge-ingest-{socket.gethostname()}-{args.group}"
     return Settings(db=db, host=u.hostname, port=port, group=args.group, client_id=cid, topics=topics,
                     tls=ctx, username=args.username or u.username, password=password,
-                    max_inflight=args.max_inflight, batch_max=args.batch, session_expiry=expiry)
+                    max_inflight=args.max_inflight, batch_max=args.batch, session_expiry=expiry,
+                    retire=args.retire)
 
 
 def ingest(args: argparse.Namespace) -> int:
@@ -184,6 +190,10 @@ def _serve(settings: Any, level: str) -> int:
         print(f"ingest: {e}", file=sys.stderr)
         return EXIT_FAILURE
     t = ing.totals.written
+    if ing.retired:
+        print(f"ingest: retired {settings.client_id}: {t.messages} message(s) drained into the database, "
+              "its broker session ended", file=sys.stderr)
+        return EXIT_OK
     logging.getLogger("agent.ingest").info(
         "ingest: stopped after %d messages: %d readings stored, %d duplicates, %d conflicts, %d invalid",
         t.messages, t.readings, t.duplicates, t.conflicts, t.invalid)

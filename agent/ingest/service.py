@@ -56,6 +56,8 @@ class Settings:
     batch_wait: float = 0.05
     session_expiry: int = 7 * 86400
     keepalive: int = 30
+    retire: bool = False  # drain this client id's session into the database, then end the session
+    retire_quiet: float = 2.0  # retiring: done after this long without a message
 
 
 @dataclass(slots=True)
@@ -95,6 +97,9 @@ class Ingestor:
         self._conn: Any = None
         self._client: Any = None
         self.in_hand = 0  # messages taken off the queue, not yet acknowledged
+        self._last_activity = time.monotonic()
+        self.retired = False
+        self._minute = (time.monotonic(), Outcome(), 0, 0)
 
     # -- MQTT (paho's network thread) -----------------------------------------------------
     def _mqtt(self) -> Any:
@@ -122,7 +127,16 @@ class Ingestor:
                 self.totals.last_error = f"broker refused us: {rc}"
                 log.error("ingest: %s:%d refused the connection: %s", s.host, s.port, rc)
                 return
-            client.subscribe(filters)
+            if s.retire:  # nothing new is routed to us; what the session holds still comes
+                client.unsubscribe([f for f, _ in filters])
+            else:
+                client.subscribe(filters)
+
+        def on_unsubscribe(_c: Any, _u: Any, _mid: Any, _rcs: Any, _p: Any) -> None:
+            log.info("ingest: retiring %s: unsubscribed from %s on %s:%d; draining its session", s.client_id,
+                     ", ".join(f for f, _ in filters), s.host, s.port)
+            self._last_activity = time.monotonic()
+            self.subscribed.set()
 
         def on_subscribe(_c: Any, _u: Any, _mid: Any, rcs: Any, _p: Any) -> None:
             bad = [str(r) for r in rcs if r.is_failure]
@@ -161,6 +175,7 @@ class Ingestor:
 
         c.on_connect = on_connect
         c.on_subscribe = on_subscribe
+        c.on_unsubscribe = on_unsubscribe
         c.on_disconnect = on_disconnect
         c.on_message = on_message
         c.connect_async(s.host, s.port, keepalive=s.keepalive, clean_start=False, properties=props)
@@ -276,8 +291,14 @@ class Ingestor:
         try:
             while not self.stop.is_set():
                 batch = self._collect(0.2)
+                self._log_minute()
                 if batch:
                     self._handle(batch)
+                    self._last_activity = time.monotonic()
+                elif (self.s.retire and self.subscribed.is_set() and self.q.empty()
+                      and time.monotonic() - self._last_activity > self.s.retire_quiet):
+                    self.retired = True
+                    return
             if self._fatal is not None:
                 raise FatalError(self._fatal)
             # Stopping: what is already queued gets committed and acknowledged (within a grace
@@ -292,9 +313,36 @@ class Ingestor:
             log.warning("ingest: stopping with the database unreachable: unacknowledged messages stay "
                         "with the broker for the next start")
         finally:
-            self._client.disconnect()
+            self._disconnect()
             self._client.loop_stop()
             self._drop_connection()
+
+
+    def _log_minute(self, every: float = 60.0) -> None:
+        """Once a minute: what the last minute brought (operators read rates from the journal)."""
+        t0, before, dropped0, errors0 = self._minute
+        now = time.monotonic()
+        if now - t0 < every:
+            return
+        w, t = self.totals.written, self.totals
+        log.info("ingest: last %.0f s: %d messages, %.0f readings/s, %d duplicates, %d conflicts, %d invalid, "
+                 "%d QoS 0 dropped, %d database errors", now - t0, w.messages - before.messages,
+                 (w.readings - before.readings) / (now - t0), w.duplicates - before.duplicates,
+                 w.conflicts - before.conflicts, w.invalid - before.invalid, t.dropped_qos0 - dropped0,
+                 t.db_errors - errors0)
+        self._minute = (now, Outcome(**{f.name: getattr(w, f.name) for f in fields(Outcome) if f.name != "errors"}),
+                        t.dropped_qos0, t.db_errors)
+
+    def _disconnect(self) -> None:
+        """DISCONNECT; a retired instance's with session expiry 0: the broker forgets the session."""
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        props = None
+        if self.retired:
+            props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = 0
+        self._client.disconnect(properties=props)
 
 
 class _Abandon(Exception):
