@@ -106,7 +106,7 @@ class PolledDriver(StreamDriver):
         while True:
             values: dict[str, Value] = {}
             answered = 0
-            for request in self.requests:
+            for request in self.poll_requests():
                 got, ok = await self._exchange(link, proto, request, o.timeout)
                 for v in got:
                     values.update(v)
@@ -126,6 +126,10 @@ class PolledDriver(StreamDriver):
             if next_t < now:  # a slow link: keep the interval between polls, drop the missed slots
                 next_t = now
             await asyncio.sleep(next_t - now)
+
+    def poll_requests(self) -> tuple[bytes, ...]:
+        """Hook: the requests of one poll (the family's fixed `requests`; obd2: the configured PIDs)."""
+        return self.requests
 
     def combine(self, values: dict[str, Value]) -> dict[str, Value]:
         """Hook: the reading of one poll from the merged replies."""

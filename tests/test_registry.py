@@ -16,7 +16,7 @@ from drivers.registry import DISTRIBUTION, GROUP, Registry, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 BUILTIN = ["nmea", "pms5003", "sds011", "modbus", "senseair_s8", "lines", "ruuvi", "bthome", "xiaomi", "aranet4",
-           "ble_nus", "vesc", "jbd_bms", "can", "sim"]
+           "ble_nus", "vesc", "jbd_bms", "can", "obd2", "sim"]
 
 
 def test_builtin_families_come_from_the_entry_points_in_order() -> None:
