@@ -106,6 +106,7 @@ DESIGN_QUANTITIES = {
     "jbd_bms": {"voltage", "current", "power", "remaining_capacity", "nominal_capacity", "cycles", "state_of_charge",
                 "cell_voltage_1", "cell_voltage_13", "cell_voltage_min", "cell_voltage_max", "cell_voltage_delta",
                 "temperature_1", "temperature_2", "charge_fet", "discharge_fet", "protection", "balancing"},
+    "can": set(),  # "as in the DBC": each reading is one message's signals (tests/test_can*.py check them)
 }
 
 

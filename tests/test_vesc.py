@@ -334,3 +334,24 @@ def test_transport_per_device_decides_bluetooth(tmp_path: Any) -> None:
                    '[[devices]]\nid = "m1"\ndriver = "vesc"\nport = "/dev/ttyACM0"\n'
                    '[[devices]]\nid = "m2"\ndriver = "vesc"\ntransport = "ble"\naddress = "E4:5F:01:AA:BB:01"\n')
     assert doctor._ble_devices(load_config(cfg)) == ["m2"]
+
+
+def test_scan_names_connected_vehicle_devices() -> None:
+    from agent.cli.scan import _connectable
+    from drivers.ble.decoders import Advert
+
+    def adv(*uuids: str) -> Advert:
+        return Advert("E4:5F:01:AA:BB:01", None, -60, {}, {}, tuple(uuids))
+
+    nus, ff00 = "6e400001-b5a3-f393-e0a9-e50e24dcca9e", "0000ff00-0000-1000-8000-00805f9b34fb"
+
+    def driver(a: Advert, name: str | None) -> str | None:
+        hit = _connectable(a, name)
+        return hit[0] if hit else None
+
+    assert driver(adv(nus), "VESC BLE UART") == "vesc"
+    assert driver(adv(nus), "Flipsky vesc express") == "vesc"
+    assert driver(adv(nus), "BMS-12") == "ble_nus"
+    assert driver(adv(nus.upper()), None) == "ble_nus"
+    assert driver(adv("0000180f-0000-1000-8000-00805f9b34fb", ff00), "SP04S034") == "jbd_bms"
+    assert driver(adv("0000180f-0000-1000-8000-00805f9b34fb"), "VESC") is None
