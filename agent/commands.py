@@ -19,14 +19,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import jwt
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.errors import ConfigError
 from agent.model import format_ts
+
+# PyJWT and cryptography (~9 MB resident) load only where a key or a token is handled: the CLI
+# parser names VERBS, and `edge-agent run` without [commands] must not pay for them.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 VERBS = ("ping", "status", "devices", "config.get", "config.apply", "device.restart", "uplink.reconnect",
          "buffer.stats")
@@ -75,6 +76,9 @@ def kid_of(path: Path) -> str:
 
 def load_key(path: Path) -> Ed25519PublicKey:
     """An Ed25519 public key from a PEM file; ValueError/OSError saying why not."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
     data = path.read_bytes()
     try:
         key = load_pem_public_key(data)
@@ -174,6 +178,8 @@ class Verifier:
 
     def verify(self, payload: bytes, *, retained: bool = False, clock_synced: bool = True,
                now: float | None = None) -> Command:
+        import jwt
+
         now = time.time() if now is None else now
         if len(payload) > MAX_PAYLOAD:
             raise Refused("oversize", f"{len(payload)} bytes (at most {MAX_PAYLOAD})")
@@ -237,6 +243,8 @@ class Verifier:
 
 def _parse(payload: bytes) -> tuple[str, dict[str, Any] | str, dict[str, Any]]:
     """Token text, its header (or why it is none), and jti/cmd/kid as claimed (unverified)."""
+    import jwt
+
     try:
         token = payload.decode("ascii").strip()
         header = jwt.get_unverified_header(token)
@@ -253,6 +261,8 @@ def claimed_ids(payload: bytes) -> dict[str, Any]:
 
 def _ids(token: str) -> dict[str, Any]:
     """jti and cmd as a token claims them, unverified (only echoed in a refusal); {} if unreadable."""
+    import jwt
+
     try:
         c = jwt.decode(token, options={"verify_signature": False})
     except jwt.PyJWTError:
