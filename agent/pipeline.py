@@ -95,7 +95,7 @@ class Pipeline:
             async with self._sync_lock:
                 if ob.durable_changes >= target:
                     return
-                if not urgent:
+                if not urgent and ob.synchronous != "FULL":  # FULL: every commit is on disk already
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._last_sync + self.sync_interval - time.monotonic()):
                             await self.hurry.wait()
