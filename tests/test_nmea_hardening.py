@@ -8,7 +8,7 @@ import random
 import pytest
 from pynmeagps import NMEAReader
 
-from drivers.nmea.protocol import NmeaProtocol, sentence
+from drivers.nmea.protocol import NmeaProtocol, checksum, sentence
 from drivers.nmea.simulator import epoch_bytes, expected_values, fixes
 
 START = 1_790_000_000.0
@@ -172,3 +172,16 @@ def test_differential_against_pynmeagps() -> None:
         if ref.msgID == "RMC":
             assert v["speed"] == pytest.approx(ref.spd * 1852 / 3600, abs=1e-4), raw
             assert v["course"] == pytest.approx(ref.cog), raw
+
+
+def test_checksum_published_vectors_and_every_length() -> None:
+    # NMEA 0183 examples as printed in the standard's tutorials (gpsd's "NMEA revealed").
+    assert checksum(b"GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,") == 0x47
+    assert checksum(b"GPRMC,123519,A,4807.038,N,01131.000,E,022.4,084.4,230394,003.1,W") == 0x6A
+    rnd = random.Random(5)
+    for n in range(0, 200):  # the 8-byte folding against the definition, every padding
+        body = bytes(rnd.randrange(256) for _ in range(n))
+        want = 0
+        for b in body:
+            want ^= b
+        assert checksum(body) == want, n

@@ -265,3 +265,21 @@ async def test_nmea_idle_flush_arms_one_timer_per_quiet_period(
         await asyncio.sleep(1.5)
         assert len(h.readings) == 1
     assert h.values() == [expected_values(fix)]
+
+
+async def test_serial_port_reads_a_tty_buffer_per_wakeup(pty_factory) -> None:  # type: ignore[no-untyped-def]
+    """pyserial-asyncio-fast reads 1 KB per readiness event unless told otherwise; we ask for the
+    tty's 4 KB (its private knob: this fails if an upgrade renames it)."""
+    from drivers.transport.serialport import READ_SIZE, SerialPort, SerialSettings
+
+    dev = pty_factory()
+    port = await SerialPort.open(SerialSettings(dev.port, 115200))
+    try:
+        assert port._writer.transport._max_read_size == READ_SIZE == 4096  # type: ignore[attr-defined]
+        dev.write(b"x" * 3000)
+        got = b""
+        while len(got) < 3000:
+            got += await port.read()
+        assert got == b"x" * 3000
+    finally:
+        await port.close()

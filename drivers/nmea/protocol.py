@@ -14,6 +14,9 @@ satellites, hdop, fix ("none", "gps", "dgps", "pps", "rtk", "float_rtk", "estima
 
 from __future__ import annotations
 
+from array import array
+from functools import lru_cache
+
 from drivers.base import StreamProtocol
 
 KNOT = 1852.0 / 3600.0  # m/s
@@ -29,10 +32,15 @@ _MODE = {"A": "gps", "D": "dgps", "E": "estimated", "F": "float_rtk", "R": "rtk"
 
 def checksum(body: bytes) -> int:
     """XOR of the bytes between '$' and '*'."""
-    c = 0
-    for b in body:
-        c ^= b
-    return c
+    # Eight bytes per step (the byte order does not matter to an XOR of all bytes): ~3x faster
+    # than a loop over the bytes, and a fix has four or five sentences.
+    x = 0
+    for w in array("Q", body + bytes(-len(body) % 8)):
+        x ^= w
+    x ^= x >> 32
+    x ^= x >> 16
+    x ^= x >> 8
+    return x & 0xFF
 
 
 def sentence(body: str) -> bytes:
@@ -41,6 +49,7 @@ def sentence(body: str) -> bytes:
     return b"$" + raw + b"*%02X\r\n" % checksum(raw)
 
 
+@lru_cache(maxsize=16)  # RMC, GGA and GLL of one epoch carry the same position strings
 def _coord(value: str, hemi: str, deg_digits: int) -> float | None:
     """Decimal degrees from (d)ddmm.mmmm and a hemisphere; None if absent or out of range.
 
@@ -88,14 +97,6 @@ def _int(value: str) -> int | None:
         return None
 
 
-def _eol(buf: bytearray) -> int:
-    """Index of the first CR or LF (receivers end with CRLF; some send only one of them)."""
-    cr, lf = buf.find(b"\r"), buf.find(b"\n")
-    if cr < 0:
-        return lf
-    return cr if lf < 0 else min(cr, lf)
-
-
 class NmeaProtocol(StreamProtocol):
     """Feed bytes; returns one values dict per completed fix epoch."""
 
@@ -110,34 +111,42 @@ class NmeaProtocol(StreamProtocol):
     # -- lexer --------------------------------------------------------------------------
     def feed(self, data: bytes) -> list[dict[str, float | int | str | bool]]:
         out: list[dict[str, float | int | str | bool]] = []
-        buf = self._buf
-        buf += data
-        while buf:
-            start = buf.find(b"$")
+        if self._buf:
+            self._buf += data
+            b = bytes(self._buf)
+        else:
+            b = data
+        find = b.find
+        i, n = 0, len(b)
+        # Walks the chunk by index (no copy per sentence): every '$' starts a sentence, a '$'
+        # before the line end cuts the one before it ("truncated"), anything else is noise.
+        while i < n:
+            start = find(b"$", i)
             if start < 0:
                 # Keep nothing: no sentence can start in this junk.
-                if buf.strip():
+                if b[i:].strip():
                     self.errors["noise"] += 1
-                buf.clear()
+                i = n
                 break
-            if start > 0:
-                if bytes(buf[:start]).strip():
+            if start > i:
+                if b[i:start].strip():
                     self.errors["noise"] += 1
-                del buf[:start]
-            end = _eol(buf)
-            nxt = buf.find(b"$", 1)
-            if nxt != -1 and (end == -1 or nxt < end):
+                i = start
+            cr, lf = find(b"\r", i), find(b"\n", i)
+            end = lf if cr < 0 else (cr if lf < 0 else min(cr, lf))
+            nxt = find(b"$", i + 1) if end < 0 else find(b"$", i + 1, end)
+            if nxt != -1:
                 self.errors["truncated"] += 1
-                del buf[:nxt]
+                i = nxt
                 continue
             if end == -1:
-                if len(buf) > MAX_SENTENCE:
+                if n - i > MAX_SENTENCE:
                     self.errors["noise"] += 1
-                    buf.clear()
+                    i = n
                 break
-            line = bytes(buf[:end])
-            del buf[: end + 1]
-            self._line(line, out)
+            self._line(b[i:end], out)
+            i = end + 1
+        self._buf = bytearray(b[i:])
         return out
 
     def flush(self) -> list[dict[str, float | int | str | bool]]:

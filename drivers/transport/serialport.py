@@ -31,6 +31,20 @@ class SerialSettings:
     bytesize: int = 8
 
 
+READ_SIZE = 4096  # Linux's tty buffer (N_TTY_BUF_SIZE)
+
+
+def _read_more_per_wakeup(transport: asyncio.BaseTransport) -> None:
+    """Let the transport take up to READ_SIZE bytes per readiness event (it takes 1024).
+
+    A fast talker (a GNSS receiver at 115200 baud, or the kernel's backlog after the loop was
+    busy) then costs one loop wake-up, select and read per 4 KB instead of four. The attribute
+    is pyserial-asyncio-fast's own; tests/test_serial_drivers.py fails if it goes away.
+    """
+    if isinstance(getattr(transport, "_max_read_size", None), int):
+        transport._max_read_size = READ_SIZE  # type: ignore[attr-defined]
+
+
 class SerialPort:
     """One open serial port: read chunks, write bytes, close."""
 
@@ -53,6 +67,7 @@ class SerialPort:
             )
         except (serial.SerialException, OSError, ValueError) as e:
             raise TransportClosed(f"cannot open {settings.port}: {e}") from e
+        _read_more_per_wakeup(writer.transport)
         return cls(reader, writer, settings)
 
     async def read(self, n: int = 4096) -> bytes:
