@@ -18,6 +18,8 @@ from drivers.lines.protocol import LinesProtocol
 from drivers.modbus import protocol as mb
 from drivers.modbus.simulator import co2_values, s8_bus_bytes
 from drivers.nmea.protocol import NmeaProtocol
+from drivers.obd2 import simulator as osim
+from drivers.obd2.protocol import Elm327Protocol
 from drivers.nmea.simulator import epoch_bytes, fixes
 from drivers.pms5003 import simulator as psim
 from drivers.pms5003.protocol import Pms5003Protocol
@@ -57,6 +59,8 @@ def main() -> None:
     _case("vesc GET_VALUES (req+reply)", lambda: VescProtocol(vsim.GEOMETRY),
           list(itertools.islice(vsim.exchange_bytes(), N)), baud=115200)
     _case("jbd_bms 0x03+0x04 (reqs+replies)", JbdProtocol, list(itertools.islice(jsim.exchanges(), N // 2)), 2)
+    _case("obd2 ELM327 replies (5 PIDs)", Elm327Protocol, list(itertools.islice(osim.exchanges(), N // 5)), 5,
+          baud=38400)
     from benchmarks.common import machine
 
     print(f"machine: {machine()}")

@@ -469,3 +469,31 @@ async def test_socketcan_path_decodes_through_the_reader_thread(monkeypatch: pyt
         with contextlib.suppress(asyncio.CancelledError):
             await task
         sender.shutdown()
+
+
+async def test_an_adapter_refusing_listen_only_is_reported_with_the_fix() -> None:
+    import asyncio
+
+    from drivers.base import DeviceContext
+    from drivers.can.driver import CanDriver
+    from edge_common.device import DeviceConfig
+    from tests.support.pty import PtyDevice
+    from tests.support.wait import until
+
+    pty = PtyDevice()
+    adapter = SlcanAdapter(pty.master, listen_only_command=False).start()  # e.g. stock CANable 2.0 firmware
+    dev = DeviceConfig.model_validate({"id": "bus", "driver": "can", "port": pty.port, "dbc": str(VEHICLE_DBC),
+                                       "open_delay": 0})
+    ctx = DeviceContext(dev, lambda r: None)
+    task = asyncio.create_task(CanDriver(dev, ctx).run())
+    try:
+        await until(lambda: ctx.link_detail.endswith("the adapter refused to open the channel (L); set "
+                                                     "listen_only = false if it lacks the slcan L command"),
+                    10, "the refusal reported")
+        assert ctx.link == "disconnected" and adapter.open_mode is None and adapter.transmitted == 0
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        adapter.stop()
+        pty.close()

@@ -236,11 +236,12 @@ class SlcanAdapter:
     """
 
     def __init__(self, master_fd: int, bitrate: int = 500000, frames: Iterator[tuple[float, list[SlcanFrame]]]
-                 | None = None, realtime: bool = True) -> None:
+                 | None = None, realtime: bool = True, listen_only_command: bool = True) -> None:
         self.fd = master_fd
         self.bus_bitrate = bitrate
         self.frames = frames if frames is not None else bus_frames()
         self.realtime = realtime
+        self.listen_only_command = listen_only_command  # False: a firmware without `L` (stock CANable 2.0)
         self.bitrate: int | None = None
         self.open_mode: str | None = None  # "O" normal or "L" listen-only
         self.commands: list[str] = []
@@ -275,7 +276,7 @@ class SlcanAdapter:
             self.bitrate = SLCAN_BITRATES[int(cmd[1])]  # the table is in Sn order
             return b"\r"
         if op in ("O", "L") and len(cmd) == 1:
-            if self.open_mode is not None or self.bitrate is None:
+            if self.open_mode is not None or self.bitrate is None or (op == "L" and not self.listen_only_command):
                 return b"\a"
             self.open_mode = op
             self.off = False  # re-initialising the controller ends bus-off
