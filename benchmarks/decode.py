@@ -18,9 +18,9 @@ from drivers.lines.protocol import LinesProtocol
 from drivers.modbus import protocol as mb
 from drivers.modbus.simulator import co2_values, s8_bus_bytes
 from drivers.nmea.protocol import NmeaProtocol
+from drivers.nmea.simulator import epoch_bytes, fixes
 from drivers.obd2 import simulator as osim
 from drivers.obd2.protocol import Elm327Protocol
-from drivers.nmea.simulator import epoch_bytes, fixes
 from drivers.pms5003 import simulator as psim
 from drivers.pms5003.protocol import Pms5003Protocol
 from drivers.sds011 import simulator as ssim
