@@ -2,9 +2,9 @@
 
 slcan: the port is opened with pyserial (exclusive, like every serial driver), the adapter is set
 up with `C`, `Sn` and `L` (listen-only) or `O`, and its lines are read on the event loop and parsed
-by drivers/can/protocol.py. python-can's own slcan reader works over the same port but costs ~3.5x
-the CPU at 500 frames/s (a read syscall and a Python loop per frame; BENCHMARKS.md) and wedges on
-line noise, so it is only the reference the parser is tested against.
+by drivers/can/protocol.py. python-can's own slcan reader works over the same port but cost ~15x
+the agent's CPU at 500 frames/s (a read syscall and a Python loop per frame; BENCHMARKS.md) and
+wedges on line noise, so it is only the reference the parser is tested against.
 socketcan: python-can's bus; its blocking `recv` runs in a reader thread that hands frames to the
 loop in batches. Either way the loop takes frames at most every COALESCE seconds (one wake-up per
 batch, not per frame), then decodes and rate-limits them.
