@@ -107,7 +107,10 @@ DESIGN_QUANTITIES = {
                 "cell_voltage_1", "cell_voltage_13", "cell_voltage_min", "cell_voltage_max", "cell_voltage_delta",
                 "temperature_1", "temperature_2", "charge_fet", "discharge_fet", "protection", "balancing"},
     "can": set(),  # "as in the DBC": each reading is one message's signals (tests/test_can*.py check them)
+    "obd2": {"speed", "rpm", "coolant_temperature", "module_voltage", "pack_remaining_life"},
 }
+# can: every reading carries some of these, and together they cover the demo DBC's pack and motor
+CAN_SIGNALS = {"pack_voltage", "pack_current", "state_of_charge", "bms_state", "motor_speed", "vehicle_speed"}
 
 
 def test_sim_simulates_every_family_of_the_driver_table(tmp_path: Path, broker: Broker) -> None:
@@ -141,6 +144,7 @@ def test_sim_simulates_every_family_of_the_driver_table(tmp_path: Path, broker: 
         assert {r["driver"] for r in readings} == {"sim"}
         for r in readings:
             assert quantities <= set(r["values"]), (fam, r["values"])
+    assert CAN_SIGNALS <= set().union(*(r["values"] for r in got["sim-can"]))
     seqs = [r["seq"] for r in sub.readings()]
     assert seqs == list(range(1, len(seqs) + 1))  # one connection, no outage: in order, no holes
 

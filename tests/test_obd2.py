@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from drivers.obd2.protocol import INIT, PIDS, Elm327Protocol, decode_message, parse_line, request
 from drivers.obd2.simulator import Elm327
@@ -142,3 +144,11 @@ def _replay(elm: Elm327, polls: int) -> list[dict[str, Any]]:
                 merged.update(v)
         out.append(merged)
     return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300), st.integers(0, 300))
+def test_fuzzed_replies_never_raise(data: bytes, split: int) -> None:
+    p = Elm327Protocol()
+    out = p.feed(data[:split]) + p.feed(data[split:] + b">")
+    assert all(isinstance(v, dict) and all(k in {q.quantity for q in PIDS.values()} for k in v) for v in out)

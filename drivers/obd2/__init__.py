@@ -6,5 +6,6 @@ FAMILY = DriverFamily(
     name="obd2",
     title="OBD-II through an ELM327 adapter (mode 01 PIDs, read only)",
     drivers=(DriverEntry("obd2", "drivers.obd2.driver:Obd2Driver",
+                         quantities=("speed", "rpm", "coolant_temperature", "module_voltage", "pack_remaining_life"),
                          simulator="drivers.obd2.simulator:simulation"),),
 )

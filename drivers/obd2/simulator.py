@@ -9,10 +9,13 @@ advanced by `dt` per request.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 from drivers.family import SimParams, Simulation
 from drivers.obd2.protocol import BY_NAME, INIT, Elm327Protocol, request
+from edge_common.model import Value
 
 BANNER = "ELM327 v1.5"
 SUPPORTED = (0x05, 0x0C, 0x0D, 0x42, 0x5B)
@@ -127,6 +130,25 @@ def exchanges(dt: float = 1.0) -> Iterator[bytes]:
         yield elm.answer(reqs)
 
 
+class PerPoll:
+    """One reading per chunk (a poll): the values of its replies merged, as the driver does."""
+
+    def __init__(self) -> None:
+        self.inner = Elm327Protocol()
+        self.errors: Counter[str] = self.inner.errors
+        self.frames = 0
+
+    def feed(self, data: Any) -> list[dict[str, Value]]:
+        merged: dict[str, Value] = {}
+        for v in self.inner.feed(data):
+            merged.update(v)
+        self.frames = self.inner.frames
+        return [merged] if merged else []
+
+    def flush(self) -> list[dict[str, Value]]:
+        return []
+
+
 def simulation(p: SimParams) -> Simulation:
-    """The `sim` driver's source: one poll of the five PIDs per chunk."""
-    return exchanges(), Elm327Protocol()
+    """The `sim` driver's source: one poll of the five PIDs per chunk, one reading each."""
+    return exchanges(), PerPoll()
