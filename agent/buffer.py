@@ -24,6 +24,7 @@ Guarantees
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -312,8 +313,12 @@ class Outbox:
         dst = sqlite3.connect(tmp)
         try:
             self._db.backup(dst)
-        finally:
+        except BaseException:
             dst.close()
+            with contextlib.suppress(OSError):  # a full or read-only disk: tried again in a second
+                os.unlink(tmp)
+            raise
+        dst.close()
         self._db.close()  # the detached file goes with its last descriptor
         self._db = None
         os.replace(tmp, self.path)

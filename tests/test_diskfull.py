@@ -12,7 +12,6 @@ returns; the platform's accounting stays exact (no seq with other content, gaps 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import random
@@ -30,6 +29,7 @@ from agent.receiver import Receiver
 from agent.runtime import Agent
 from tests.support.broker import Broker, free_port
 from tests.support.mqtt import Subscriber
+from tests.support.powerloss import fill
 from tests.support.wait import until
 
 
@@ -61,17 +61,6 @@ def ext4_fs(tmp_path: Path) -> Iterator[Path]:
     _mount(["-o", "loop,errors=remount-ro", str(img), str(mnt)])
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(mnt: Path) -> Path:
-    """Take every free block of the filesystem (another writer filling the card)."""
-    filler = mnt / "filler"
-    with open(filler, "ab", buffering=0) as f:
-        for size in (65536, 4096):  # then the last partial chunk
-            with contextlib.suppress(OSError):
-                while f.write(b"\0" * size):
-                    pass
-    return filler
 
 
 def config(path: Path, port: int, **buffer: Any) -> Any:

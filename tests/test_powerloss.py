@@ -13,6 +13,7 @@ database passes integrity_check and was not quarantined.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import sqlite3
 import time
@@ -21,11 +22,14 @@ from typing import Any
 
 import pytest
 
+from agent.buffer import Outbox
+from agent.pipeline import Pipeline
 from agent.receiver import Receiver
 from tests.support.agentproc import AgentProcess, write_config
 from tests.support.broker import Broker
 from tests.support.mqtt import Msg, Subscriber
-from tests.support.powerloss import power_cut, snapshot, stop
+from tests.support.powerloss import power_cut, snapshot, stop, wal_state
+from tests.test_buffer import reading
 
 ROUNDS = 4
 REPLAYS = 2  # power cuts per snapshot
@@ -141,3 +145,45 @@ def test_power_loss_never_redelivers_a_seq_with_other_content(
     finally:
         sub.close()
     print("\n".join(cuts))
+
+
+async def test_normal_hands_out_rows_only_after_a_sync_at_most_every_sync_interval(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "b.db", synchronous="NORMAL")
+    pipe = await Pipeline.open(ob, sync_interval=0.5)
+    try:
+        await pipe.durable()  # the sync at open (the epoch on disk before a birth names it)
+        opened = ob.syncs
+        await pipe.call(ob.commit, [reading(i) for i in range(50)])
+        rows = await pipe.call(ob.fetch_for_send, 0, 100)
+        assert len(rows) == 50 and not ob.durable
+        st = wal_state(ob.path)
+        assert st is not None and st.durable("NORMAL") < st.mx_frame, "committed, not yet on disk"
+        t0 = time.monotonic()
+        await pipe.durable()
+        assert ob.durable and ob.syncs == opened + 1
+        st = wal_state(ob.path)
+        assert st is not None and st.durable("NORMAL") == st.mx_frame, "a power cut keeps every row handed out"
+        await pipe.call(ob.commit, [reading(i) for i in range(50, 60)])
+        await pipe.call(ob.fetch_for_send, 50, 100)
+        await pipe.durable()
+        assert time.monotonic() - t0 >= 0.5, "syncs at most every sync_interval"
+        await pipe.call(ob.commit, [reading(i) for i in range(60, 70)])
+        await pipe.call(ob.fetch_for_send, 60, 100)
+        t1 = time.monotonic()
+        await pipe.durable(urgent=True)  # a backlog draining: at once
+        assert ob.durable and time.monotonic() - t1 < 0.5
+    finally:
+        await pipe.close()
+
+
+async def test_full_never_waits_for_a_sync(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "b.db")
+    pipe = await Pipeline.open(ob, sync_interval=30)
+    try:
+        await pipe.call(ob.commit, [reading(i) for i in range(5)])
+        await pipe.call(ob.fetch_for_send, 0, 100)
+        async with asyncio.timeout(1):
+            await pipe.durable()
+        assert ob.syncs == 0, "no checkpoint: every FULL commit already was on disk"
+    finally:
+        await pipe.close()

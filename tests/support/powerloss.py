@@ -1,4 +1,4 @@
-"""Simulated power loss of a SQLite WAL database: crash-consistent snapshots and WAL cuts.
+"""Simulated power loss of a SQLite WAL database (crash-consistent snapshots, WAL cuts); a full disk.
 
 A power cut keeps what was fsynced and may lose anything written after it. In WAL mode SQLite
 syncs the WAL at every commit under `synchronous=FULL`; under `NORMAL` only before each
@@ -19,6 +19,7 @@ native byte order.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -115,3 +116,14 @@ def power_cut(snap_db: Path, dest_db: Path, synchronous: str, rng: random.Random
     with open(f"{dest_db}-wal", "r+b") as f:
         f.truncate(st.offset(keep))
     return keep, st.mx_frame
+
+
+def fill(mnt: Path) -> Path:
+    """Take every free block of the filesystem, as another writer filling the card; delete it to free."""
+    filler = mnt / "filler"
+    with open(filler, "ab", buffering=0) as f:
+        for size in (65536, 4096):  # then the last partial chunk
+            with contextlib.suppress(OSError):
+                while f.write(b"\0" * size):
+                    pass
+    return filler
