@@ -90,12 +90,14 @@ class Pipeline:
         `urgent` (a backlog drains: one sync per fetched chunk, as FULL does per commit).
         """
         ob = self.outbox
+        if ob.synchronous == "FULL":
+            return  # every commit is on disk already: no wait, no buffer-thread round trip
         target = ob.read_mark
         while ob.durable_changes < target:
             async with self._sync_lock:
                 if ob.durable_changes >= target:
                     return
-                if not urgent and ob.synchronous != "FULL":  # FULL: every commit is on disk already
+                if not urgent:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._last_sync + self.sync_interval - time.monotonic()):
                             await self.hurry.wait()
