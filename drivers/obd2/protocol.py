@@ -9,6 +9,7 @@ Formulas from SAE J1979 as python-OBD implements them.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
@@ -148,7 +149,7 @@ class Elm327Protocol(StreamProtocol):
     def __init__(self) -> None:
         super().__init__()
         self._buf = b""
-        self.replies: list[list[str]] = []  # the text lines of every reply, for the driver's setup
+        self.replies: deque[list[str]] = deque(maxlen=32)  # the text lines of the latest replies (for the driver)
 
     def feed(self, data: bytes) -> list[dict[str, Value]]:
         self._buf += data
