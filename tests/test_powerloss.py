@@ -188,3 +188,38 @@ async def test_full_never_waits_for_a_sync(tmp_path: Path) -> None:
         assert ob.syncs == 0, "no checkpoint: every FULL commit already was on disk"
     finally:
         await pipe.close()
+
+
+async def test_normal_clean_stop_syncs_at_once_and_leaves_nothing_to_send_again(
+    tmp_path: Path, broker: Broker, counter_driver: None
+) -> None:
+    from agent.config import parse_config
+    from agent.runtime import Agent
+    from tests.support.wait import until
+
+    cfg = parse_config({
+        "gateway": {"id": "gw-stop"},
+        "buffer": {"path": str(tmp_path / "b.db"), "commit_interval": 0.05, "synchronous": "NORMAL",
+                   "sync_interval": "30s"},  # far longer than the stop's 1.5 s settle
+        "uplink": {"port": broker.port, "backoff_initial": 0.05, "backoff_max": 0.5},
+        "control": {"socket": str(tmp_path / "c.sock")},
+        "devices": [{"id": "c", "driver": "counter", "interval": 0.005}],
+    })
+    agent = Agent(cfg)
+    await agent.start()
+    try:
+        await until(lambda: agent.uplink.stats.readings_acked > 0, 60, "a first sync and delivery")
+        await until(lambda: agent.pipeline.outbox.depth > 50, 30, "readings waiting for the next sync")
+    finally:
+        t0 = time.monotonic()
+        await agent.stop()
+    assert time.monotonic() - t0 < 5
+    db = sqlite3.connect(tmp_path / "b.db")
+    try:
+        left = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    finally:
+        db.close()
+    # The stop synced at once, so the settle got every PUBACK; the rest (if any) are acks the
+    # final flush could not commit after the last PUBACK: at most one batch's worth.
+    assert agent.uplink.stats.readings_acked == agent.pipeline.outbox.next_seq - 1
+    assert left <= cfg.uplink.batch_max_readings
