@@ -5,7 +5,11 @@ rows are deleted as in service) at a steady 10 devices x 1 Hz, time-compressed b
 real time). The window ends with the pipeline's close (flush + WAL checkpoint): checkpoint writes
 are counted. The limit is the payload: the reading's wire JSON.
 
-Run: .venv/bin/python -m benchmarks.wear [--accel 10] [--seconds 240] [--page-size N] [--json]
+`--synchronous NORMAL` (with `--sync-interval`, scaled by --accel like the commit interval)
+measures the other durability mode: commits without fsync, a checkpoint per sync interval.
+
+Run: .venv/bin/python -m benchmarks.wear [--accel 10] [--seconds 240] [--page-size N]
+     [--synchronous NORMAL --sync-interval 2] [--json]
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ def io_counters() -> dict[str, int]:
         return {k: int(v) for k, v in (ln.split(":") for ln in f)}
 
 
-def child(db: str, port: int, interval: float, accel: float, seconds: float, page_size: int | None) -> None:
+def child(db: str, port: int, interval: float, accel: float, seconds: float, page_size: int | None,
+          synchronous: str = "FULL", sync_interval: float = 2.0) -> None:
     """Steady load through the real writer and uplink; prints bytes written in the window."""
     from agent.buffer import Outbox
     from agent.config import parse_config
@@ -40,14 +45,16 @@ def child(db: str, port: int, interval: float, accel: float, seconds: float, pag
     from agent.uplink import Uplink
 
     cfg = parse_config({"gateway": {"id": "gw-wear"}, "buffer": {"path": db}, "uplink": {"port": port}})
-    kw: dict[str, Any] = {} if page_size is None else {"page_size": page_size}
+    kw: dict[str, Any] = {"synchronous": synchronous} if page_size is None else {
+        "page_size": page_size, "synchronous": synchronous}
 
     def make(i: int) -> Reading:
         return Reading(device=f"room-{i % DEVICES:02d}", driver="senseair_s8",
                        values={"co2": 400 + i % 800, "temperature": 18 + (i % 90) / 10})
 
     async def run() -> dict[str, Any]:
-        pipe = await Pipeline.open(Outbox(db, **kw), commit_interval=interval / accel)
+        pipe = await Pipeline.open(Outbox(db, **kw), commit_interval=interval / accel,
+                                   sync_interval=sync_interval / accel)
         up = Uplink(cfg, pipe)
         w = asyncio.create_task(pipe.run_writer())
         u = asyncio.create_task(up.run())
@@ -57,12 +64,12 @@ def child(db: str, port: int, interval: float, accel: float, seconds: float, pag
         total = warmup + int(DEVICES * seconds)
         t_next = time.monotonic()
         io0: dict[str, int] = {}
-        acc0 = commits0 = 0
+        acc0 = commits0 = syncs0 = 0
         payload_bytes = 0
         for i in range(total):
             if i == warmup:
                 await pipe.flush()
-                io0, acc0, commits0 = io_counters(), pipe.accepted, pipe.commits
+                io0, acc0, commits0, syncs0 = io_counters(), pipe.accepted, pipe.commits, pipe.outbox.syncs
             r = make(i)
             if i >= warmup:
                 payload_bytes += len(encode_reading(i + 1, r).encode())
@@ -74,7 +81,7 @@ def child(db: str, port: int, interval: float, accel: float, seconds: float, pag
         deadline = time.monotonic() + 30
         while (pipe.queued or pipe.outbox.depth) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)  # every reading committed and acknowledged
-        accepted, commits = pipe.accepted - acc0, pipe.commits - commits0
+        accepted, commits, syncs = pipe.accepted - acc0, pipe.commits - commits0, pipe.outbox.syncs - syncs0
         left = pipe.outbox.depth
         for t in (u, w):
             t.cancel()
@@ -82,7 +89,7 @@ def child(db: str, port: int, interval: float, accel: float, seconds: float, pag
         io_before_close = io_counters()
         await pipe.close()  # final flush + wal_checkpoint(TRUNCATE): counted
         io1 = io_counters()
-        return {"interval": interval, "accepted": accepted, "commits": commits, "left": left,
+        return {"interval": interval, "accepted": accepted, "commits": commits, "syncs": syncs, "left": left,
                 "payload_bytes": payload_bytes, "write_bytes": io1["write_bytes"] - io0["write_bytes"],
                 "close_bytes": io1["write_bytes"] - io_before_close["write_bytes"],
                 "cancelled_write_bytes": io1["cancelled_write_bytes"] - io0["cancelled_write_bytes"],
@@ -91,7 +98,8 @@ def child(db: str, port: int, interval: float, accel: float, seconds: float, pag
     print(json.dumps(asyncio.run(run())), flush=True)
 
 
-def measure(accel: float, seconds: float, page_size: int | None, intervals: tuple[float, ...]) -> dict[str, Any]:
+def measure(accel: float, seconds: float, page_size: int | None, intervals: tuple[float, ...],
+            synchronous: str = "FULL", sync_interval: float = 2.0) -> dict[str, Any]:
     from agent.mosquitto import LocalBroker
 
     rows = []
@@ -101,7 +109,8 @@ def measure(accel: float, seconds: float, page_size: int | None, intervals: tupl
             with tempfile.TemporaryDirectory(prefix="bench-wear-") as d:
                 args = [sys.executable, "-m", "benchmarks.wear", "--child", str(Path(d) / "buffer.db"),
                         "--port", str(broker.port), "--interval", str(ci), "--accel", str(accel),
-                        "--seconds", str(seconds)]
+                        "--seconds", str(seconds), "--synchronous", synchronous,
+                        "--sync-interval", str(sync_interval)]
                 if page_size:
                     args += ["--page-size", str(page_size)]
                 out = subprocess.run(args, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)),
@@ -111,20 +120,25 @@ def measure(accel: float, seconds: float, page_size: int | None, intervals: tupl
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     finally:
         broker.close()
-    return {"accel": accel, "seconds": seconds, "page_size": page_size or 4096, "rows": rows}
+    return {"accel": accel, "seconds": seconds, "page_size": page_size or 4096, "rows": rows,
+            "synchronous": synchronous, "sync_interval": sync_interval}
 
 
 def report(res: dict[str, Any]) -> list[str]:
     lines = [f"10 devices x 1 Hz for {res['seconds']:.0f} simulated s (x{res['accel']:.0f} time-compressed), "
-             f"page_size {res['page_size']}, synchronous=FULL, uplink acking; limit = payload, target <= 2x",
-             "commit_interval  readings  per commit  payload B/reading  written B/reading (of which close+ckpt)  ratio"]
+             f"page_size {res['page_size']}, synchronous={res.get('synchronous', 'FULL')}"
+             + (f" (sync every {res['sync_interval']:g} s)" if res.get("synchronous") == "NORMAL" else "")
+             + ", uplink acking; limit = payload, target <= 2x",
+             "commit_interval  readings  per commit  payload B/reading  written B/reading (of which close+ckpt)  ratio"
+             "  fsync points"]
     for r in res["rows"]:
         n = max(r["accepted"], 1)
         per = r["write_bytes"] / n
         pay = r["payload_bytes"] / n
         lines.append(f"{r['interval']:>13.1f} s  {r['accepted']:>8}  {r['accepted'] / max(r['commits'], 1):>10.1f}"
                      f"  {pay:>17.0f}  {per:>17.0f} ({r['close_bytes'] / n:>5.0f})"
-                     f"{'':>19}{per / pay:>5.1f}x{'  <= 2x' if per <= 2 * pay else ''}")
+                     f"{'':>19}{per / pay:>5.1f}x{'  <= 2x' if per <= 2 * pay else '       '}"
+                     f"  {r.get('syncs') or r['commits']:>6} ({'checkpoints' if r.get('syncs') else 'commits'})")
     return lines
 
 
@@ -134,17 +148,20 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=240.0, help="simulated seconds per commit interval")
     ap.add_argument("--page-size", type=int)
     ap.add_argument("--intervals", default=",".join(str(i) for i in INTERVALS))
+    ap.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
+    ap.add_argument("--sync-interval", type=float, default=2.0, help="NORMAL: seconds between WAL syncs")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child")
     ap.add_argument("--port", type=int)
     ap.add_argument("--interval", type=float)
     a = ap.parse_args()
     if a.child:
-        child(a.child, a.port, a.interval, a.accel, a.seconds, a.page_size)
+        child(a.child, a.port, a.interval, a.accel, a.seconds, a.page_size, a.synchronous, a.sync_interval)
         return
     from benchmarks.common import emit
 
-    res = measure(a.accel, a.seconds, a.page_size, tuple(float(x) for x in a.intervals.split(",")))
+    res = measure(a.accel, a.seconds, a.page_size, tuple(float(x) for x in a.intervals.split(",")),
+                  a.synchronous, a.sync_interval)
     emit(res, None if a.json else report(res), a.json)
 
 
