@@ -98,7 +98,9 @@ def test_vehicle_profile_end_to_end(tmp_path: Path, broker: Broker) -> None:
         # the controller see the same instant of the ride, so their speeds agree
         pairs = [(g, m) for g in gnss for m in motor if abs(_t(g) - _t(m)) < 0.05]
         assert sum(g["values"]["speed"] > 0.5 for g, _ in pairs) >= 2
-        assert all(abs(g["values"]["speed"] - m["values"]["speed"]) < 0.01 for g, m in pairs), pairs
+        # (under load the two tasks may run some ms apart: the ride's acceleration is at most 0.9 m/s²)
+        assert all(abs(g["values"]["speed"] - m["values"]["speed"]) <= 0.9 * (abs(_t(g) - _t(m)) + 0.011) + 0.005
+                   for g, m in pairs), pairs
         assert {r["tags"]["vehicle"] for r in sub.readings()} == {"cargo-1"}
         assert agent.terminate() == 0
     finally:
