@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
 
 from agent.errors import ConfigError
 from agent.model import format_ts
@@ -350,12 +351,18 @@ class CommandStore:
 
 def read_audit(path: Path, limit: int = 20) -> list[dict[str, Any]]:
     """The newest audit rows, newest last (read-only; works while the agent runs)."""
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
-    try:
-        rows = db.execute("SELECT ts, jti, cmd, kid, status, reason, detail, sent, message FROM audit "
-                          "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
-    finally:
-        db.close()
+    rows: list[Any] = []
+    for params in ("mode=ro", "mode=ro&immutable=1"):  # immutable: a technician who may not write the -shm
+        db = sqlite3.connect(f"file:{quote(str(path.resolve()))}?{params}", uri=True, timeout=5.0)
+        try:
+            rows = db.execute("SELECT ts, jti, cmd, kid, status, reason, detail, sent, message FROM audit "
+                              "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+            break
+        except sqlite3.OperationalError as e:
+            if "no such table" in str(e) or params.endswith("immutable=1"):
+                raise
+        finally:
+            db.close()
     out = []
     for ts, jti, cmd, kid, status, reason, detail, sent, message in reversed(rows):
         out.append({"ts": format_ts(ts), "jti": jti, "cmd": cmd, "kid": kid, "status": status, "reason": reason,

@@ -335,6 +335,8 @@ class ControlServer:
             s["readings"] += d["readings"]
             s["errors"] += sum(d["errors"].values())
         h["drivers"] = drivers
+        if a.commands is not None:  # remote commands (agent/remote.py)
+            h["commands"] = a.commands.summary()
         h["control"] = {
             "clients": len(self._clients),
             "tail_clients": len(self._subs),

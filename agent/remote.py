@@ -84,6 +84,8 @@ class CommandService:
         self.refusals = RateLimiter(RATE, BURST)  # rate_limited answers: past these, a flood is dropped unanswered
         self.queue: asyncio.Queue[tuple[bytes, bool, bool]] = asyncio.Queue(QUEUE)
         self.dropped = 0
+        self.received = 0
+        self.last: dict[str, Any] | None = None  # the newest result (status view)
         self._results = asyncio.Event()
         self._apply: asyncio.Task[None] | None = None
         self.applying: Pending | None = None
@@ -94,10 +96,18 @@ class CommandService:
         return Verifier(load_trusted_keys(c.trusted_keys), self.agent.cfg.gateway.id,
                         max_lifetime=c.max_lifetime, allow=c.allow)
 
+    def summary(self) -> dict[str, Any]:
+        """The `commands` part of `status`."""
+        p = self.applying
+        return {"trusted_kids": sorted(self.verifier.keys), "received": self.received, "dropped": self.dropped,
+                "applying": None if p is None else {"jti": p.jti, "kid": p.kid, "since": format_ts(p.started)},
+                "last": self.last}
+
     # -- intake (the uplink's message loop: never blocks) -------------------------------------
     def offer(self, payload: bytes, retained: bool) -> None:
         if not payload:
             return  # a zero-length message clears a retained one: nothing to answer
+        self.received += 1
         limited = not self.rate.take()
         try:
             if limited and not self.refusals.take():
@@ -172,6 +182,7 @@ class CommandService:
         msg = result_message(self.agent.cfg.gateway.id, jti=jti, cmd=verb, kid=kid, status=status,
                              reason=reason, detail=detail, result=result)
         await asyncio.to_thread(self.store.record, msg)
+        self.last = {k: msg[k] for k in ("jti", "cmd", "kid", "status", "reason", "ts")}
         self._results.set()
         level = logging.INFO if status == "ok" else logging.WARNING
         log.log(level, "command %s (jti %s, kid %s): %s%s", verb, jti, kid, status,

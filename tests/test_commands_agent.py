@@ -312,6 +312,11 @@ def test_cli_send_signs_and_waits_for_the_result(gw: Gateway) -> None:
     assert gw.config.read_text() == new.read_text()
     r = run_cli(*common, "device.restart", "--arg", "device=sim-pm")
     assert r.code == 1 and "not_allowed" in r.err
+    st = gw.status()["commands"]
+    assert (st["trusted_kids"], st["received"], st["dropped"], st["applying"]) == (["platform"], 4, 0, None)
+    assert (st["last"]["cmd"], st["last"]["status"], st["last"]["reason"]) == ("device.restart", "refused", "not_allowed")
+    r = run_cli("status", "--config", gw.config)
+    assert "commands  on (keys platform); last: device.restart refused (not_allowed) by platform" in r.out, r.out
     r = run_cli("commands", "--config", gw.config)
     assert r.code == 0
     lines = r.out.splitlines()

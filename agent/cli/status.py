@@ -138,6 +138,15 @@ def render_status(st: dict[str, Any]) -> str:
         extra.append(f"rejected {buf['rejected']} (buffer full, on_full=reject_new)")
     if buf.get("queue_overflow"):
         extra.append(f"queue overflow {buf['queue_overflow']}")
+    if (cmds := st.get("commands")) is not None:
+        last = cmds["last"]
+        text = f"on (keys {', '.join(cmds['trusted_kids'])}); last: " + (
+            "none" if last is None else f"{last['cmd']} {last['status']}"
+            f"{' (' + last['reason'] + ')' if last['reason'] else ''} by {last['kid']} {ago(last['ts'])}")
+        if cmds["applying"]:
+            text += "; " + paint(f"CONFIRMING config.apply {cmds['applying']['jti']} "
+                                 f"since {ago(cmds['applying']['since'])}", "warn")
+        lines.append(f"commands  {text}  (`edge-agent commands`)")
     lines.append(
         f"drops     {paint(drops, 'ok' if drops == 'none' else 'warn')}"
         + (("; " + "; ".join(extra)) if extra else "")
