@@ -299,17 +299,43 @@ class CommandStore:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript("""
-            CREATE TABLE IF NOT EXISTS jti (jti TEXT PRIMARY KEY, exp REAL NOT NULL);
-            CREATE TABLE IF NOT EXISTS audit (
-                id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, jti TEXT, cmd TEXT, kid TEXT,
-                status TEXT NOT NULL, reason TEXT, detail TEXT NOT NULL DEFAULT '', message TEXT NOT NULL,
-                sent INTEGER NOT NULL DEFAULT 0);
-            CREATE INDEX IF NOT EXISTS audit_unsent ON audit (sent) WHERE sent = 0;
-        """)
+        self.quarantined: Path | None = None
+        self.quarantine_reason = ""
+        try:
+            self.db = self._open()
+        except sqlite3.DatabaseError as e:  # a corrupt file must not keep the agent from starting
+            self.quarantined = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(f"{path}{suffix}")
+                if src.exists():
+                    src.replace(Path(f"{self.quarantined}{suffix}"))
+            self.db = self._open()
+            # the replay memory is gone: nothing issued before now can be told from a replay
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('replay_floor', ?)", (str(time.time()),))
+            self.quarantine_reason = str(e)
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'replay_floor'").fetchone()
+        self.replay_floor = float(row[0]) if row else 0.0
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=5.0)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            if (ok := db.execute("PRAGMA quick_check").fetchone()[0]) != "ok":
+                raise sqlite3.DatabaseError(f"quick_check: {ok}")
+            db.executescript("""
+                CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+                CREATE TABLE IF NOT EXISTS jti (jti TEXT PRIMARY KEY, exp REAL NOT NULL);
+                CREATE TABLE IF NOT EXISTS audit (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, jti TEXT, cmd TEXT, kid TEXT,
+                    status TEXT NOT NULL, reason TEXT, detail TEXT NOT NULL DEFAULT '', message TEXT NOT NULL,
+                    sent INTEGER NOT NULL DEFAULT 0);
+                CREATE INDEX IF NOT EXISTS audit_unsent ON audit (sent) WHERE sent = 0;
+            """)
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
         with self._lock:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from agent import __version__
 from agent.commands import (
     BURST,
+    LEEWAY,
     RATE,
     Command,
     CommandStore,
@@ -80,6 +81,9 @@ class CommandService:
         self._commands_cfg = agent.cfg.commands
         self.verifier = self._make_verifier()
         self.store = CommandStore(store_path(agent.cfg.buffer.path))
+        if self.store.quarantined is not None:
+            log.error("commands: %s was corrupt (%s), moved aside as %s; commands issued before now are refused "
+                      "as possible replays", self.store.path, self.store.quarantine_reason, self.store.quarantined)
         self.rate = RateLimiter(RATE, BURST)
         self.refusals = RateLimiter(RATE, BURST)  # rate_limited answers: past these, a flood is dropped unanswered
         self.queue: asyncio.Queue[tuple[bytes, bool, bool]] = asyncio.Queue(QUEUE)
@@ -158,6 +162,9 @@ class CommandService:
             self._refresh()
             synced = self.agent.clock.state() == "synced"
             cmd = self.verifier.verify(payload, retained=retained, clock_synced=synced)
+            if cmd.iat < self.store.replay_floor - LEEWAY:
+                raise Refused("replay", "issued before the replay memory was reset (a corrupt commands.db was "
+                              "moved aside): it cannot be told from a replay; sign it again")
             if not await asyncio.to_thread(self.store.claim, cmd.jti, cmd.exp):
                 raise Refused("replay", f"jti {cmd.jti!r} was already received")
             log.debug("command %s (jti %s, signed by %s): executing", cmd.cmd, cmd.jti, cmd.kid)

@@ -226,3 +226,20 @@ def test_bad_keys_exit_78_naming_the_key(tmp_path: Path) -> None:
     r = run_cli("config", "check", _cfg(tmp_path, '["platform.pub"]', 'allow = ["ping", "reboot"]'))
     assert r.code == 78 and "commands.allow[1]: unknown verb 'reboot'" in r.err
     assert run_cli("config", "check", _cfg(tmp_path, '["platform.pub"]')).code == 0
+
+
+def test_a_corrupt_store_is_moved_aside_and_older_commands_count_as_replays(tmp_path: Path) -> None:
+    path = tmp_path / "commands.db"
+    s = CommandStore(path)
+    assert s.quarantined is None and s.replay_floor == 0.0
+    s.close()
+    path.write_bytes(b"SQLite format 3\0" + b"\xff" * 4000)  # a torn file
+    t0 = time.time()
+    s = CommandStore(path)
+    assert s.quarantined is not None and s.quarantined.read_bytes().startswith(b"SQLite format 3")
+    assert t0 <= s.replay_floor <= time.time()
+    assert s.claim("a", t0 + 100)
+    s.close()
+    s = CommandStore(path)  # the floor is kept: the old file's jtis stay unknown
+    assert s.quarantined is None and t0 <= s.replay_floor and not s.claim("a", t0 + 100)
+    s.close()
