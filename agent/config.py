@@ -26,12 +26,12 @@ from pydantic import (
 from edge_common.device import DEVICE_ID, DeviceConfig, Duration, Size, error_key
 from edge_common.errors import ConfigError
 
+from agent.paths import default_config_path
+
 _loc = error_key  # the old name (drivers and tests of other branches import it)
 
 __all__ = ["DEVICE_ID", "DeviceConfig", "Duration", "Size"]
 
-DEFAULT_CONFIG_PATH = "/etc/edge-agent/agent.toml"
-CONFIG_ENV = "EDGE_AGENT_CONFIG"
 
 GATEWAY_ID = r"^[a-z0-9][a-z0-9-]{0,63}$"
 
@@ -175,10 +175,6 @@ class AgentConfig(_Section):
             if d.id == device_id:
                 return d
         raise KeyError(device_id)
-
-
-def default_config_path() -> Path:
-    return Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
 
 
 def _line_of(text: str, key: str) -> int | None:

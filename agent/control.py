@@ -46,6 +46,7 @@ MAX_CLIENTS = 32
 TAIL_QUEUE = 1000  # readings held per tail client before dropping
 TAIL_QUEUE_MAX = 10_000
 WRITE_TIMEOUT = 10.0  # a client that does not read a response for this long is disconnected
+LIVENESS_LOOK = 1.0  # how often `tail --device` looks at the device's liveness (agent/runtime.py ticks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +115,7 @@ class ControlServer:
         self._inode: tuple[int, int] | None = None
         self.bad_requests = 0
         self.tail_dropped = 0
+        self._stopping = False
 
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -199,6 +201,7 @@ class ControlServer:
             pipe.listeners.remove(self._on_accept)
         if self._server is not None:
             self._server.close()
+        self._stopping = True
         for t in list(self._clients):
             t.cancel()
         await asyncio.gather(*self._clients, return_exceptions=True)
@@ -234,7 +237,11 @@ class ControlServer:
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
-            raise
+            if not self._stopping:
+                raise
+            # Our own stop ends the client normally: CPython 3.11's StreamReaderProtocol logs a
+            # cancelled client task as an ERROR with a traceback (`... connection_made ...`).
+            task.uncancel()
         except Exception:
             log.exception("control client failed")
         finally:
@@ -300,9 +307,22 @@ class ControlServer:
             return await self.status()
         if cmd == "devices":
             return {"devices": self.devices()}
+        if cmd == "uplink.reconnect":
+            return self.reconnect()
         raise RequestError(
-            "unknown_command", f"unknown command {cmd!r} (known: ping, status, devices, tail)"
+            "unknown_command",
+            f"unknown command {cmd!r} (known: ping, status, devices, tail, uplink.reconnect)",
         )
+
+    def reconnect(self) -> dict[str, Any]:
+        """`uplink.reconnect`: a technician's "try now" (backoff reset; a connected uplink is left alone)."""
+        up = self.agent.uplink
+        was = up.stats.state
+        if was != "connected":
+            log.info("uplink: reconnect asked for on the control socket (was %s)", was)
+            up.reconnect_now()
+        up_cfg = self.agent.cfg.uplink
+        return {"was": was, "reconnecting": was != "connected", "broker": f"{up_cfg.host}:{up_cfg.port}"}
 
     # -- views --------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
@@ -390,8 +410,10 @@ class ControlServer:
     ) -> None:
         rid = req.get("id")
         device = req.get("device")
-        if device is not None and device not in {d.id for d in self.agent.cfg.devices}:
-            raise RequestError("unknown_device", f"no configured device {device!r}")
+        known = [d.id for d in self.agent.cfg.devices]
+        if device is not None and device not in known:
+            raise RequestError("unknown_device", f"no device {device!r} on {self.agent.cfg.gateway.id} "
+                                                 f"(configured: {', '.join(known) or 'none'})")
         limit = req.get("queue", TAIL_QUEUE)
         if not isinstance(limit, int) or not 1 <= limit <= TAIL_QUEUE_MAX:
             raise RequestError("bad_request", f"queue must be an integer 1..{TAIL_QUEUE_MAX}")
@@ -409,13 +431,19 @@ class ControlServer:
                     "result": {"subscribed": True, "device": device, "queue": limit},
                 },
             )
+            told: tuple[str, str] | None = None  # the device's (state, link) as last told
             while True:
+                if device is not None and (now := self._liveness(device))[0] != told:
+                    told = now[0]
+                    writer.write(json.dumps(now[1]).encode() + b"\n")
                 item = sub.take()
                 if item is None:
                     sub.wake.clear()
                     waiter = asyncio.ensure_future(sub.wake.wait())
                     try:
-                        await asyncio.wait([waiter, closed], return_when=asyncio.FIRST_COMPLETED)
+                        # with a device: look at its liveness as often as the agent judges it
+                        await asyncio.wait([waiter, closed], return_when=asyncio.FIRST_COMPLETED,
+                                           timeout=None if device is None else LIVENESS_LOOK)
                     finally:
                         waiter.cancel()
                     if closed.done():
@@ -448,6 +476,26 @@ class ControlServer:
             closed.cancel()
             with contextlib.suppress(BaseException):
                 await closed
+
+
+    def _liveness(self, device: str) -> tuple[tuple[str, str], dict[str, Any]]:
+        """((state, link), the `device` event) of one configured device, for `tail --device`."""
+        a = self.agent
+        runner = a.devices.get(device)
+        ev: dict[str, Any] = {"event": "device", "device": device}
+        if runner is None:
+            ev.update(state="disabled", link="disabled", detail="", since=None, last_reading=None)
+            return ("disabled", "disabled"), ev
+        state = "starting" if runner.online is None else "online" if runner.online else "offline"
+        ctx = runner.ctx
+        key = (state, "" if state == "online" else ctx.link)  # a dead device's link changing is news
+        last = ctx.last_reading
+        since = None
+        if state == "offline":  # it went offline `expected_interval` after its last reading
+            since = (last if last is not None else a.started) + runner.expected_interval
+        ev.update(state=state, link=ctx.link, detail=ctx.link_detail[:200],
+                  since=since and format_ts(since), last_reading=last and format_ts(last))
+        return key, ev
 
 
 def _error(rid: Any, code: str, message: str) -> dict[str, Any]:

@@ -113,7 +113,7 @@ async def test_protocol_errors_are_answered_and_the_connection_survives(
             "ok": False,
             "error": {
                 "code": "unknown_command",
-                "message": "unknown command 'reboot' (known: ping, status, devices, tail)",
+                "message": "unknown command 'reboot' (known: ping, status, devices, tail, uplink.reconnect)",
             },
         }
         r = await request(reader, writer, b'{"id": 1, "cmd": "tail", "device": "nope"}\n')
@@ -226,7 +226,7 @@ def test_misbehaving_clients_do_not_disturb_ingestion(
         seqs = [r["seq"] for r in sub.readings()]
         assert seqs == list(range(1, total + 1))  # exact: none lost, none duplicated, in order
         r = run_cli("status", "--config", cfg, "--json")
-        assert r.code == 0 and r.json()["buffer"]["next_seq"] == total + 1
+        assert r.code in (0, 3) and r.json()["buffer"]["next_seq"] == total + 1  # 3: clock unsynced here
         # The stuck subscriber, reading at last, is told exactly what it missed.
         buf, got, dropped = b"", 0, 0
         stuck.settimeout(10)
@@ -263,7 +263,7 @@ def test_a_second_agent_on_the_same_socket_refuses_to_start(tmp_path: Path, brok
     try:
         first.wait_log("control socket")
         # The socket answers before the agent is ready (status says "starting" until then).
-        wait_until(lambda: run_cli("status", "--config", cfg, "--json").code == 0, 20, "first agent ready")
+        wait_until(lambda: run_cli("status", "--config", cfg, "--json").code in (0, 3, 4), 20, "first agent ready")
         second.start()
         assert second.wait(20) == 1
         assert "another agent is already running" in second.output()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import select
 import socket
@@ -166,15 +167,25 @@ def test_serial_access_for_the_service_user(pty_factory: type[PtyDevice], tmp_pa
         )
     )
     st = os.stat(dev.port)
+    dialout = grp.getgrnam("dialout").gr_gid
+    os.chown(dev.port, -1, dialout)
     os.chmod(dev.port, 0o660)
     try:
         stranger = ("edge-agent", 54321, {54321})
         [c] = doctor.check_serial(cfg, stranger)
         assert c.verdict == "fail" and "is not read/write for edge-agent" in c.detail
-        assert c.hint.startswith("sudo usermod -aG ")
-        member = ("edge-agent", 54321, {54321, st.st_gid})
+        assert c.hint == "sudo usermod -aG dialout edge-agent, then restart the service"
+        member = ("edge-agent", 54321, {54321, dialout})
         assert doctor.check_serial(cfg, member)[0].verdict == "ok"
+        # No group helps a 0600 port (nor joining root): the node's udev rule or mode must change.
+        for gid, mode in ((dialout, 0o600), (0, 0o660)):
+            os.chown(dev.port, -1, gid)
+            os.chmod(dev.port, mode)
+            [c] = doctor.check_serial(cfg, stranger)
+            assert c.verdict == "fail" and "usermod" not in c.hint, c
+            assert "udev rule (systemd/99-edge-agent-serial.rules" in c.hint and "mode 0660" in c.hint
     finally:
+        os.chown(dev.port, -1, st.st_gid)
         os.chmod(dev.port, st.st_mode & 0o7777)
     assert doctor.can_rw(os.stat_result((0o20666, 0, 0, 1, 1, 5, 0, 0, 0, 0)), 54321, {7})
     assert not doctor.can_rw(os.stat_result((0o20600, 0, 0, 1, 1, 5, 0, 0, 0, 0)), 54321, {5})

@@ -55,7 +55,8 @@ def running(tmp_path: Path, broker: Broker, pty_factory: type[PtyDevice]):  # ty
     sub.close()
 
 
-def test_status_devices_and_tail_on_a_running_agent(running) -> None:  # type: ignore[no-untyped-def]
+def test_status_devices_and_tail_on_a_running_agent(running, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: LAST VALUES in the table (80: test_cli_screen)
     dev, cfg, sub = running
     tail_json = Spawned("tail", "--config", cfg, "--json", "--count", "10")
     tail_one = Spawned("tail", "--config", cfg, "--device", "van-gnss", "--count", "3")
@@ -78,7 +79,9 @@ def test_status_devices_and_tail_on_a_running_agent(running) -> None:  # type: i
         assert [r["values"] for r in tailed] == [expected_values(f) for f in fs]
         assert len(tail_one.out) == 3
         for i, line in enumerate(tail_one.out, start=1):
-            assert f"  {i}  van-gnss (nmea)  latitude=" in line
+            assert f" {i:>7} van-gnss latitude=" in line and "°, longitude=" in line
+        assert any(line == "van-gnss is starting: waiting for its first reading (link up)"
+                   or line.startswith("van-gnss is online") for line in tail_one.err), tail_one.err
     finally:
         tail_json.close()
         tail_one.close()
@@ -104,7 +107,7 @@ def test_status_devices_and_tail_on_a_running_agent(running) -> None:  # type: i
         "acked",
     )
     r = run_cli("status", "--config", cfg, "--json")
-    assert r.code == 0, r.err
+    assert r.code == 3, r.err  # degraded: dead-gnss is not delivering (data is leaving)
     st = r.json()
     assert st["gateway"] == "gw-test"
     assert st["uplink"]["state"] == "connected"
@@ -127,7 +130,7 @@ def test_status_devices_and_tail_on_a_running_agent(running) -> None:  # type: i
     assert st["clock"] in ("synced", "unsynced")
 
     human = run_cli("status", "--config", cfg)
-    assert human.code == 0
+    assert human.code == 3
     assert "uplink    connected to 127.0.0.1:" in human.out
     assert "0 readings waiting" in human.out
     assert "nmea         1/3 online, 1 offline, 1 disabled, 10 readings, 0 errors" in human.out
@@ -191,10 +194,15 @@ def test_status_exits_69_when_agent_is_not_running(tmp_path: Path) -> None:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(tmp_path / "control.sock"))
     s.close()
-    for verb in (["status"], ["status", "--json"], ["devices"], ["tail"]):
+    for verb in (["status"], ["status", "--json"], ["devices"], ["tail"], ["devices", "--json"]):
         r = run_cli(*verb, "--config", cfg)
         assert r.code == 69, (verb, r)
-        assert r.out == ""
+        if "--json" in verb:  # the error as JSON on stdout, for scripts
+            err = r.json()["error"]
+            assert (r.json()["ok"], err["exit"], err["kind"]) == (False, 69, "unreachable")
+            assert err["message"].startswith("agent not reachable: no agent is listening on ")
+        else:
+            assert r.out == ""
         assert f"socket tried: {tmp_path / 'control.sock'}" in r.err
         assert "systemctl status edge-agent" in r.err
         assert "Traceback" not in r.err

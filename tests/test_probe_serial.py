@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator
 
@@ -110,7 +111,9 @@ def test_probe_human_output_shows_samples_and_errors(pty_factory: type[PtyDevice
         t.join()
     text = capsys.readouterr().out
     assert rc == 0
-    assert 'driver = "pms5003"' in text and "checksum=" in text and "pm2_5" in text
+    assert 'driver = "pms5003"' in text and "checksum=" in text
+    assert re.search(r"^  pm1_0=\d+ µg/m³, pm2_5=\d+ µg/m³, pm10=\d+ µg/m³", text, re.M), text  # name=value unit
+    assert "{'" not in text  # no Python dicts on the screen
     assert "hint: some frames were damaged" in text
 
 

@@ -34,7 +34,7 @@ def rows(db: Path) -> list[tuple[int, str]]:
 def readings(cfg: Path) -> int | None:
     """Readings the running agent's van-gnss has emitted so far (control socket)."""
     r = run_cli("status", "--config", cfg, "--json")
-    return r.json()["devices"]["van-gnss"]["readings"] if r.code == 0 else None
+    return r.json()["devices"]["van-gnss"]["readings"] if r.code in (0, 3, 4) else None
 
 
 @pytest.fixture

@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
-import io
 import json
 import os
-import socket
-import sqlite3
 import sys
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, TextIO
 
-from agent.buffer import ROW_OVERHEAD
 from agent.cli.common import (
     EXIT_FAILURE,
     EXIT_USAGE,
@@ -29,9 +22,11 @@ from agent.cli.common import (
     print_json,
 )
 from agent.cli.fmt import age, count, paint, size
-from agent.config import AgentConfig
-from agent.model import format_ts
-from agent.units import parse_duration
+
+if TYPE_CHECKING:
+    import sqlite3
+
+    from agent.config import AgentConfig
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -88,6 +83,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 # -- opening ------------------------------------------------------------------------------
 def open_readonly(path: Path) -> tuple[sqlite3.Connection, bool]:
     """(connection, snapshot_only): mode=ro, or immutable=1 when the folder is read-only."""
+    import sqlite3
+    from urllib.parse import quote
+
     if not path.exists():
         raise CliExit(
             EXIT_FAILURE,
@@ -114,25 +112,40 @@ def open_readonly(path: Path) -> tuple[sqlite3.Connection, bool]:
     )
 
 
-def agent_running(cfg: AgentConfig) -> bool:
+def agent_running(cfg: AgentConfig) -> bool | None:
+    """Whether an agent answers on the control socket; None when this user may not ask it."""
+    import errno
+    import socket
+
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(1.0)
     try:
         s.connect(str(cfg.control.socket))
         return True
-    except OSError:
-        return False
+    except OSError as e:
+        return None if e.errno in (errno.EACCES, errno.EPERM) else False
     finally:
         s.close()
+
+
+def running_text(running: bool | None) -> str:
+    if running is None:
+        return paint("state unknown (no permission on the control socket; `edge-agent status` says why)",
+                     "warn")
+    return paint("running", "ok") if running else paint("not running", "warn")
 
 
 # -- stats --------------------------------------------------------------------------------
 def buffer_stats(cfg: AgentConfig) -> dict[str, Any]:
     """Everything `buffer stats` shows, from the database alone."""
+    import sqlite_utils  # here, not at import: every `edge-agent run` loads this module
+
+    from agent.buffer import ROW_OVERHEAD
+    from agent.model import format_ts
+
     path = Path(cfg.buffer.path)
     conn, snapshot = open_readonly(path)
     try:
-        import sqlite_utils  # here, not at import: every `edge-agent run` loads this module
 
         db = sqlite_utils.Database(conn)
         now = time.time()
@@ -236,7 +249,7 @@ def stats(args: argparse.Namespace) -> int:
     pct = f" ({100 * st['fill']:.1f}%)" if st["fill"] is not None else ""
     lines = [
         f"buffer    {st['path']} ({size(st['file_bytes'])} on disk), agent "
-        + (paint("running", "ok") if st["agent_running"] else paint("not running", "warn")),
+        + running_text(st["agent_running"]),
         f"epoch     {st['epoch']} (gateway {st['gateway']}, created {st['created']})",
         f"waiting   {count(st['depth'])} readings, {size(st['bytes'])} of "
         f"{size(st['max_bytes'])}{pct}"
@@ -284,6 +297,10 @@ def stats(args: argparse.Namespace) -> int:
 # -- export -------------------------------------------------------------------------------
 def parse_time(text: str, now: float | None = None) -> float:
     """RFC 3339 / ISO date (UTC when no offset) or an age like '2h' (= that long ago)."""
+    from datetime import UTC, datetime
+
+    from agent.units import parse_duration
+
     now = time.time() if now is None else now
     t = text.strip()
     try:
@@ -307,6 +324,8 @@ def select_rows(
     db: sqlite3.Connection, since: float | None, until: float | None, device: str | None
 ) -> Iterator[tuple[int, str]]:
     """(seq, payload) in seq order; the time filter compares each reading's own `ts`."""
+    from agent.model import format_ts
+
     where, params = [], []
     # format_ts output has a fixed width, so text order is time order.
     if since is not None:
@@ -343,8 +362,15 @@ def write_export(
     epoch: str,
 ) -> tuple[int, int | None, int | None]:
     """Write matching readings; (count, first seq, last seq)."""
+    import csv
+
+    from agent.model import format_ts
+
     n, lo, hi = 0, None, None
     if fmt == "jsonl":
+        # The header makes the file self-contained: (gateway, epoch, seq) is the platform's key.
+        out.write(json.dumps({"v": 1, "gateway": gateway, "epoch": epoch, "exported": format_ts(time.time())},
+                             separators=(",", ":")) + "\n")
         for seq, payload in select_rows(db, since, until, device):
             out.write(payload + "\n")
             n, lo, hi = n + 1, lo if lo is not None else seq, seq
@@ -391,19 +417,24 @@ def write_export(
 
 
 def export(args: argparse.Namespace) -> int:
+    import io
+
     if args.json and args.format != "jsonl":
         raise CliExit(EXIT_USAGE, "edge-agent buffer export: --json is --format jsonl; not with --format csv")
     cfg = load(args)
     now = time.time()
     since = parse_time(args.since, now) if args.since else None
     until = parse_time(args.until, now) if args.until else None
-    if args.device is not None and args.device not in {d.id for d in cfg.devices}:
-        print(
-            f"edge-agent buffer export: note: {args.device!r} is not in the current config",
-            file=sys.stderr,
-        )
     db, _ = open_readonly(Path(cfg.buffer.path))
     try:
+        if args.device is not None and args.device not in {d.id for d in cfg.devices}:
+            buffered = [r[0] for r in db.execute("SELECT DISTINCT device FROM outbox ORDER BY device")]
+            if args.device not in buffered:  # one rule with `tail --device`: exit 1 naming the known ones
+                raise CliExit(EXIT_FAILURE, f"edge-agent buffer export: no device {args.device!r} in "
+                              f"{cfg.source_path} (configured: {', '.join(d.id for d in cfg.devices) or 'none'})"
+                              + (f" nor in the buffer ({', '.join(buffered)})" if buffered else ""))
+            print(f"edge-agent buffer export: note: {args.device!r} is not in the current config; "
+                  "exporting its buffered readings", file=sys.stderr)
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         gateway, epoch = meta.get("gateway") or cfg.gateway.id, meta.get("epoch", "")
         if args.output:

@@ -2,18 +2,48 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
+import os
 import socket
+import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.cli.common import EXIT_FAILURE, EXIT_UNREACHABLE, CliExit
-from agent.config import AgentConfig
+from agent.cli.common import EXIT_FAILURE, EXIT_UNREACHABLE, CliExit, config_path, load
 from agent.errors import AgentNotReachable, ControlError
 
 TIMEOUT = 10.0
+DEFAULT_SOCKET = "/run/edge-agent/control.sock"  # agent/config.py ControlConfig.socket
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the running agent answers, read from the config file without the config layer."""
+
+    socket: Path
+    config: Path
+    gateway: str
+
+
+def target(args: argparse.Namespace) -> Target:
+    """[control].socket and [gateway].id of --config; anything unclear gets the full check (78)."""
+    path = config_path(args)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        ctl, gw = data.get("control", {}), data.get("gateway", {})
+        sock, gid = ctl.get("socket", DEFAULT_SOCKET), gw.get("id")
+        if isinstance(sock, str) and sock and isinstance(gid, str):
+            p = Path(sock).expanduser()
+            base = path.resolve().parent
+            return Target(p if p.is_absolute() else base / p, path.resolve(), gid)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+        pass
+    cfg = load(args)  # exits 78 naming the problem; a file it accepts is used as it read it
+    return Target(Path(cfg.control.socket), cfg.source_path or path, cfg.gateway.id)
 
 
 class ControlClient:
@@ -102,31 +132,60 @@ def _why(path: Path, e: OSError) -> str:
     if e.errno in (errno.ENOENT, errno.ECONNREFUSED):
         what = "no agent is listening"
     elif e.errno == errno.EACCES:
-        what = "permission denied (join the socket's group, see [control].group, or use sudo)"
+        what = "permission denied"
     else:
         what = e.strerror or str(e)
     return f"{what} on {path}"
 
 
-def unreachable_exit(cfg: AgentConfig, e: AgentNotReachable) -> CliExit:
-    """Exit 69 with a hint for the technician."""
+def socket_access(path: Path) -> str:
+    """'' when this user may connect to the socket file; else why not, with the fix."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ""
+    if os.access(path, os.R_OK | os.W_OK):
+        return ""
+    import grp
+
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    mode = st.st_mode & 0o777
+    if mode & 0o060 != 0o060:
+        return (f"{path} is mode {mode:04o}: only its owner may connect; "
+                "use sudo, or set [control].group and mode = 0o660")
+    if st.st_gid == 0:  # joining root is no answer: the socket needs a group of its own
+        return (f"{path} belongs to group root (mode {mode:04o}): set [control].group to the "
+                "technicians' group (e.g. edge-agent) and restart the agent, or use sudo")
+    return (f"{path} belongs to group {group} (mode {mode:04o}) and you are not in it: "
+            f"`sudo usermod -aG {group} $USER`, then log in again (or use sudo)")
+
+
+def unreachable_exit(t: Target, e: AgentNotReachable) -> CliExit:
+    """Exit 69 with the one hint that fits: not running, or not allowed."""
+    denied = socket_access(t.socket)
+    if denied:
+        return CliExit(EXIT_UNREACHABLE,
+                       f"edge-agent: agent not reachable: permission denied\n  {denied}")
     return CliExit(
         EXIT_UNREACHABLE,
         (
             f"edge-agent: agent not reachable: {e}\n"
             f"  is the service running?  systemctl status edge-agent\n"
-            f"  socket tried: {cfg.control.socket} (from [control].socket in {cfg.source_path})\n"
+            f"  socket tried: {t.socket} (from [control].socket in {t.config})\n"
             f"  without the agent: edge-agent buffer stats, edge-agent doctor"
         ),
     )
 
 
-def ask(cfg: AgentConfig, cmd: str, **args: Any) -> dict[str, Any]:
+def ask(t: Target, cmd: str, **args: Any) -> dict[str, Any]:
     """One request to the running agent, CLI errors mapped to exit codes."""
     try:
-        with ControlClient(Path(cfg.control.socket)) as c:
+        with ControlClient(t.socket) as c:
             return c.request(cmd, **args)
     except AgentNotReachable as e:
-        raise unreachable_exit(cfg, e) from None
+        raise unreachable_exit(t, e) from None
     except ControlError as e:
         raise CliExit(EXIT_FAILURE, f"edge-agent: the agent refused {cmd!r}: {e}") from None

@@ -3,27 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import grp
 import os
 import pwd
 import shutil
-import socket
-import sqlite3
-import ssl
 import stat
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import quote
+from typing import TYPE_CHECKING, Any, Literal
 
-from agent.cli.common import EXIT_CONFIG, EXIT_FAILURE, add_config_arg, add_json_arg, print_json
-from agent.cli.fmt import age, paint, size
-from agent.config import AgentConfig, default_config_path, load_config, masked_dump
+from agent.cli.common import EXIT_CONFIG, EXIT_FAILURE, add_config_arg, add_json_arg, config_path, print_json
+from agent.cli.fmt import age, paint, size, width, words, wrap
 from agent.errors import AgentNotReachable, ConfigError, ControlError
+
+if TYPE_CHECKING:
+    import ssl
+
+    from agent.config import AgentConfig
 
 Verdict = Literal["ok", "warn", "fail", "skipped"]
 UNIT = "edge-agent.service"
@@ -32,6 +30,7 @@ CERT_WARN_DAYS = 30
 MIN_FREE = 64 * 1000 * 1000
 SYSTEMD_RUN = "/run/systemd/system"  # exists when booted with systemd
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
+UDEV_RULE = "99-edge-agent-serial.rules"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +70,8 @@ def _mode(p: Path) -> int:
 
 def check_permissions(cfg: AgentConfig) -> Check:
     """Config not world-writable (nor world-readable holding secrets); secret files 0600/0640."""
+    from agent.config import masked_dump
+
     problems: list[str] = []
     notes: list[str] = []
     src = cfg.source_path
@@ -119,6 +120,9 @@ def check_permissions(cfg: AgentConfig) -> Check:
 
 # -- buffer and disk ----------------------------------------------------------------------
 def check_buffer(cfg: AgentConfig) -> Check:
+    import sqlite3
+    from urllib.parse import quote
+
     path = Path(cfg.buffer.path)
     if not path.exists():
         if not path.parent.exists():
@@ -170,7 +174,24 @@ def check_buffer(cfg: AgentConfig) -> Check:
             "warn" if corrupt else "ok",
             f"{path}: quick_check ok, journal {jm}, {depth} readings waiting{extra}",
         )
+    if not os.access(path, os.R_OK):
+        return Check("buffer", "fail", f"{path}: not readable for {pwd.getpwuid(os.getuid()).pw_name} "
+                     f"({_owner(path)})", "run doctor with sudo, or as a member of the file's group")
     return Check("buffer", "fail", f"{path}: cannot open: {err}", "check the file's owner and mode")
+
+
+def _owner(p: Path) -> str:
+    """`0640 edge-agent:edge-agent`."""
+    st = p.stat()
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        user = str(st.st_uid)
+    try:
+        group = grp.getgrgid(st.st_gid).gr_name
+    except KeyError:
+        group = str(st.st_gid)
+    return f"{stat.S_IMODE(st.st_mode):04o} {user}:{group}"
 
 
 def check_disk(cfg: AgentConfig) -> Check:
@@ -279,15 +300,15 @@ def check_serial(cfg: AgentConfig, user: tuple[str, int, set[int]] | None = None
                 )
             )
         else:
-            out.append(
-                Check(
-                    label,
-                    "fail",
-                    f"{where} ({stat.S_IMODE(st.st_mode):04o}, group {group}) "
-                    f"is not read/write for {name}",
-                    f"sudo usermod -aG {group} {name}, then restart the service",
-                )
-            )
+            mode = stat.S_IMODE(st.st_mode)
+            if mode & 0o060 == 0o060 and st.st_gid != 0:
+                hint = f"sudo usermod -aG {group} {name}, then restart the service"
+            else:  # no group can help a 0600 (or root-group) port: the device node's rule must change
+                hint = (f"no group can help a {mode:04o} port of group {group}: give it group dialout and "
+                        f"mode 0660 with a udev rule (systemd/{UDEV_RULE} -> /etc/udev/rules.d/), "
+                        "then replug or `sudo udevadm trigger`")
+            out.append(Check(label, "fail", f"{where} ({mode:04o}, group {group}) is not read/write for {name}",
+                             hint))
     return out
 
 
@@ -310,6 +331,8 @@ def _ble_devices(cfg: AgentConfig) -> list[str]:
 
 async def _bluez_adapters(limit: float) -> list[dict[str, Any]] | None:
     """Adapters known to BlueZ over the system bus; None when org.bluez is not on the bus."""
+    import asyncio
+
     from dbus_fast import BusType, Message, MessageType
     from dbus_fast.aio import MessageBus
 
@@ -338,6 +361,8 @@ async def _bluez_adapters(limit: float) -> list[dict[str, Any]] | None:
 
 
 def check_bluetooth(cfg: AgentConfig, timeout: float = 3.0) -> Check:
+    import asyncio
+
     ble = _ble_devices(cfg)
     need: Verdict = "fail" if ble else "warn"
     try:
@@ -390,6 +415,8 @@ def check_bluetooth(cfg: AgentConfig, timeout: float = 3.0) -> Check:
 
 # -- broker and TLS -----------------------------------------------------------------------
 def _cert_expiry(tls_sock: ssl.SSLSocket) -> float | None:
+    import ssl
+
     cert = tls_sock.getpeercert()
     if not cert or "notAfter" not in cert:
         return None
@@ -433,6 +460,10 @@ def _strictness_explained(cfg: AgentConfig, *, strict: bool, timeout: float) -> 
 
 def check_broker(cfg: AgentConfig, timeout: float = BROKER_TIMEOUT) -> list[Check]:
     """TCP reachability, TLS handshake and certificate expiry, then an MQTT CONNECT."""
+    import asyncio
+    import socket
+    import ssl
+
     from agent.uplink import build_tls_context, read_password
 
     up = cfg.uplink
@@ -567,6 +598,9 @@ def check_broker(cfg: AgentConfig, timeout: float = BROKER_TIMEOUT) -> list[Chec
 
 async def _mqtt_connect(cfg: AgentConfig, password: str | None, limit: float) -> str:
     """'' when the broker accepts an MQTT session (own client id: the agent is not kicked off)."""
+    import asyncio
+    import ssl
+
     import aiomqtt
 
     from agent.uplink import build_tls_context
@@ -618,6 +652,8 @@ def check_clock() -> Check:
 
 
 def _systemctl_show(*props: str) -> dict[str, str]:
+    import subprocess
+
     if not os.path.isdir(SYSTEMD_RUN) or not shutil.which("systemctl"):
         return {}
     try:
@@ -661,12 +697,15 @@ def check_systemd() -> Check:
 
 
 def check_agent(cfg: AgentConfig) -> Check:
-    from agent.cli.control_client import ControlClient
+    from agent.cli.control_client import ControlClient, socket_access
 
     try:
         with ControlClient(Path(cfg.control.socket), timeout=5.0) as c:
             st = c.request("status")
     except AgentNotReachable as e:
+        denied = socket_access(Path(cfg.control.socket))
+        if denied:
+            return Check("agent", "fail", "control socket: permission denied", denied)
         return Check("agent", "fail", f"not reachable: {e}", "systemctl status edge-agent")
     except ControlError as e:
         return Check("agent", "warn", f"answers but refused status: {e}")
@@ -711,8 +750,9 @@ def run_checks(cfg: AgentConfig, timeout: float = BROKER_TIMEOUT) -> list[Check]
 
 
 def doctor(args: argparse.Namespace) -> int:
-    given = getattr(args, "config", None)
-    path = Path(given) if given else default_config_path()
+    from agent.config import load_config
+
+    path = config_path(args)
     try:
         # Referenced files (password, TLS) get verdicts of their own below, next to every other check.
         cfg = load_config(path, check_files=False)
@@ -725,23 +765,31 @@ def doctor(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"ok": code == 0, "config": str(path), "checks": [asdict(c) for c in checks]})
         return code
-    style = {
-        "ok": ("ok", "ok"),
-        "warn": ("warn", "warn"),
-        "fail": ("FAIL", "fail"),
-        "skipped": ("skip", "dim"),
-    }
-    w = max(len(c.name) for c in checks)
-    print(f"edge-agent doctor ({path})")
+    print(render_checks(checks, path, width()))
+    return code
+
+
+STYLE = {"ok": ("ok", "ok"), "warn": ("warn", "warn"), "fail": ("FAIL", "fail"), "skipped": ("skip", "dim")}
+
+
+def render_checks(checks: list[Check], path: Path, cols: int = 80) -> str:
+    """One verdict a check, detail and `->` hint folded under it to `cols` columns."""
+    w = min(max(len(c.name) for c in checks), 16)
+    head = 2 + 5 + 1 + w + 2  # where the first detail line starts
+    more = 8  # continuation and hints: under the name, so a long detail keeps 72 of 80 columns
+    out = [f"edge-agent doctor ({path})"]
     for c in checks:
-        label, st = style[c.verdict]
-        print(f"  {paint(f'{label:<5}', st)} {c.name:<{w}}  {c.detail}")
+        label, st = STYLE[c.verdict]
+        name = c.name if len(c.name) <= w else c.name[: w - 1] + "…"
+        lines = wrap(words(c.detail), cols, indent=more, first=" " * head)
+        out.append(f"  {paint(f'{label:<5}', st)} {name:<{w}}  " + lines[0][head:])
+        out += lines[1:]
         if c.hint and c.verdict in ("fail", "warn"):
-            print(f"  {'':<5} {'':<{w}}  -> {c.hint}")
+            out += wrap(c.hint, cols, indent=more + 3, first=" " * more + "-> ")
     failed = sum(c.verdict == "fail" for c in checks)
     warned = sum(c.verdict == "warn" for c in checks)
     warnings = f"{warned} warning" + ("" if warned == 1 else "s")
-    print(
+    out.append(
         paint(f"{failed} failed, {warnings}", "fail")
         if failed
         else paint(
@@ -749,4 +797,4 @@ def doctor(args: argparse.Namespace) -> int:
             "warn" if warned else "ok",
         )
     )
-    return code
+    return "\n".join(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from agent.cli.common import use_color
@@ -47,12 +48,75 @@ def count(n: int) -> str:
     return f"{n:,}"
 
 
-def values_text(values: dict[str, Any], limit: int = 60) -> str:
-    """`co2=612 temperature=21.4` clipped to `limit` characters."""
-    parts = []
-    for k, v in values.items():
-        if isinstance(v, float):
-            v = f"{v:.6g}"
-        parts.append(f"{k}={v}")
-    text = " ".join(parts)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+# Canonical units (DESIGN: drivers convert to these), for `name=value unit` on screen.
+UNITS = {
+    "temperature": "°C", "humidity": "%RH", "pressure": "hPa", "co2": "ppm",
+    "pm1_0": "µg/m³", "pm2_5": "µg/m³", "pm4_0": "µg/m³", "pm10": "µg/m³",
+    "voltage": "V", "battery_voltage": "V", "current": "A", "power": "W",
+    "speed": "m/s", "latitude": "°", "longitude": "°", "course": "°", "altitude": "m",
+    "state_of_charge": "%", "battery": "%",
+}
+_SUFFIX_UNITS = (("_temperature", "°C"), ("_voltage", "V"), ("_current", "A"), ("_power", "W"))
+
+
+def unit(name: str) -> str:
+    if name in UNITS:
+        return UNITS[name]
+    return next((u for suffix, u in _SUFFIX_UNITS if name.endswith(suffix)), "")
+
+
+def value_text(name: str, v: Any) -> str:
+    """`co2=612 ppm`, `latitude=56.0434°`, `fix=gps`, `moving=true`."""
+    if isinstance(v, bool):
+        return f"{name}={'true' if v else 'false'}"
+    u = unit(name) if isinstance(v, int | float) else ""
+    text = f"{v:.6g}" if isinstance(v, float) else str(v)
+    return f"{name}={text}" + ("" if not u else u if u == "°" else f" {u}")
+
+
+def values_text(values: dict[str, Any], limit: int = 60, *, nbsp: bool = False) -> str:
+    """`co2=612 ppm, temperature=21.4 °C` clipped to `limit` characters.
+
+    nbsp: value and unit joined by a no-break space, so `wrap` never parts them.
+    """
+    text = ", ".join(value_text(k, v) for k, v in values.items())
+    text = text if len(text) <= limit else text[: max(1, limit - 1)] + "…"
+    return text.replace(" ", NBSP).replace(","+NBSP, ", ") if nbsp else text
+
+
+NBSP = "\u00a0"
+
+def width() -> int:
+    """Columns of the terminal (or $COLUMNS); 80 when unknown, never below 40."""
+    import shutil
+
+    return max(40, shutil.get_terminal_size((80, 24)).columns)
+
+
+def wrap(text: str, cols: int, indent: int = 0, first: str = "") -> list[str]:
+    """`first + text` folded to `cols`, continuation lines indented by `indent` spaces.
+
+    Words are never broken: a path longer than a line is left whole (the terminal folds it, and
+    a copy-paste still gets it in one piece).
+    """
+    import textwrap
+
+    text = re.sub(r"`[^`]*`", lambda m: m.group(0).replace(" ", NBSP), text)  # a command stays whole
+    lines = textwrap.wrap(text, cols, initial_indent=first, subsequent_indent=" " * indent,
+                          break_on_hyphens=False, break_long_words=False) or [first.rstrip()]
+    return [line.replace(NBSP, " ") for line in lines]
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ")
+
+
+def words(err: str) -> str:
+    """An OS error said once, in words: `cannot open X: [Errno 2] could not open port X: [Errno 2]
+    No such file or directory: 'X'` -> `cannot open X: no such file or directory`."""
+    if not _ERRNO.search(err):
+        return err
+    head = err[: _ERRNO.search(err).start()]  # type: ignore[union-attr]
+    last = _ERRNO.split(err)[-1]
+    last = re.sub(r": '[^']*'?$", "", last).strip()  # the path again (maybe cut short)
+    last = last[:1].lower() + last[1:]
+    return f"{head}{last}" if head else last

@@ -7,9 +7,10 @@ import importlib
 import sys
 
 from agent import __version__
-from agent.cli.common import EXIT_FAILURE, EXIT_USAGE, CliExit
+from agent.cli.common import EXIT_FAILURE, EXIT_USAGE, CliExit, CliParser, SubParser, print_json
 
-# One module per verb group; each defines register(subparsers).
+# One module per verb group; each defines register(subparsers). Their top-level imports stay
+# light (no pydantic, asyncio, aiomqtt, dbus-fast): every start, `--help` included, loads them all.
 VERB_MODULES = [
     "agent.cli.run",
     "agent.cli.config_cmd",
@@ -21,7 +22,11 @@ VERB_MODULES = [
     "agent.cli.receive",
     "agent.cli.ingest",
     "agent.cli.command_cmd",
+    "agent.cli.uplink_cmd",
 ]
+
+EPILOG = ("Exit codes: 0 ok, 1 failure, 2 usage, 3/4/5 `status`: degraded / data buffering / "
+          "readings at risk, 69 agent not reachable, 78 configuration error.")
 
 
 def _drivers_epilog() -> str:
@@ -49,39 +54,49 @@ class _Formatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="edge-agent",
         formatter_class=_Formatter,
         description="Edge gateway agent: serial and BLE sensors -> durable buffer -> MQTT city platform.",
-        epilog=_drivers_epilog() + " Exit codes: 0 ok, 1 failure, 2 usage, 69 agent not reachable, "
-        "78 configuration error.",
+        epilog=_drivers_epilog() + " " + EPILOG,
     )
     p.add_argument("--version", action="version", version=f"edge-agent {__version__}")
-    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=SubParser)
     for name in VERB_MODULES:
         importlib.import_module(name).register(sub)
     return p
 
 
+def _fail(e: CliExit, as_json: bool) -> int:
+    if as_json:
+        print_json(e.as_json())
+    if e.message:
+        print(e.message, file=sys.stderr)
+    return e.code
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in argv
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except CliExit as e:
+        return _fail(e, as_json)
+    as_json = bool(getattr(args, "json", False))
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
         return int(args.func(args) or 0)
     except CliExit as e:
-        if e.message:
-            print(e.message, file=sys.stderr)
-        return e.code
+        return _fail(e, as_json)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
     except Exception as e:  # last resort: one line, no traceback for the technician
-        print(f"edge-agent: error: {type(e).__name__}: {e}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail(CliExit(EXIT_FAILURE, f"edge-agent: error: {type(e).__name__}: {e}"), as_json)
 
 
 if __name__ == "__main__":

@@ -144,8 +144,11 @@ def _serial(args: argparse.Namespace) -> int:
         errs = ", ".join(f"{k}={v}" for k, v in sorted(result["errors"].items())) or "none"
         print(f"protocol: {result['title']}  (driver = \"{result['driver']}\", baud = {result['baud']})")
         print(f"frames: {result['frames']}   errors: {errs}" + (f"   ({result['note']})" if result["note"] else ""))
-        for s in result["samples"]:
-            print(f"  {s}")
+        from agent.cli.fmt import values_text, width, wrap
+
+        cols = width()
+        for s in result["samples"]:  # `latitude=56.0434°, fix=gps`, not a Python dict
+            print("\n".join(wrap(values_text(s, 10 * cols, nbsp=True), cols, indent=4, first="  ")))
         if result["errors"]:
             print("hint: some frames were damaged; check wiring, ground and cable length")
     else:

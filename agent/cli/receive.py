@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -57,7 +56,7 @@ def _from_config(args: argparse.Namespace) -> None:
     if args.broker and args.topic_prefix:
         return
     if not args.broker and not args.topic_prefix and getattr(args, "config", None) is None:
-        from agent.config import default_config_path
+        from agent.paths import default_config_path
 
         if not default_config_path().exists():
             raise CliExit(EXIT_USAGE, "receive: give --broker HOST:PORT and --topic-prefix P, or --config PATH")
@@ -100,6 +99,7 @@ def endpoint(args: argparse.Namespace, client_prefix: str):  # type: ignore[no-u
 
 
 def receive(args: argparse.Namespace) -> int:
+    import asyncio
     import logging
 
     from agent.logs import setup_logging

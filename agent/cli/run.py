@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
-from agent.cli.common import EXIT_CONFIG, CliExit, add_config_arg, format_config_error, load
-from agent.logs import setup_logging
+from agent.cli.common import EXIT_CONFIG, CliExit, add_config_arg, config_exit, load
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,9 +26,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import asyncio
+
     _recover_config(args)
-    cfg = load(args)  # exits 78 before touching anything
     from agent.auth import check_uplink_files
+    from agent.logs import setup_logging
+
+    cfg = load(args)  # exits 78 before touching anything
 
     if unreadable := check_uplink_files(cfg, access=True):
         raise CliExit(EXIT_CONFIG, "\n".join([f"invalid configuration {cfg.source_path}:",
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(main())
     except ConfigError as e:  # found only at start (e.g. an unreadable password file)
-        raise CliExit(EXIT_CONFIG, format_config_error(e)) from None
+        raise config_exit(e) from None
 
 
 def _recover_config(args: argparse.Namespace) -> None:
@@ -94,4 +96,4 @@ def demo(args: argparse.Namespace) -> int:
         return run_demo(seconds=args.seconds, workdir=args.dir, as_json=args.json, config=args.config,
                         broker_port=args.broker_port)
     except ConfigError as e:
-        raise CliExit(EXIT_CONFIG, format_config_error(e)) from None
+        raise config_exit(e) from None

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.cli.common import EXIT_FAILURE, CliExit, add_config_arg, add_json_arg, print_json, table
-from agent.config import AgentConfig, default_config_path, load_config
-from agent.errors import ConfigError
+from agent.cli.common import EXIT_FAILURE, CliExit, add_config_arg, add_json_arg, config_path, load, print_json, table
+from agent.cli.fmt import values_text, width, wrap
 
 if TYPE_CHECKING:
+    from agent.config import AgentConfig
     from drivers.ble.decoders import Advert
 
+DBUS_SOCKET = "/run/dbus/system_bus_socket"
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -71,15 +71,18 @@ class Seen:
 
 def _optional_config(args: argparse.Namespace) -> AgentConfig | None:
     """The config when one is given or present (for the adapter and bindkeys); None otherwise."""
-    path = getattr(args, "config", None)
-    if path is None and not default_config_path().exists():
+    if getattr(args, "config", None) is None and not config_path(args).exists():
         return None
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        from agent.cli.common import EXIT_CONFIG, format_config_error
+    return load(args)
 
-        raise CliExit(EXIT_CONFIG, format_config_error(e)) from None
+
+def fault_words(fault: str) -> str:
+    """The scanner's last fault for a person: `FileNotFoundError: [Errno 2] ...` says no D-Bus."""
+    if fault.startswith(("FileNotFoundError", "ConnectionRefusedError")):
+        return f"the D-Bus system bus is not running (no socket at {DBUS_SOCKET})"
+    if fault.startswith("PermissionError"):
+        return f"no permission on the D-Bus system bus ({DBUS_SOCKET})"
+    return fault
 
 
 class Collector:
@@ -136,6 +139,8 @@ def _connectable(adv: Advert, name: str | None) -> tuple[str, str] | None:
 
 
 async def _scan(cfg: AgentConfig | None, seconds: float) -> tuple[Collector, dict[str, Any]]:
+    import asyncio
+
     from drivers.ble.scanner import BleScanner, ScannerSettings
 
     b = cfg.ble if cfg else None
@@ -152,15 +157,19 @@ async def _scan(cfg: AgentConfig | None, seconds: float) -> tuple[Collector, dic
 
 
 def scan_ble(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
     cfg = _optional_config(args)
     if args.seconds <= 0:
         raise CliExit(2, "edge-agent scan ble: --seconds must be positive")
+    logging.getLogger("drivers.ble").setLevel(logging.ERROR)  # the scanner's retries are journal talk
     collector, status = asyncio.run(_scan(cfg, args.seconds))
     rows = sorted(
         collector.seen.values(), key=lambda s: (s.driver is None, -(s.rssi or -999), s.address)
     )
     if not rows and status["state"] != "scanning":
-        why = status["last_fault"] or status["state"]
+        why = fault_words(status["last_fault"] or status["state"])
         raise CliExit(EXIT_FAILURE, f"edge-agent scan ble: BLE scanning failed: {why}\n"
                       "  is BlueZ running on the D-Bus system bus?  systemctl status bluetooth dbus\n"
                       "  `edge-agent doctor` checks the adapter (present, powered)")
@@ -172,23 +181,18 @@ def scan_ble(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no BLE adverts heard in {args.seconds:g}s ({status['state']}).")
         return 0
-    out = []
-    for s in rows:
-        sample = ", ".join(f"{k}={v}" for k, v in (s.sample or {}).items()) or s.note
-        out.append(
-            [
-                s.address,
-                "" if s.rssi is None else str(s.rssi),
-                s.name or "",
-                s.driver or "-",
-                s.device_id or "",
-                sample[:100],
-            ]
-        )
-    print(table(out, ["ADDRESS", "RSSI", "NAME", "DRIVER", "CONFIGURED", "SAMPLE"]))
+    out = [[s.address, "" if s.rssi is None else str(s.rssi), (s.name or "")[:16], s.driver or "-",
+            s.device_id or ""] for s in rows]
+    text = table(out, ["ADDRESS", "RSSI", "NAME", "DRIVER", "CONFIGURED"]).splitlines()
+    cols = width()
+    print(text[0])
+    for line, s in zip(text[1:], rows, strict=True):
+        print(line)
+        sample = values_text(s.sample, cols - 5) if s.sample else s.note
+        if sample:
+            print(f"    {sample}"[:cols])
     known = sum(1 for s in rows if s.driver)
-    print(
-        f"\n{len(rows)} device(s), {known} with a known driver; add one as "
-        "[[devices]] id=... driver=<DRIVER> address=<ADDRESS>."
-    )
+    print()
+    print("\n".join(wrap(f"{len(rows)} device(s), {known} with a known driver; add one as "
+                         "`[[devices]] id=... driver=<DRIVER> address=<ADDRESS>`.", cols)))
     return 0

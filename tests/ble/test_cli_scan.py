@@ -82,8 +82,10 @@ def test_scan_lists_devices_drivers_and_samples(
     assert enc["sample"]["temperature"] == 25.06 and enc["sample"]["humidity"] == 50.55
     assert human.returncode == 0, human.stderr
     lines = human.stdout.splitlines()
-    assert lines[0].split() == ["ADDRESS", "RSSI", "NAME", "DRIVER", "CONFIGURED", "SAMPLE"]
-    assert lines[1].startswith(RUUVI) and "temperature=24.3" in lines[1]
+    assert lines[0].split() == ["ADDRESS", "RSSI", "NAME", "DRIVER", "CONFIGURED"]
+    assert lines[1].startswith(RUUVI)
+    assert lines[2].startswith("    temperature=24.3 °C, humidity=")  # the sample under its row, with units
+    assert max(len(line) for line in lines) <= 80
     assert bz.session_count() == 0  # each scan stopped its discovery
 
 
