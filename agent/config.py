@@ -23,10 +23,9 @@ from pydantic import (
     model_validator,
 )
 
+from agent.paths import default_config_path
 from edge_common.device import DEVICE_ID, DeviceConfig, Duration, Size, error_key
 from edge_common.errors import ConfigError
-
-from agent.paths import default_config_path
 
 _loc = error_key  # the old name (drivers and tests of other branches import it)
 

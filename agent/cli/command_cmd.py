@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -119,6 +118,8 @@ def _parse_args(items: list[str]) -> dict[str, Any]:
 # -- send ----------------------------------------------------------------------------------------
 async def exchange(ep: Any, tokens: list[tuple[str, str]], wait: float) -> dict[str, dict[str, Any]]:
     """Publish each token on P/commands and collect the results by jti (those that came within `wait` seconds)."""
+    import asyncio
+
     import aiomqtt
 
     from agent.receiver import tls_context
@@ -147,6 +148,8 @@ async def exchange(ep: Any, tokens: list[tuple[str, str]], wait: float) -> dict[
 
 
 def send(args: argparse.Namespace) -> int:
+    import asyncio
+
     from agent.cli.receive import endpoint
 
     key = load_private_key(Path(args.key))

@@ -433,6 +433,9 @@ STRICT_HINT = (
 
 def _verify_failure(cfg: AgentConfig, *, strict: bool, timeout: float) -> str | None:
     """The verification error of a fresh handshake with strict X.509 checks on or off, None if it verifies."""
+    import socket
+    import ssl
+
     from agent.uplink import build_tls_context
 
     up = cfg.uplink
@@ -452,6 +455,8 @@ def _verify_failure(cfg: AgentConfig, *, strict: bool, timeout: float) -> str | 
 
 def _strictness_explained(cfg: AgentConfig, *, strict: bool, timeout: float) -> str | None:
     """`_verify_failure`, or None when the probe itself fails for another reason (no claim then)."""
+    import ssl
+
     try:
         return _verify_failure(cfg, strict=strict, timeout=timeout)
     except (ssl.SSLError, OSError, ConfigError):

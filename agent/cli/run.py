@@ -75,8 +75,8 @@ def _recover_config(args: argparse.Namespace) -> None:
     import sys
     from pathlib import Path
 
-    from agent.config import default_config_path
     from agent.confirm import recover
+    from agent.paths import default_config_path
 
     path = Path(getattr(args, "config", None) or default_config_path())
     try:
