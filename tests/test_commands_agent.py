@@ -59,7 +59,7 @@ class Gateway:
 
     def status(self) -> dict[str, Any]:
         r = run_cli("status", "--json", "--config", self.config)
-        assert r.code == 0, r
+        assert r.code in (0, 3, 4), r  # 3 degraded, 4 buffering (docs/CLI.md): the JSON says which
         return r.json()  # type: ignore[no-any-return]
 
     def audit(self) -> list[dict[str, Any]]:
@@ -316,7 +316,10 @@ def test_cli_send_signs_and_waits_for_the_result(gw: Gateway) -> None:
     assert (st["trusted_kids"], st["received"], st["dropped"], st["applying"]) == (["platform"], 4, 0, None)
     assert (st["last"]["cmd"], st["last"]["status"], st["last"]["reason"]) == ("device.restart", "refused", "not_allowed")
     r = run_cli("status", "--config", gw.config)
-    assert "commands  on (keys platform); last: device.restart refused (not_allowed) by platform" in r.out, r.out
+    assert any(x.startswith("commands  on (keys platform); last: device.restart refused") for x in r.out.splitlines())
+    # folded to 80 columns: compare the words
+    assert "commands on (keys platform); last: device.restart refused (not_allowed) by platform" in " ".join(
+        r.out.split()), r.out
     r = run_cli("commands", "--config", gw.config)
     assert r.code == 0
     lines = r.out.splitlines()
