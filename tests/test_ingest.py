@@ -426,3 +426,79 @@ def test_retiring_an_instance_drains_its_session_then_the_broker_forgets_it(
     rc, rep = report(db, "--since-epoch-start")
     assert rc == 0 and rep["received"] == 900
     pub.close()
+
+
+def test_mutual_tls_and_credentials_and_no_fallback_to_plaintext(pg: Postgres, tmp_path: Path,
+                                                               fleet_factory: Any) -> None:
+    import trustme
+
+    from agent.mosquitto import free_port
+
+    ca, rogue = trustme.CA(), trustme.CA()
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    rogue.cert_pem.write_to_path(str(tmp_path / "rogue-ca.pem"))
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    client = ca.issue_cert("ingest")
+    client.cert_chain_pems[0].write_to_path(str(tmp_path / "client.crt"))
+    client.private_key_pem.write_to_path(str(tmp_path / "client.key"))
+    pw = tmp_path / "mosquitto.passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "ingest", "s3cret pass"], check=True, capture_output=True)
+    for f in tmp_path.iterdir():
+        f.chmod(0o644)
+    (tmp_path / "password").write_text("s3cret pass\n")
+    (tmp_path / "wrong").write_text("guess\n")
+    tls_port = free_port()
+    broker = Broker(extra=(  # the default listener stays plaintext for the publisher
+        f"listener {tls_port} 127.0.0.1\ncafile {tmp_path / 'ca.pem'}\ncertfile {tmp_path / 'server.pem'}\n"
+        f"keyfile {tmp_path / 'server.pem'}\nrequire_certificate true\n"
+        f"per_listener_settings false\npassword_file {pw}\nallow_anonymous true\nuser root\n")).start()
+    try:
+        db = pg.new_database()
+        fleet = fleet_factory(db, broker.port)
+        creds = ("--username", "ingest", "--password-file", str(tmp_path / "password"),
+                 "--tls-cert", str(tmp_path / "client.crt"), "--tls-key", str(tmp_path / "client.key"))
+        good = IngestProcess(db, tls_port, tmp_path, "tls-good", *creds, "--tls-ca", str(tmp_path / "ca.pem"))
+        good.cmd[good.cmd.index(f"mqtt://127.0.0.1:{tls_port}")] = f"mqtts://127.0.0.1:{tls_port}"
+        wrong_ca = IngestProcess(db, tls_port, tmp_path, "tls-rogue", *creds, "--tls-ca", str(tmp_path / "rogue-ca.pem"))
+        plain = IngestProcess(db, broker.port, tmp_path, "tls-plain", *creds, "--tls-ca", str(tmp_path / "ca.pem"))
+        plain.cmd[plain.cmd.index(f"mqtt://127.0.0.1:{broker.port}")] = f"mqtts://127.0.0.1:{broker.port}"
+        refused = IngestProcess(db, tls_port, tmp_path, "tls-refused", *creds, "--tls-ca", str(tmp_path / "ca.pem"))
+        refused.cmd[refused.cmd.index(f"mqtt://127.0.0.1:{tls_port}")] = f"mqtts://127.0.0.1:{tls_port}"
+        refused.cmd[refused.cmd.index(str(tmp_path / "password"))] = str(tmp_path / "wrong")
+        fleet.procs += [good, wrong_ca, plain, refused]
+        for p in (good, wrong_ca, plain, refused):
+            p.start()
+        good.wait_log("subscribed to")
+        wrong_ca.wait_log("certificate verify failed")
+        plain.wait_log("no fallback to plaintext")
+        refused.wait_log("refused the connection: Not authorized")
+        gw = ReplayGateway(tmp_path, "gw-tls")
+        gw.accept(60)
+        pub = Publisher(broker.port)
+        pub.send(gw.messages())
+        wait_rows(db, 60)
+        pub.close()
+        assert "subscribed to" not in wrong_ca.output() + plain.output() + refused.output()
+        assert "s3cret" not in good.output() + wrong_ca.output() + plain.output()
+        assert "guess" not in refused.output()
+        assert all(p.alive() for p in (good, wrong_ca, plain, refused))  # the refused ones keep retrying
+        gw.close()
+    finally:
+        broker.close()
+
+
+def test_two_instances_with_one_client_id_are_told_to_take_their_own(
+        pg: Postgres, broker: Broker, tmp_path: Path) -> None:
+    """Mosquitto closes a taken-over session without a reason code: the instances say what it looks like."""
+    db = pg.new_database()
+    first = IngestProcess(db, broker.port, tmp_path, "same-id").start_subscribed()
+    second = IngestProcess(db, broker.port, tmp_path, "same-id")
+    second.log = tmp_path / "same-id-2.log"
+    try:
+        second.start()
+        hint = "if another instance runs with client id 'same-id', give every instance its own --client-id"
+        wait_until(lambda: hint in first.output() + second.output(), 60, "the hint")
+        assert first.alive() and second.alive()
+    finally:
+        first.close()
+        second.close()

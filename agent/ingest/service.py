@@ -99,6 +99,7 @@ class Ingestor:
         self.in_hand = 0  # messages taken off the queue, not yet acknowledged
         self._last_activity = time.monotonic()
         self.retired = False
+        self._connected_at = time.monotonic()
         self._minute = (time.monotonic(), Outcome(), 0, 0)
 
     # -- MQTT (paho's network thread) -----------------------------------------------------
@@ -111,12 +112,11 @@ class Ingestor:
 
         s = self.s
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id,
-                        protocol=mqtt.MQTTv5, manual_ack=True)
+                        protocol=mqtt.MQTTv5, manual_ack=True, reconnect_on_failure=False)
         if s.username:
             c.username_pw_set(s.username, s.password)
         if s.tls is not None:
             c.tls_set_context(s.tls)
-        c.reconnect_delay_set(1, 10)
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = s.session_expiry
         props.ReceiveMaximum = s.max_inflight
@@ -125,7 +125,9 @@ class Ingestor:
         def on_connect(client: Any, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
             if rc.is_failure:
                 self.totals.last_error = f"broker refused us: {rc}"
-                log.error("ingest: %s:%d refused the connection: %s", s.host, s.port, rc)
+                log.error("ingest: %s:%d refused the connection: %s (check --username/--password-file and the "
+                          "broker's ACL)", s.host, s.port, rc)
+                refused.append(True)
                 return
             if s.retire:  # nothing new is routed to us; what the session holds still comes
                 client.unsubscribe([f for f, _ in filters])
@@ -139,6 +141,7 @@ class Ingestor:
             self.subscribed.set()
 
         def on_subscribe(_c: Any, _u: Any, _mid: Any, rcs: Any, _p: Any) -> None:
+            self._connected_at = time.monotonic()
             bad = [str(r) for r in rcs if r.is_failure]
             if bad:
                 self._fatal = f"broker refused the subscription {[f for f, _ in filters]}: {', '.join(bad)}"
@@ -148,11 +151,16 @@ class Ingestor:
                      s.host, s.port, s.client_id)
             self.subscribed.set()
 
+        refused: list[bool] = []  # the broker refused the CONNECT: its disconnect needs no second warning
+        short_lived: list[float] = []  # how long each recent connection lasted, when that was short
+
         def on_disconnect(_c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
+            lasted = time.monotonic() - self._connected_at
             with self._lock:
                 self._gen += 1  # what arrived on that connection is not ours to acknowledge any more
             self.subscribed.clear()
-            if self.stop.is_set():
+            if self.stop.is_set() or refused:
+                refused.clear()
                 return
             self.totals.reconnects += 1
             if getattr(rc, "value", None) == SESSION_TAKEN_OVER:
@@ -162,6 +170,12 @@ class Ingestor:
                 return
             self.totals.last_error = f"connection lost: {rc}"
             log.warning("ingest: %s:%d: connection lost (%s); reconnecting", s.host, s.port, rc)
+            # Mosquitto closes a taken-over session without telling why (other brokers send reason 142).
+            short_lived[:] = [*short_lived, lasted][-3:] if lasted < 5 else []
+            if len(short_lived) == 3:
+                log.warning("ingest: the broker closed our last 3 connections within seconds: if another instance "
+                            "runs with client id %r, give every instance its own --client-id", s.client_id)
+                short_lived.clear()
 
         def on_message(_c: Any, _u: Any, m: Any) -> None:
             msg = Message(m.topic, bytes(m.payload), m.qos, m.mid, self._gen)
@@ -178,9 +192,40 @@ class Ingestor:
         c.on_unsubscribe = on_unsubscribe
         c.on_disconnect = on_disconnect
         c.on_message = on_message
-        c.connect_async(s.host, s.port, keepalive=s.keepalive, clean_start=False, properties=props)
-        c.loop_start()
+        self._net = threading.Thread(target=self._network, args=(c, props), name="ingest-mqtt", daemon=True)
+        self._net.start()
         return c
+
+    def _network(self, c: Any, props: Any) -> None:
+        """Connect, run paho's loop until the connection ends, reconnect with backoff; say why it failed."""
+        s = self.s
+        delay = 0.5
+        while not self.stop.is_set():
+            try:
+                c.connect(s.host, s.port, keepalive=s.keepalive, clean_start=False, properties=props)
+            except ssl.SSLError as e:
+                detail = getattr(e, "verify_message", None)
+                reason = f"certificate verify failed: {detail}" if detail else (e.reason or str(e))
+                why = (f"TLS with {s.host}:{s.port} failed: {reason}; no fallback to plaintext "
+                       "(check --tls-ca/--tls-cert/--tls-key)")
+            except OSError as e:
+                why = (f"TLS with {s.host}:{s.port} failed: {e.strerror or e}; no fallback to plaintext"
+                       if s.tls is not None else f"{s.host}:{s.port}: {e.strerror or e}")
+            else:
+                if self.stop.is_set():  # asked to stop while connecting: leave at once
+                    self._disconnect(c)
+                began = self._connected_at
+                c.loop_forever()
+                # A session that got subscribed starts the backoff anew; a refused one (credentials) backs off.
+                delay = 0.5 if self._connected_at != began else min(delay * 2, 10.0)
+                if self.stop.wait(delay):
+                    break
+                continue
+            self.totals.last_error = why
+            log.warning("ingest: %s; retrying in %.1fs", why, delay)
+            if self.stop.wait(delay):
+                break
+            delay = min(delay * 2, 10.0)
 
     def _ack(self, batch: list[Message]) -> None:
         with self._lock:
@@ -313,8 +358,9 @@ class Ingestor:
             log.warning("ingest: stopping with the database unreachable: unacknowledged messages stay "
                         "with the broker for the next start")
         finally:
+            self.stop.set()  # the network thread must not reconnect after our DISCONNECT
             self._disconnect()
-            self._client.loop_stop()
+            self._net.join(10)
             self._drop_connection()
 
 
@@ -333,7 +379,7 @@ class Ingestor:
         self._minute = (now, Outcome(**{f.name: getattr(w, f.name) for f in fields(Outcome) if f.name != "errors"}),
                         t.dropped_qos0, t.db_errors)
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, client: Any = None) -> None:
         """DISCONNECT; a retired instance's with session expiry 0: the broker forgets the session."""
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -342,7 +388,7 @@ class Ingestor:
         if self.retired:
             props = Properties(PacketTypes.DISCONNECT)  # type: ignore[no-untyped-call]
             props.SessionExpiryInterval = 0
-        self._client.disconnect(properties=props)
+        (client or self._client).disconnect(properties=props)
 
 
 class _Abandon(Exception):
