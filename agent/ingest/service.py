@@ -217,7 +217,7 @@ class Ingestor:
                 began = self._connected_at
                 c.loop_forever()
                 # A session that got subscribed starts the backoff anew; a refused one (credentials) backs off.
-                delay = 0.5 if self._connected_at != began else min(delay * 2, 10.0)
+                delay = 0.1 if self._connected_at != began else min(delay * 2, 10.0)
                 if self.stop.wait(delay):
                     break
                 continue
@@ -225,7 +225,7 @@ class Ingestor:
             log.warning("ingest: %s; retrying in %.1fs", why, delay)
             if self.stop.wait(delay):
                 break
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, 2.0)  # soon back after a broker restart: see PLATFORM.md on Mosquitto
 
     def _ack(self, batch: list[Message]) -> None:
         with self._lock:
