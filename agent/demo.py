@@ -166,15 +166,62 @@ async def _feed(fd: int, dev: DemoDevice, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), dev.interval)
 
 
-def _fmt_values(values: dict[str, object]) -> str:
+def _fmt_values(values: dict[str, object], limit: int = 200) -> str:
+    from agent.cli.fmt import values_text
+
     keys = [k for k in values if k not in ("gnss_time", "packet_id", "measurement_sequence", "interval", "age")]
-    return " ".join(f"{k}={values[k]}" for k in keys[:7])
+    return values_text({k: values[k] for k in keys[:7]}, max(20, limit))
+
+
+def _fmt_event(body: dict[str, object]) -> str:
+    """`device a101-co2 offline (link disconnected)`, `gap seq 1..5 (buffer_full)`: one short line."""
+    kind = body.get("type", "event")
+    if kind == "device":
+        link = f" (link {body.get('link')})" if body.get("link") not in (None, "connected") else ""
+        return f"device {body.get('device')} {body.get('state')}{link}"
+    if kind == "gap":
+        return f"gap seq {body.get('from_seq')}..{body.get('to_seq')} ({body.get('reason')})"
+    rest = {k: v for k, v in body.items() if k not in ("v", "type", "gateway", "ts", "epoch")}
+    return f"{kind} " + " ".join(f"{k}={v}" for k, v in rest.items())
+
+
+def cli_command() -> str:
+    """How this user runs `edge-agent` from another terminal (it may not be on PATH)."""
+    here = Path(sys.executable).parent / "edge-agent"
+    found = shutil.which("edge-agent")
+    if found and here.exists() and Path(found).resolve() == here.resolve():
+        return "edge-agent"
+    return str(here) if here.exists() else f"{sys.executable} -m agent"
+
+
+def write_pointer(config: Path) -> Path:
+    """Name the demo's config where this user's `edge-agent` looks when it has none (docs/CLI.md)."""
+    from agent.paths import demo_pointer
+
+    ptr = demo_pointer()
+    tmp = ptr.with_name(f".{ptr.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"config": str(config), "pid": os.getpid()}), encoding="utf-8")
+    os.replace(tmp, ptr)
+    return ptr
+
+
+def _cli_config(cfg: AgentConfig, workdir: Path) -> Path:
+    """A config the CLI can read for a `--config` demo (its real one lives in memory only)."""
+    path = workdir / "cli.toml"
+    path.write_text(f'[gateway]\nid = "{cfg.gateway.id}"\n[buffer]\npath = "{cfg.buffer.path}"\n'
+                    f'[uplink]\nhost = "127.0.0.1"\nport = {cfg.uplink.port}\n'
+                    f'[control]\nsocket = "{cfg.control.socket}"\n', encoding="utf-8")
+    return path
 
 
 async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, counts: dict[str, int],
                  subscribed: asyncio.Event) -> None:
     import aiomqtt
 
+    from agent.cli.fmt import width
+
+    cols = width()
+    last_state = None
     while not stop.is_set():
         try:
             async with aiomqtt.Client("127.0.0.1", port, identifier="edge-agent-demo-platform") as c:
@@ -191,12 +238,14 @@ async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, cou
                         print(json.dumps({"topic": topic, "payload": body}), flush=True)
                     elif kind == "telemetry":
                         for r in body["readings"]:
-                            print(f"platform <- seq {r['seq']:>5}  {r['device']:<12} {r['ts'][11:23]}  "
-                                  f"{_fmt_values(r['values'])}", flush=True)
+                            head = f"platform <- seq {r['seq']:>5}  {r['device']:<12} {r['ts'][11:23]}  "
+                            print(head + _fmt_values(r["values"], cols - len(head)), flush=True)
                     elif kind == "status":
-                        print(f"platform <- status: {body['state']} (gateway {body.get('gateway')})", flush=True)
+                        if body["state"] != last_state:  # a retained copy after a reconnect is no news
+                            print(f"platform <- status: {body['state']} (gateway {body.get('gateway')})", flush=True)
+                        last_state = body["state"]
                     elif kind == "events":
-                        print(f"platform <- event: {json.dumps(body)}", flush=True)
+                        print(f"platform <- event: {_fmt_event(body)}", flush=True)
                     elif kind == "health":
                         b = body["buffer"]
                         print(f"platform <- health: buffer depth {b['depth']}, uplink {body['uplink']['state']}, "
@@ -204,6 +253,16 @@ async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, cou
         except aiomqtt.MqttError:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def _remind(hint: str, counts: dict[str, int], stop: asyncio.Event, every: float = 15.0) -> None:
+    """The header scrolls away in a second: say again, every few seconds, how to look inside."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        if not stop.is_set():
+            print(f"demo: {counts.get('readings', 0)} readings at the platform so far; {hint[6:]}",
+                  file=sys.stderr, flush=True)
 
 
 def _own_config(user: AgentConfig, workdir: Path, port: int) -> AgentConfig:
@@ -268,6 +327,11 @@ async def _demo(seconds: float | None, workdir: Path, as_json: bool, user: Agent
             await asyncio.wait_for(subscribed.wait(), 10)
     await agent.start()
     tasks += [asyncio.create_task(_feed(p.master, d, stop)) for p, d in ptys]
+    pointer = write_pointer(cfg.source_path if user is None and cfg.source_path else _cli_config(cfg, workdir))
+    hint = f"demo: in another terminal: {cli_command()} status   (also: devices, tail, doctor; Ctrl-C stops)"
+    print(hint, file=sys.stderr, flush=True)
+    if not as_json:
+        tasks.append(asyncio.create_task(_remind(hint, counts, stop)))
     t0 = time.monotonic()
     try:
         if seconds is None:
@@ -285,6 +349,8 @@ async def _demo(seconds: float | None, workdir: Path, as_json: bool, user: Agent
             p.close()
         if broker is not None:
             broker.stop()
+        with contextlib.suppress(OSError):
+            pointer.unlink()
     print(f"demo: {counts.get('readings', 0)} readings reached the platform in "
           f"{time.monotonic() - t0:.0f} s", file=sys.stderr)
     return 0 if (broker is None and broker_port is None) or counts.get("readings", 0) > 0 else 1

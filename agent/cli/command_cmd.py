@@ -6,7 +6,6 @@ import argparse
 import json
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +96,8 @@ def sign(key: Any, kid: str, gateway: str, cmd: str, args: dict[str, Any], *, li
     import jwt
 
     now = time.time() if now is None else now
+    import uuid
+
     jti = jti or str(uuid.uuid4())
     claims = {"aud": gateway, "iat": int(now), "exp": int(now + lifetime), "jti": jti, "cmd": cmd, "args": args}
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid}), jti

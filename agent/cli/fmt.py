@@ -62,6 +62,8 @@ _SUFFIX_UNITS = (("_temperature", "°C"), ("_voltage", "V"), ("_current", "A"), 
 def unit(name: str) -> str:
     if name in UNITS:
         return UNITS[name]
+    if name.startswith("temperature_"):  # temperature_motor, temperature_fet
+        return "°C"
     return next((u for suffix, u in _SUFFIX_UNITS if name.endswith(suffix)), "")
 
 

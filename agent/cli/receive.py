@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import signal
 import sys
@@ -92,6 +91,8 @@ def endpoint(args: argparse.Namespace, client_prefix: str):  # type: ignore[no-u
             password = Path(args.password_file).read_text(encoding="utf-8").rstrip("\r\n")
         except OSError as e:
             raise CliExit(EXIT_USAGE, f"--password-file: {e.strerror}: {args.password_file}") from None
+    import hashlib
+
     cid = args.client_id or client_prefix + hashlib.sha256(args.topic_prefix.encode()).hexdigest()[:10]
     return Endpoint(host.strip("[]"), int(port), args.topic_prefix.rstrip("/"), cid,
                     args.tls_ca, args.tls_cert, args.tls_key, bool(args.tls),
