@@ -177,6 +177,7 @@ class Outbox:
         self._last_read: tuple[int, float | None] = (0, None)  # (events pending, oldest ts) for stats
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we opened
         self._file_checked = -1e18
+        self._wal_mode = True
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self) -> Outbox:
@@ -205,6 +206,7 @@ class Outbox:
             db.execute("PRAGMA busy_timeout=5000")
             db.execute(f"PRAGMA page_size={int(self.page_size)}")  # before WAL mode creates the file
             mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            self._wal_mode = mode.lower() == "wal"
             if mode.lower() != "wal":
                 log.warning("buffer: WAL not available (%s), using %s", self.path, mode)
             db.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -301,7 +303,21 @@ class Outbox:
         self._file_checked = now
         found = self._identity()
         if found == self._file_id:
-            return None
+            if not self._wal_mode or all(os.path.exists(f"{self.path}{s}") for s in ("-wal", "-shm")):
+                return None
+            # Only the -wal/-shm went: commits would go on into a WAL no restart can find (and a
+            # reader would build its own index). Closing checkpoints the detached WAL into the
+            # database file; reopening makes a new one beside it. The checkpoint must be whole
+            # first: what stays in the detached WAL at close is gone.
+            busy, frames, done = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy or done < frames:
+                raise sqlite3.OperationalError("database is locked (a reader holds the detached WAL)")
+            self._db.close()
+            self._db = None
+            self._open()
+            msg = f"{self.path}-wal/-shm were deleted while the agent ran; checkpointed and reopened (nothing lost)"
+            log.error("buffer: %s", msg)
+            return msg
         stamp = time.strftime("%Y%m%dT%H%M%S")
         what = "deleted"
         self.path.parent.mkdir(parents=True, exist_ok=True)

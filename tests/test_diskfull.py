@@ -276,3 +276,34 @@ async def test_buffer_file_deleted_or_replaced_under_a_running_agent_is_restored
         sub.close()
     (per,) = (await verdict(sub))["epochs"]
     assert per["last_seq"] == next_seq - 1 and per["missing"] == 0, (per, left)
+
+
+async def test_wal_deleted_under_a_running_agent_is_checkpointed_and_reopened(
+    tmp_path: Path, counter_driver: None
+) -> None:
+    db = tmp_path / "buf" / "b.db"
+    agent = Agent(config(db, free_port()))  # no broker: everything stays in the buffer
+    await agent.start()
+    ob = agent.pipeline.outbox
+    try:
+        await until(lambda: ob.depth > 500, 30, "a backlog")
+        for suffix in ("-wal", "-shm"):
+            os.unlink(f"{db}{suffix}")
+        await until(lambda: Path(f"{db}-wal").exists(), 10, "a new WAL beside the database")
+        top = ob.next_seq
+        await until(lambda: ob.next_seq > top + 300, 30, "committing into the new WAL")
+        await agent.pipeline.flush()
+        committed = ob.next_seq - 1
+        # What a kill -9 or power cut now would leave: the files in the directory.
+        crash = tmp_path / "crash"
+        crash.mkdir()
+        for suffix in ("", "-wal"):
+            shutil.copyfile(f"{db}{suffix}", crash / f"b.db{suffix}")
+        assert_alive(agent)
+    finally:
+        await agent.stop()
+    check = sqlite3.connect(crash / "b.db")
+    try:
+        assert check.execute("SELECT max(seq) FROM outbox").fetchone()[0] >= committed
+    finally:
+        check.close()
