@@ -208,17 +208,3 @@ async def test_sim_devices_sample_on_the_shared_grid(monkeypatch: pytest.MonkeyP
     assert all(round(w / 0.2, 6).is_integer() for w in deadlines["a"] + deadlines["b"]), deadlines
     shared = set(deadlines["a"]) & set(deadlines["b"])
     assert len(shared) >= 2, f"the same instants, not each device's own phase: {deadlines}"
-
-
-async def test_full_publishes_at_once_not_after_the_normal_sync_interval(tmp_path: Path) -> None:
-    """synchronous=FULL (the default): every commit is on disk, so rows handed to the uplink may
-    go out at once; only NORMAL waits for its next WAL sync (at most `sync_interval`)."""
-    pipe = await Pipeline.open(Outbox(tmp_path / "b.db"), sync_interval=3600.0)
-    try:
-        for n in range(3):  # the first sync is free; the later ones used to wait for the interval
-            pipe.submit(reading(n))
-            await pipe.flush()
-            assert [s for s, _ in await pipe.read(pipe.outbox.fetch_for_send, n, 10)] == [n + 1]
-            await asyncio.wait_for(pipe.durable(), 30)  # well below the hour
-    finally:
-        await pipe.close()
