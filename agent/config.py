@@ -258,6 +258,7 @@ def parse_config(
                 update={k: _resolve(base, getattr(t, k)) for k in ("ca_file", "cert_file", "key_file")}
             )
         ctl = cfg.control.model_copy(update={"socket": _resolve(base, cfg.control.socket)})
+        devs = [d.model_copy(update={"replay": _resolve(base, d.replay)}) if d.replay else d for d in cfg.devices]
         cmds = cfg.commands and cfg.commands.model_copy(
             update={"trusted_keys": [_resolve(base, k) for k in cfg.commands.trusted_keys]})
         cfg = cfg.model_copy(
@@ -266,6 +267,7 @@ def parse_config(
                 "uplink": cfg.uplink.model_copy(update=up_upd),
                 "control": ctl,
                 "commands": cmds,
+                "devices": devs,
                 "source_path": source.resolve(),
             }
         )
@@ -274,6 +276,9 @@ def parse_config(
 
     for key, msg in check_uplink_files(cfg) if check_files else ():  # files exist; password file private
         add(key, msg)
+    for i, d in enumerate(cfg.devices):
+        if check_files and d.replay is not None and not d.replay.is_file():
+            add(f"devices[{i}].replay", f"capture not found: {d.replay}")
     for key, msg in check_commands(cfg, check_files=check_files):  # verbs known; keys are Ed25519 PEM
         add(key, msg)
     if problems:
@@ -382,7 +387,7 @@ def masked_dump(cfg: AgentConfig) -> dict[str, Any]:
     return walk(data)  # type: ignore[no-any-return]
 
 
-SERIAL_KEYS = ("port", "baud", "parity", "stopbits", "bytesize")
+SERIAL_KEYS = ("port", "baud", "parity", "stopbits", "bytesize", "replay")
 BLE_KEYS = ("address",)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -50,6 +50,10 @@ class DeviceContext:
         self.restarts = 0
         self.on_link_change: Callable[[DeviceContext], None] | None = None
         self.on_reading: Callable[[DeviceContext], None] | None = None  # set by the supervisor while offline
+        # A reading's time when the driver gives none (a replay sets the capture's recorded times).
+        self.now: Callable[[], float] = time.time
+        # Injected transport (the `sim` driver's simulator); None: the driver opens its own.
+        self.open_transport: Callable[[], Awaitable[Any]] | None = None  # -> drivers.transport.ByteTransport
 
     def emit(self, values: Mapping[str, Value], ts: float | None = None, driver: str | None = None) -> None:
         """Hand one decoded sample to the pipeline (never blocks)."""
@@ -60,7 +64,7 @@ class DeviceContext:
             device=self.device.id,
             driver=driver or self.device.driver,
             values=dict(values),
-            ts=ts if ts is not None else now,
+            ts=ts if ts is not None else (now if self.now is time.time else self.now()),
             clock=self._clock_state(),
             tags=self.device.tags,
         )
@@ -106,6 +110,8 @@ class Driver(ABC):
     Options: ClassVar[type[BaseModel]] = NoOptions
     # Used for liveness when the device config gives no expected_interval.
     default_expected_interval: ClassVar[float] = 60.0
+    # Reads through a byte transport that a capture can stand in for (`replay`).
+    supports_replay: ClassVar[bool] = False
     # Driver keys holding file paths: relative ones resolve against the config file's folder.
     path_options: ClassVar[tuple[str, ...]] = ()
 
@@ -119,7 +125,9 @@ class Driver(ABC):
         """Problems as (key relative to the device, message); empty when valid."""
         problems: list[tuple[str, str]] = []
         transport = cls.device_transport(device)
-        if transport == "serial" and not device.port:
+        if device.replay is not None and not (cls.supports_replay and transport == "serial"):
+            problems.append(("replay", f"driver {device.driver!r} cannot replay a capture (serial stream drivers can)"))
+        if transport == "serial" and not device.port and device.replay is None:
             problems.append(("port", f"required by driver {device.driver!r}"))
         if transport == "ble" and not device.address and cls.requires_address():
             problems.append(("address", f"required by driver {device.driver!r}"))

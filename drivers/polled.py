@@ -28,7 +28,7 @@ from edge_common.device import Duration as AnyDuration
 if TYPE_CHECKING:
     from bleak import BleakClient
 
-    from drivers.transport.serialport import SerialPort
+    from drivers.transport import ByteTransport
     from edge_common.device import DeviceConfig
     from edge_common.model import Value
 
@@ -85,7 +85,7 @@ class PolledDriver(StreamDriver):
         else:
             await super().run()
 
-    async def serve(self, port: SerialPort, proto: StreamProtocol, seen: Counter[str]) -> None:
+    async def serve(self, port: ByteTransport, proto: StreamProtocol, seen: Counter[str]) -> None:
         await self.poll(port, proto, seen, str(self.device.port))
 
     async def _ble_session(self, client: BleakClient, lost: asyncio.Event) -> None:

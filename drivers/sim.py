@@ -82,6 +82,11 @@ class SimDriver(Driver):
             chunks, proto = vehicle_source(o.family, o.vehicle)
         else:
             chunks, proto = source(o.family, o.format, address=self.device.address or DEFAULT_ADDRESS)
+        fam = registry().family_of(o.family)
+        cls = fam.driver_class(o.family)
+        if _listens(cls):  # the real driver, its read loop and all, over the simulator's bytes
+            await self._run_real(cls, chunks, fam.entry(o.family).sim_device)
+            return
         self.ctx.set_link("connected", f"simulated {o.family}")
         seen = proto.errors.copy()
         # The first sample at once, then on the shared grid (multiples of `interval` on the loop
@@ -91,3 +96,29 @@ class SimDriver(Driver):
             self.ctx.deliver(proto.feed(chunk) + proto.flush(), proto.errors, seen)
             k += 1
             await sleep_until(k * o.interval)
+
+    async def _run_real(self, cls: type[Driver], chunks: Iterator[Any], sim_device: str | None) -> None:
+        from drivers.family import resolve
+        from drivers.transport.simulated import SimulatorTransport
+        from edge_common.device import DeviceConfig
+
+        o: SimOptions = self.options
+        keys = dict(resolve(sim_device)) if sim_device else {}
+        device = DeviceConfig.model_validate({
+            "id": self.device.id, "driver": o.family, "port": f"sim:{o.family}", "tags": self.device.tags,
+            "expected_interval": self.device.expected_interval, **keys})
+        transport = SimulatorTransport(chunks, o.interval, f"simulated {o.family}")
+
+        async def open_transport() -> SimulatorTransport:
+            return transport
+
+        self.ctx.open_transport = open_transport
+        await cls(device, self.ctx).run()
+
+
+def _listens(cls: type[Driver]) -> bool:
+    """A stream driver that only reads (a polling one would need its simulator to answer requests)."""
+    from drivers.polled import PolledDriver
+    from drivers.stream import StreamDriver
+
+    return issubclass(cls, StreamDriver) and not issubclass(cls, PolledDriver)

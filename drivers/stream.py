@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from abc import abstractmethod
 from collections import Counter
 from typing import ClassVar, Literal
 
 from drivers.base import Driver, StreamProtocol
+from drivers.transport import ByteTransport, Opener
 from drivers.transport.serialport import SerialPort, SerialSettings
 from edge_common.backoff import Backoff
 from edge_common.errors import TransportClosed
@@ -38,10 +40,10 @@ class StreamDriver(Driver):
             stopbits=d.stopbits, bytesize=d.bytesize,
         )
 
-    async def on_open(self, port: SerialPort) -> None:
+    async def on_open(self, port: ByteTransport) -> None:
         """Hook: send an init command after opening (e.g. set reporting mode)."""
 
-    async def serve(self, port: SerialPort, proto: StreamProtocol, seen: Counter[str]) -> None:
+    async def serve(self, port: ByteTransport, proto: StreamProtocol, seen: Counter[str]) -> None:
         """Decode what the device sends until the port goes away (TransportClosed)."""
         idle = _IdleFlush(self, proto, seen)
         try:
@@ -52,18 +54,35 @@ class StreamDriver(Driver):
         finally:
             idle.cancel()
 
+    supports_replay: ClassVar[bool] = True
+
+    def opener(self) -> Opener:
+        """The device context's transport if it injects one, else the capture to replay, else the port."""
+        if self.ctx.open_transport is not None:
+            return self.ctx.open_transport
+        if self.device.replay is not None:
+            from drivers.transport.replay import ReplayTransport
+
+            return lambda: ReplayTransport.open(self.device.replay)  # type: ignore[arg-type]
+        settings = self.settings()
+        return lambda: SerialPort.open(settings)
+
     async def run(self) -> None:
         backoff = Backoff(0.1, self.reopen_backoff_max)
-        settings = self.settings()
+        open_transport = self.opener()
         while True:
             try:
-                port = await SerialPort.open(settings)
+                port = await open_transport()
             except TransportClosed as e:
                 self.ctx.set_link("disconnected", str(e))
                 await asyncio.sleep(backoff.next())
                 continue
-            self.ctx.set_link("connected", settings.port)
-            log.info("%s: opened %s at %d baud", self.device.id, settings.port, settings.baud)
+            self.ctx.set_link("connected", port.name)
+            if isinstance(port, SerialPort):
+                log.info("%s: opened %s at %d baud", self.device.id, port.name, port.settings.baud)
+            else:
+                log.info("%s: opened %s", self.device.id, port.name)
+            self.ctx.now = getattr(port, "recorded_time", time.time)  # a replay stamps what it recorded
             backoff.reset()
             proto = self.make_protocol()
             seen_errors = proto.errors.copy()
@@ -78,6 +97,7 @@ class StreamDriver(Driver):
                 self.ctx.deliver(proto.flush(), proto.errors, seen_errors)
                 raise
             finally:
+                self.ctx.now = time.time
                 await port.close()
             await asyncio.sleep(backoff.next())
 

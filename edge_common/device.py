@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator
@@ -37,6 +38,8 @@ class DeviceConfig(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
     # Silent for longer than this -> offline (event, status). Default: per driver.
     expected_interval: Duration | None = None
+    # A recorded capture played into the driver instead of opening `port` (serial stream drivers).
+    replay: Path | None = None
 
     @field_validator("id")
     @classmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 from typing import Any
 
 from agent.cli.common import (
@@ -29,6 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--baud", type=int, action="append", metavar="N",
                    help="baud rate to try (repeatable; default: the configured one, then common rates)")
     s.add_argument("--seconds", type=float, default=3.0, metavar="S", help="listening time per baud rate (default 3)")
+    s.add_argument("--capture", metavar="FILE", type=Path,
+                   help="also record what was heard (at the recognised or last baud rate), with timestamps, "
+                        "for a device's `replay` key")
     add_config_arg(s)
     add_json_arg(s)
     s.set_defaults(func=_serial)
@@ -86,8 +90,10 @@ def open_readonly(port: str, baud: int) -> int:
     return fd
 
 
-def _listen(port: str, baud: int, seconds: float) -> bytes:
-    """Bytes received in `seconds` (the port is open read-only: nothing can be written to it)."""
+def _listen(port: str, baud: int, seconds: float, records: list[tuple[float, bytes]] | None = None) -> bytes:
+    """Bytes received in `seconds` (the port is open read-only: nothing can be written to it).
+
+    `records` gets each chunk with its wall-clock arrival time (for `--capture`)."""
     import os
     import select
 
@@ -107,6 +113,8 @@ def _listen(port: str, baud: int, seconds: float) -> bytes:
             if not chunk:  # hang-up: the device went away
                 raise CliExit(EXIT_FAILURE, f"edge-agent probe: {port} went away")
             data += chunk
+            if records is not None:
+                records.append((time.time(), chunk))
     finally:
         os.close(fd)
     return bytes(data)
@@ -123,8 +131,10 @@ def _serial(args: argparse.Namespace) -> int:
         bauds = ([conf] if conf else []) + [b for b in COMMON_BAUDS if b != conf]
     tried: list[dict[str, Any]] = []
     result: dict[str, Any] = {"port": args.port, "recognised": False}
+    records: list[tuple[float, bytes]] = []
     for baud in bauds:
-        data = _listen(args.port, baud, args.seconds)
+        records.clear()
+        data = _listen(args.port, baud, args.seconds, records)
         cands = analyse(data)
         best = recognised(cands)
         tried.append({"baud": baud, "bytes": len(data), "best": best.protocol if best else None})
@@ -138,6 +148,17 @@ def _serial(args: argparse.Namespace) -> int:
         if not data and not args.baud:
             break  # silence is not a baud problem: a wrong rate still yields (garbage) bytes
     result["tried"] = tried
+    if args.capture is not None:
+        from drivers.transport.replay import write_capture
+
+        try:
+            write_capture(args.capture, records)
+        except OSError as e:
+            raise CliExit(EXIT_FAILURE, f"edge-agent probe: cannot write {args.capture}: {e.strerror}") from None
+        result["capture"] = {"path": str(args.capture), "chunks": len(records), "baud": tried[-1]["baud"]}
+        if not args.json:
+            print(f"capture: {len(records)} chunks at {tried[-1]['baud']} baud -> {args.capture} "
+                  "(replay it with `replay = \"...\"` on a device of the driver)")
     if args.json:
         print_json(result)
     elif result["recognised"]:

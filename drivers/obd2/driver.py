@@ -21,7 +21,7 @@ from drivers.obd2.protocol import INIT, PIDS, Elm327Protocol, Obd2Options, pid_n
 from drivers.polled import PolledDriver
 
 if TYPE_CHECKING:
-    from drivers.transport.serialport import SerialPort
+    from drivers.transport import ByteTransport
     from edge_common.device import DeviceConfig
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class Obd2Driver(PolledDriver):
                 log.info("%s: the vehicle does not support PID 0x%02X (%s): no longer polled", self.device.id, pid,
                          PIDS[pid].quantity)
 
-    async def serve(self, port: SerialPort, proto: StreamProtocol, seen: Counter[str]) -> None:
+    async def serve(self, port: ByteTransport, proto: StreamProtocol, seen: Counter[str]) -> None:
         assert isinstance(proto, Elm327Protocol)
         for cmd in INIT:
             _, ok = await self._exchange(port, proto, cmd.encode() + b"\r",

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from drivers.base import StreamProtocol
 from drivers.sds011 import protocol as p
 from drivers.stream import StreamDriver
-from drivers.transport.serialport import SerialPort
+from drivers.transport import ByteTransport
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Sds011Driver(StreamDriver):
     def make_protocol(self) -> StreamProtocol:
         return p.Sds011Protocol()
 
-    async def on_open(self, port: SerialPort) -> None:
+    async def on_open(self, port: ByteTransport) -> None:
         o: Sds011Options = self.options
         if o.active_mode:
             await port.write(p.set_active_mode())

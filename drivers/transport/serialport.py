@@ -70,6 +70,10 @@ class SerialPort:
         _read_more_per_wakeup(writer.transport)
         return cls(reader, writer, settings)
 
+    @property
+    def name(self) -> str:
+        return self.settings.port
+
     async def read(self, n: int = 4096) -> bytes:
         """Next chunk of bytes (at least one); TransportClosed when the port goes away."""
         try:
