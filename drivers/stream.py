@@ -82,7 +82,7 @@ class StreamDriver(Driver):
                 log.info("%s: opened %s at %d baud", self.device.id, port.name, port.settings.baud)
             else:
                 log.info("%s: opened %s", self.device.id, port.name)
-            self.ctx.now = getattr(port, "recorded_time", time.time)  # a replay stamps what it recorded
+            self.ctx.now = getattr(port, "recorded_time", time.time)  # a replay or simulator stamps its chunks
             backoff.reset()
             proto = self.make_protocol()
             seen_errors = proto.errors.copy()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Iterator
 
 from edge_common.errors import TransportClosed
@@ -17,6 +18,7 @@ class SimulatorTransport:
     def __init__(self, chunks: Iterator[bytes], interval: float, name: str) -> None:
         self._chunks, self._interval, self._name = chunks, interval, name
         self._k: int | None = None
+        self._ts: float | None = None
 
     @property
     def name(self) -> str:
@@ -28,10 +30,15 @@ class SimulatorTransport:
         else:
             self._k += 1
             await sleep_until(self._k * self._interval)
+        self._ts = time.time()
         try:
             return next(self._chunks)
         except StopIteration:
             raise TransportClosed(f"{self._name}: simulation ended") from None
+
+    def recorded_time(self) -> float:
+        """When the current chunk was sent: its readings' time, however long the driver holds them back."""
+        return self._ts if self._ts is not None else time.time()
 
     async def write(self, data: bytes) -> None:
         return None
