@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 from agent.errors import ConfigError
 from agent.model import format_ts
+from edge_common.errors import EdgeAgentError
 
 # PyJWT and cryptography (~9 MB resident) load only where a key or a token is handled: the CLI
 # parser names VERBS, and `edge-agent run` without [commands] must not pay for them.
@@ -60,7 +61,7 @@ class Command:
     exp: float
 
 
-class Refused(Exception):
+class Refused(EdgeAgentError):
     """A command that is not executed; `reason` is one of REASONS."""
 
     def __init__(self, reason: str, detail: str, *, jti: str | None = None, cmd: str | None = None,

@@ -50,7 +50,7 @@ LIVENESS_LOOK = 1.0  # how often `tail --device` looks at the device's liveness 
 
 
 @dataclass(frozen=True, slots=True)
-class RequestError(Exception):
+class RequestError(ControlError):
     """A request the agent refuses (answered as `{"ok": false, "error": ...}`)."""
 
     code: str

@@ -11,6 +11,7 @@ from edge_common.errors import (
     ControlError,
     DriverError,
     EdgeAgentError,
+    OutboxError,
     TransportClosed,
     UplinkError,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "ControlError",
     "DriverError",
     "EdgeAgentError",
+    "OutboxError",
     "TransportClosed",
     "UplinkError",
 ]

@@ -50,6 +50,7 @@ from agent.confirm import (
 )
 from agent.errors import ConfigError, UplinkError
 from agent.model import format_ts
+from edge_common.errors import EdgeAgentError
 
 if TYPE_CHECKING:
     from agent.runtime import Agent
@@ -61,7 +62,7 @@ QUEUE = 4 * BURST  # messages waiting for the worker; past it, dropped unanswere
 DROP_LOG = (1, 10, 100)  # the flood is logged at these counts, then every 1000
 
 
-class Failed(Exception):
+class Failed(EdgeAgentError):
     """A verified command that could not be carried out (`failed` result)."""
 
     def __init__(self, reason: str, detail: str) -> None:

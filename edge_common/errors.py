@@ -17,15 +17,18 @@ class ConfigError(EdgeAgentError):
         super().__init__(where + "; ".join(problems))
 
 
-class BufferError_(EdgeAgentError):
+class OutboxError(EdgeAgentError):
     """The SQLite outbox cannot be used."""
 
 
-class BufferCorrupt(BufferError_):
+BufferError_ = OutboxError  # the former name
+
+
+class BufferCorrupt(OutboxError):
     """The buffer database failed its integrity check."""
 
 
-class BufferFull(BufferError_):
+class BufferFull(OutboxError):
     """The disk is full and not even the reduced batch could be written."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from agent.paths import CONFIG_ENV, default_config_path, demo_pointer
+from edge_common.errors import EdgeAgentError
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -32,7 +33,7 @@ ERROR_KINDS = {EXIT_FAILURE: "failure", EXIT_USAGE: "usage", EXIT_UNREACHABLE: "
                EXIT_CONFIG: "config"}
 
 
-class CliExit(Exception):
+class CliExit(EdgeAgentError):
     """Leave the CLI with a message and an exit code (no traceback)."""
 
     def __init__(self, code: int, message: str = "", *, problems: list[str] | None = None,

@@ -25,6 +25,7 @@ from typing import Any
 
 from agent.ingest.schema import VERSION, current_version
 from agent.ingest.store import Message, Outcome, prepare, write_batch, write_invalid
+from edge_common.errors import EdgeAgentError
 
 log = logging.getLogger("agent.ingest")
 
@@ -78,7 +79,7 @@ class Totals:
         self.batches += 1
 
 
-class FatalError(Exception):
+class FatalError(EdgeAgentError):
     """The instance cannot go on (exit 1 with this message)."""
 
 

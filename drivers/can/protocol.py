@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from drivers.base import StreamProtocol
 from edge_common.device import Duration as AnyDuration
+from edge_common.errors import DriverError
 
 if TYPE_CHECKING:
     from cantools.database.can import Database, Message
@@ -116,7 +117,7 @@ class CanOptions(BaseModel):
         return v
 
 
-class DbcError(ValueError):
+class DbcError(DriverError, ValueError):
     """A DBC that cannot be used; `key` names the option at fault (relative to the device)."""
 
     def __init__(self, key: str, msg: str) -> None:

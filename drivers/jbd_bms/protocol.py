@@ -14,6 +14,7 @@ Replies may arrive in pieces (BLE notifications of 20 bytes): the stream parser 
 from __future__ import annotations
 
 from drivers.base import BufferedProtocol
+from edge_common.errors import DriverError
 
 Values = dict[str, float | int | str | bool]
 
@@ -58,7 +59,7 @@ def protection_names(bits: int) -> str:
     return ",".join(name for i, name in enumerate(PROTECTIONS) if bits >> i & 1)
 
 
-class JbdError(ValueError):
+class JbdError(DriverError, ValueError):
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
         self.kind = kind

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from drivers.base import StreamProtocol
 from edge_common.device import Duration as AnyDuration
+from edge_common.errors import DriverError
 
 Duration = Annotated[AnyDuration, Field(gt=0)]
 RegType = Literal["int16", "uint16", "int32", "uint32", "float32"]
@@ -176,7 +177,7 @@ def exception_reply(slave: int, function: int, code: int) -> bytes:
     return with_crc(bytes([slave, function | 0x80, code]))
 
 
-class ModbusReplyError(ValueError):
+class ModbusReplyError(DriverError, ValueError):
     """A reply that is not a valid answer to the request (kind in .kind)."""
 
     def __init__(self, kind: str, msg: str) -> None:

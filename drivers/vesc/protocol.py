@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass
 
 from drivers.base import BufferedProtocol
+from edge_common.errors import DriverError
 
 Values = dict[str, float | int | str | bool]
 
@@ -112,7 +113,7 @@ _LEGACY_NAMES: list[tuple[str | None, float | None]] = [
 _FIELD_SIZE = {bit: struct.calcsize(">" + code) for bit, _, code, _ in _FIELDS}
 
 
-class VescError(ValueError):
+class VescError(DriverError, ValueError):
     """A frame that is valid on the wire but not a GET_VALUES reply this decoder understands."""
 
     def __init__(self, kind: str, detail: str) -> None:
