@@ -42,7 +42,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from agent.mosquitto import LocalBroker
+from agent.mosquitto import LocalBroker, quiet_port
 from agent.receiver import Receiver
 from benchmarks.common import emit
 from tests.support.powerloss import SUFFIXES, fill, power_cut, snapshot, stop
@@ -189,7 +189,7 @@ def main() -> int:
     disk = os.geteuid() == 0 and subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)], capture_output=True).returncode == 0
     faults = FAULTS if disk else tuple(f for f in FAULTS if f != "disk")
-    broker = LocalBroker(persistent=True).start()  # its own world-writable dir: mosquitto drops root
+    broker = LocalBroker(quiet_port(), persistent=True).start()  # its own world-writable dir: mosquitto drops root
     platform = Platform(broker.port, work / "platform.db")
     agent = AgentRun(work, mnt, broker.port, args.synchronous)
     done: Counter[str] = Counter()

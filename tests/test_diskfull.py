@@ -27,7 +27,7 @@ import pytest
 from agent.config import parse_config
 from agent.receiver import Receiver
 from agent.runtime import Agent
-from tests.support.broker import Broker, free_port
+from tests.support.broker import Broker, free_port, quiet_port
 from tests.support.mqtt import Subscriber
 from tests.support.powerloss import fill
 from tests.support.wait import until
@@ -116,7 +116,7 @@ async def test_disk_full_on_every_write_path_keeps_delivering_and_recovers(
     rng = random.Random(f"diskfull-{moment}")
     synced = tmp_path / "clock-synced"
     monkeypatch.setenv("EDGE_AGENT_CLOCK", f"file:{synced}")  # unsynced until the flag appears
-    port = free_port()
+    port = quiet_port()  # the broker starts later, on the port the agent knows
     agent = Agent(config(small_fs / "b.db", port, min_free_disk="64KB"))
     await agent.start()
     pipe, ob = agent.pipeline, agent.pipeline.outbox
@@ -131,6 +131,9 @@ async def test_disk_full_on_every_write_path_keeps_delivering_and_recovers(
             sub = Subscriber(broker.host, broker.port, "edge/gw-full/#")
             seen = ob.protect_upto
             await until(lambda: ob.protect_upto > seen + rng.randint(200, 2000), 60, "the drain under way")
+            # As the agent leaves it after meeting a full disk: a WAL without slack, so the next
+            # writes need new blocks (with slack, a drain's small writes reuse the WAL and never fail).
+            await pipe.call(ob.db.execute, "PRAGMA wal_checkpoint(TRUNCATE)")
         filler = fill(small_fs)
         await until(lambda: pipe.disk_full, 60, "the writer meeting the full disk")
         stored = ob.depth
@@ -194,7 +197,7 @@ async def test_read_only_filesystem_keeps_delivering_and_says_so(
 ) -> None:
     from agent.cli.status import render_status
 
-    port = free_port()
+    port = quiet_port()
     agent = Agent(config(ext4_fs / "b.db", port, queue_size=2000))
     await agent.start()
     pipe, ob = agent.pipeline, agent.pipeline.outbox

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.mosquitto import LocalBroker, free_port, mosquitto_path, wait_port
+from agent.mosquitto import LocalBroker, free_port, mosquitto_path, quiet_port, wait_port
 
-__all__ = ["Broker", "free_port", "mosquitto_path", "wait_port"]
+__all__ = ["Broker", "free_port", "mosquitto_path", "quiet_port", "wait_port"]
+
 
 
 class Broker(LocalBroker):
