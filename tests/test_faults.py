@@ -63,6 +63,7 @@ async def test_disk_full_drops_per_policy_reports_gap_and_recovers(
     port = free_port()
     cfg = parse_config({
         "gateway": {"id": "gw-full"},
+        "control": {"socket": str(tmp_path / "control.sock")},  # not the system path: a second agent would refuse
         "buffer": {"path": str(small_fs / "b.db"), "commit_interval": 0.02, "max_bytes": "100MB",
                    "min_free_disk": "512KB"},
         "uplink": {"port": port, "backoff_initial": 0.05, "backoff_max": 0.2},

@@ -109,6 +109,7 @@ async def test_liveness_online_offline_online_without_polling(
 ) -> None:
     cfg = parse_config({
         "gateway": {"id": "gw-live"},
+        "control": {"socket": str(tmp_path / "control.sock")},  # not the system path: a second agent would refuse
         "buffer": {"path": str(tmp_path / "b.db"), "commit_interval": 0.02},
         "uplink": {"port": broker.port, "backoff_initial": 0.05, "backoff_max": 0.5},
         "devices": [{"id": "c", "driver": "counter", "interval": 0.05, "expected_interval": 1.0}],
