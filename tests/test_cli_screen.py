@@ -268,7 +268,9 @@ def test_tail_says_a_device_is_offline_since_when(buffering: tuple[Path, PtyDevi
         assert ev["last_reading"] is not None and ev["since"] > ev["last_reading"]
         dev.write(epoch_bytes(next(fs)))
         wait_until(lambda: sum('"state": "online"' in x for x in live.err) == 2, 20, f"back online: {live.err}")
-        assert len(live.out) == 2
+        # stdout and stderr are read by two threads: the reading may land after its `online` event
+        wait_until(lambda: len(live.out) == 2, 20, f"both readings tailed: {live.out}")
+        assert [json.loads(x)["seq"] for x in live.out] == [1, 2]
     finally:
         dead.close()
         live.close()
