@@ -82,6 +82,9 @@ async def test_disk_full_drops_per_policy_reports_gap_and_recovers(
         await until(lambda: ob.bytes > capped_at + 100_000, 60, "buffer growing again after space returned")
         await agent.remove_device("c")
         await agent.pipeline.flush()
+        # the disk can be full again by now: flush then keeps readings in memory and the writer
+        # commits them (with the next seqs) at its retry, so next_seq is read once none are left
+        await until(lambda: agent.pipeline.queued == 0, 60, "readings held in memory committed")
         next_seq = ob.next_seq
         epoch = ob.epoch
         check = sqlite3.connect(f"file:{small_fs / 'b.db'}?mode=ro", uri=True)
@@ -98,6 +101,7 @@ async def test_disk_full_drops_per_policy_reports_gap_and_recovers(
             sub.close()
             broker.close()
         assert gap_total > 0
+        assert max(seqs) < next_seq
         assert len(seqs) + gap_total == next_seq - 1, "gaps account exactly for every seq never delivered"
     finally:
         await agent.stop()
