@@ -84,7 +84,9 @@ async def test_disk_full_drops_per_policy_reports_gap_and_recovers(
         await agent.pipeline.flush()
         # the disk can be full again by now: flush then keeps readings in memory and the writer
         # commits them (with the next seqs) at its retry, so next_seq is read once none are left
-        await until(lambda: agent.pipeline.queued == 0, 60, "readings held in memory committed")
+        # (queued drops when the writer takes a batch; busy_since clears once that commit is done)
+        await until(lambda: agent.pipeline.queued == 0 and agent.pipeline.busy_since is None, 60,
+                    "readings held in memory committed")
         next_seq = ob.next_seq
         epoch = ob.epoch
         check = sqlite3.connect(f"file:{small_fs / 'b.db'}?mode=ro", uri=True)
