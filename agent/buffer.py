@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.errors import BufferCorrupt, BufferError_, BufferFull
-from agent.model import Reading, encode_reading
+from agent.model import Reading, encode_reading, format_ts
 
 log = logging.getLogger(__name__)
 
@@ -770,6 +770,43 @@ class Outbox:
             self.syncs += 1
         self.durable_changes = mark
         return True
+
+    # -- clock correction ---------------------------------------------------------------
+    def restamp_unsynced(self, offset: float) -> tuple[int, int]:
+        """Re-stamp the unsynced rows this process accepted with `mono + offset` (one transaction).
+
+        Rows up to max(fetched_upto, protect_upto) may already be on the wire: their payload stays
+        byte-identical; only the internal accept time (used for max_age) is corrected. The rest get
+        the corrected ts and clock "synced" in their payload. Returns (rewritten, frozen) counts.
+        """
+        db = self.db
+        frozen_upto = max(self.fetched_upto, self.protect_upto)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = db.execute(
+                "SELECT seq, mono, payload FROM outbox WHERE clock = 0 AND seq >= ?",
+                (self.opened_seq,),
+            ).fetchall()
+            rewrite, frozen, delta = [], [], 0
+            for seq, mono, payload in rows:
+                ts = mono + offset
+                if seq <= frozen_upto:
+                    frozen.append((ts, seq))
+                    continue
+                body = json.loads(payload)
+                body["ts"], body["clock"] = format_ts(ts), "synced"
+                new = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+                delta += len(new) - len(payload)
+                rewrite.append((ts, new, seq))
+            db.executemany("UPDATE outbox SET ts = ?, clock = 1, payload = ? WHERE seq = ?", rewrite)
+            db.executemany("UPDATE outbox SET ts = ? WHERE seq = ?", frozen)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self.bytes += delta
+        return len(rewrite), len(frozen)
 
     def first_seq(self) -> int | None:
         return self.db.execute("SELECT min(seq) FROM outbox").fetchone()[0]  # type: ignore[no-any-return]

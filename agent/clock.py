@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import json
 import logging
 import os
 import time
 from typing import TYPE_CHECKING, Literal
 
 from agent.buffer import write_fault
-from agent.model import Reading, format_ts
+from agent.model import Reading
 from agent.ticks import sleep_to_tick
 
 if TYPE_CHECKING:
@@ -138,39 +137,8 @@ def corrected(r: Reading, offset: float) -> Reading:
 
 
 def correct_outbox(outbox: Outbox, offset: float) -> Correction:
-    """Buffer thread: fix the unsynced readings this process accepted (one transaction).
-
-    Rows up to max(fetched_upto, protect_upto) may already be on the wire: their payload stays
-    byte-identical; only the internal accept time (used for max_age) is corrected.
-    """
-    db = outbox.db
-    frozen_upto = max(outbox.fetched_upto, outbox.protect_upto)
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        rows = db.execute(
-            "SELECT seq, mono, payload FROM outbox WHERE clock = 0 AND seq >= ?",
-            (outbox.opened_seq,),
-        ).fetchall()
-        rewrite, frozen, delta = [], [], 0
-        for seq, mono, payload in rows:
-            ts = mono + offset
-            if seq <= frozen_upto:
-                frozen.append((ts, seq))
-                continue
-            body = json.loads(payload)
-            body["ts"], body["clock"] = format_ts(ts), "synced"
-            new = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-            delta += len(new) - len(payload)
-            rewrite.append((ts, new, seq))
-        db.executemany("UPDATE outbox SET ts = ?, clock = 1, payload = ? WHERE seq = ?", rewrite)
-        db.executemany("UPDATE outbox SET ts = ? WHERE seq = ?", frozen)
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-    outbox.bytes += delta
-    return Correction(len(rewrite), len(frozen))
+    """Buffer thread: fix the unsynced readings this process accepted (Outbox.restamp_unsynced)."""
+    return Correction(*outbox.restamp_unsynced(offset))
 
 
 async def correct_buffered(pipeline: Pipeline, offset: float) -> Correction:
