@@ -167,7 +167,7 @@ async def _feed(fd: int, dev: DemoDevice, stop: asyncio.Event) -> None:
 
 
 def _fmt_values(values: dict[str, object], limit: int = 200) -> str:
-    from agent.cli.fmt import values_text
+    from agent.fmt import values_text
 
     keys = [k for k in values if k not in ("gnss_time", "packet_id", "measurement_sequence", "interval", "age")]
     return values_text({k: values[k] for k in keys[:7]}, max(20, limit))
@@ -218,7 +218,7 @@ async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, cou
                  subscribed: asyncio.Event) -> None:
     import aiomqtt
 
-    from agent.cli.fmt import width
+    from agent.fmt import width
 
     cols = width()
     last_state = None

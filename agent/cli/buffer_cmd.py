@@ -21,7 +21,7 @@ from agent.cli.common import (
     load,
     print_json,
 )
-from agent.cli.fmt import age, count, paint, size
+from agent.fmt import age, count, paint, size
 
 if TYPE_CHECKING:
     import sqlite3

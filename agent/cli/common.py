@@ -144,10 +144,6 @@ def print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def use_color() -> bool:
-    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-
-
 def table(rows: list[list[str]], header: list[str]) -> str:
     """Plain aligned table."""
     cols = [header, *rows]

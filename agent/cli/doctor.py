@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from agent.cli.common import EXIT_CONFIG, EXIT_FAILURE, add_config_arg, add_json_arg, config_path, print_json
-from agent.cli.fmt import age, paint, size, width, words, wrap
 from agent.errors import AgentNotReachable, ConfigError, ControlError
+from agent.fmt import age, paint, size, width, words, wrap
 
 if TYPE_CHECKING:
     import ssl

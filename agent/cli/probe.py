@@ -165,7 +165,7 @@ def _serial(args: argparse.Namespace) -> int:
         errs = ", ".join(f"{k}={v}" for k, v in sorted(result["errors"].items())) or "none"
         print(f"protocol: {result['title']}  (driver = \"{result['driver']}\", baud = {result['baud']})")
         print(f"frames: {result['frames']}   errors: {errs}" + (f"   ({result['note']})" if result["note"] else ""))
-        from agent.cli.fmt import values_text, width, wrap
+        from agent.fmt import values_text, width, wrap
 
         cols = width()
         for s in result["samples"]:  # `latitude=56.0434°, fix=gps`, not a Python dict

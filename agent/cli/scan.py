@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from agent.cli.common import EXIT_FAILURE, CliExit, add_config_arg, add_json_arg, config_path, load, print_json, table
-from agent.cli.fmt import values_text, width, wrap
+from agent.fmt import values_text, width, wrap
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig

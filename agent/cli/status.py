@@ -20,8 +20,8 @@ from agent.cli.common import (
     print_json,
 )
 from agent.cli.control_client import ControlClient, ask, target, unreachable_exit
-from agent.cli.fmt import NBSP, age, count, paint, size, values_text, width, words, wrap
 from agent.errors import AgentNotReachable, ControlError
+from agent.fmt import NBSP, age, count, paint, size, values_text, width, words, wrap
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

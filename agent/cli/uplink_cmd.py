@@ -35,7 +35,7 @@ def _usage(args: argparse.Namespace) -> int:
 
 def reconnect(args: argparse.Namespace) -> int:
     from agent.cli.control_client import ask, target
-    from agent.cli.fmt import words
+    from agent.fmt import words
     from agent.model import parse_ts
 
     t = target(args)

@@ -1,11 +1,16 @@
-"""Human formatting for technician output: ages, sizes, colour (only on a TTY)."""
+"""Human formatting for technician output (CLI and demo): ages, sizes, values, colour (only on a TTY)."""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from typing import Any
 
-from agent.cli.common import use_color
+
+def use_color() -> bool:
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+
 
 _STYLES = {"ok": "32", "warn": "33", "fail": "31;1", "dim": "2", "bold": "1"}
 
