@@ -14,6 +14,7 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import aiomqtt
@@ -24,6 +25,7 @@ from agent.backoff import Backoff
 from agent.config import AgentConfig
 from agent.errors import ConfigError, UplinkError
 from agent.model import format_ts
+from agent.mqttcodes import CREDENTIALS, Failure, classify
 from agent.pipeline import Pipeline
 from agent.ticks import raise_if_cancelling, sleep_to_tick
 
@@ -34,9 +36,18 @@ log = logging.getLogger(__name__)
 MISC_PERIOD = 5.0
 
 
+class UplinkState(StrEnum):
+    """The uplink's state as health, status and the control socket show it (docs/PROTOCOL.md)."""
+
+    STARTING = "starting"
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    BACKOFF = "backoff"
+
+
 @dataclass(slots=True)
 class UplinkStats:
-    state: str = "starting"  # connecting, connected, backoff
+    state: UplinkState = UplinkState.STARTING
     connected_since: float | None = None
     last_error: str = ""
     backoff_until: float | None = None
@@ -76,6 +87,15 @@ def read_password(cfg: AgentConfig) -> str | None:
         raise ConfigError([f"uplink.password_file: cannot read {pf}: {e.strerror}"]) from e
 
 
+# What a broker's refusal (other than of the credentials) asks the operator to do.
+REFUSAL_HINTS: dict[Failure, str] = {
+    Failure.SERVER_UNAVAILABLE: "the broker takes no sessions for now; retrying with backoff",
+    Failure.CLIENT_ID_REJECTED: "check uplink.client_id",
+    Failure.PROTOCOL_REJECTED: "check uplink.protocol",
+    Failure.REFUSED: "ask the platform why",
+}
+
+
 class _MqttLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """paho's log: its socket/TLS errors are the only trace of a refused client certificate."""
 
@@ -89,7 +109,8 @@ class _MqttLog(logging.LoggerAdapter):  # type: ignore[type-arg]
                 text = str(msg) % args if args else str(msg)
             except (TypeError, ValueError):
                 text = str(msg)
-            if self.uplink._transport_error(text):
+            err = next((a for a in args if isinstance(a, BaseException)), None)
+            if self.uplink._transport_error(text, err):
                 return  # reported by the uplink itself, with context
         super().log(level, msg, *args, **kw)
 
@@ -132,6 +153,7 @@ class Uplink:
         self._client: aiomqtt.Client | None = None
         self._connecting: aiomqtt.Client | None = None
         self._last_transport_error = ""
+        self._last_transport_exc: BaseException | None = None  # what paho's socket raised, for classify()
         self._mqtt_log = _MqttLog(self)
         self._tls = build_tls_context(cfg)
         self._password = read_password(cfg)
@@ -185,11 +207,12 @@ class Uplink:
     async def run(self) -> None:
         backoff = self._backoff
         while True:
-            self.stats.state = "connecting"
+            self.stats.state = UplinkState.CONNECTING
             self._reconnect.clear()  # this attempt is the reconnect asked for
             client = self._client_for_session()
             self._connecting = client
             self._last_transport_error = ""
+            self._last_transport_exc = None
             try:
                 async with client:
                     self._client = client
@@ -199,9 +222,9 @@ class Uplink:
                 self.stats.connected_since = None
                 log.info("uplink: reconnecting now (asked for)")
             except* ssl.SSLError as eg:
-                self._lost(f"TLS: {_first(eg)}")
+                self._lost(f"TLS: {_first(eg)}", _first(eg))
             except* (aiomqtt.MqttError, OSError, TimeoutError) as eg:
-                self._lost(str(_first(eg)))
+                self._lost(str(_first(eg)), _first(eg))
             finally:
                 # aiomqtt leaves the reason of an unexpected disconnect in a future nobody awaits
                 # once the session is over: retrieve it (no "exception was never retrieved").
@@ -218,7 +241,7 @@ class Uplink:
                 backoff.reset()
                 continue
             delay = backoff.next()
-            self.stats.state = "backoff"
+            self.stats.state = UplinkState.BACKOFF
             self.stats.backoff_until = time.time() + delay
             try:
                 async with asyncio.timeout(delay):
@@ -232,45 +255,50 @@ class Uplink:
         self._backoff.reset()
         self._reconnect.set()
 
-    def _transport_error(self, msg: str) -> bool:
-        """paho hit a socket/TLS error; while connecting, fail the attempt now. True: handled."""
+    def _transport_error(self, msg: str, err: BaseException | None = None) -> bool:
+        """paho hit a socket/TLS error `err`; while connecting, fail the attempt now. True: handled."""
         client = self._connecting
         if client is None or self._client is not None:
             return False
+        self._last_transport_exc = err
         self._last_transport_error = msg.removeprefix("failed to receive on socket: ")
         fut = getattr(client, "_connected", None)  # aiomqtt<3 waits for CONNACK on this future
         if isinstance(fut, asyncio.Future) and not fut.done():
             fut.set_exception(aiomqtt.MqttError(self._last_transport_error))
         return True
 
-    def _lost(self, why: str) -> None:
+    def _lost(self, why: str, error: BaseException | None = None) -> Failure:
+        """Record and log why the session ended or never began; the failure its reason code names."""
         was = self.stats.connected_since is not None
         self.stats.connected_since = None
         if self._last_transport_error and self._last_transport_error not in why:
             why = f"{why} ({self._last_transport_error})"
         self.stats.last_error = why
+        failure = classify(error, self._last_transport_exc, tls=self._tls is not None and not was)
         level = logging.WARNING if was or self.stats.connects == 0 else logging.INFO
         host, port = self.cfg.uplink.host, self.cfg.uplink.port
-        if self._tls is not None and not was:
-            hint = ""
-            if "reset by peer" in why or "EOF" in why:
-                hint = "; is the port a TLS listener?"
-            if hint or "SSL" in why or "certificate" in why.lower():
-                log.warning("uplink: TLS with %s:%d failed: %s%s; no fallback to plaintext, readings "
-                            "stay buffered (check uplink.tls)", host, port, why, hint)
-                return
-        if "not authori" in why.lower() or "bad user name or password" in why.lower():
+        if self._tls is not None and not was and failure in (Failure.TLS, Failure.NOT_TLS):
+            hint = "; is the port a TLS listener?" if failure is Failure.NOT_TLS else ""
+            log.warning("uplink: TLS with %s:%d failed: %s%s; no fallback to plaintext, readings "
+                        "stay buffered (check uplink.tls)", host, port, why, hint)
+            return failure
+        if failure in CREDENTIALS:
             log.warning("uplink: %s:%d refused the credentials: %s; readings stay buffered "
                         "(check uplink.username and uplink.password_file)", host, port, why)
-            return
+            return failure
+        if failure in REFUSAL_HINTS:
+            log.log(level, "uplink: %s:%d refused the session: %s; readings stay buffered (%s)", host, port, why,
+                    REFUSAL_HINTS[failure])
+            return failure
         log.log(level, "uplink: %s %s:%d: %s", "lost" if was else "cannot reach", host, port, why)
+        return failure
 
     async def _session(self, client: aiomqtt.Client) -> None:
         st = self.stats
         if st.connects:
             st.reconnects += 1
         st.connects += 1
-        st.state = "connected"
+        st.state = UplinkState.CONNECTED
         st.connected_since = time.time()
         st.backoff_until = None
         st.last_error = ""

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import ssl
 
     from agent.config import AgentConfig
+    from agent.mqttcodes import Failure
 
 Verdict = Literal["ok", "warn", "fail", "skipped"]
 UNIT = "edge-agent.service"
@@ -578,7 +579,7 @@ def check_broker(cfg: AgentConfig, timeout: float = BROKER_TIMEOUT) -> list[Chec
             *checks,
             Check("broker", "fail", "; ".join(e.problems), "check [uplink].password_file"),
         ]
-    err = asyncio.run(_mqtt_connect(cfg, password, timeout))
+    err, failure = asyncio.run(_mqtt_connect(cfg, password, timeout))
     if err:
         checks.insert(
             0,
@@ -586,7 +587,7 @@ def check_broker(cfg: AgentConfig, timeout: float = BROKER_TIMEOUT) -> list[Chec
                 "broker",
                 "fail",
                 f"{where} reachable but MQTT CONNECT failed: {err}",
-                "check [uplink].username / password_file with the platform",
+                _connect_hint(failure, cfg),
             ),
         )
     else:
@@ -601,8 +602,27 @@ def check_broker(cfg: AgentConfig, timeout: float = BROKER_TIMEOUT) -> list[Chec
     return checks
 
 
-async def _mqtt_connect(cfg: AgentConfig, password: str | None, limit: float) -> str:
-    """'' when the broker accepts an MQTT session (own client id: the agent is not kicked off)."""
+def _connect_hint(failure: Failure | None, cfg: AgentConfig) -> str:
+    """What to check after a refused CONNECT, by the failure its reason code names."""
+    from agent.mqttcodes import Failure
+
+    if failure is Failure.NOT_AUTHORISED:
+        return ("check [uplink].username / password_file with the platform; the broker may also deny "
+                f"client id {cfg.client_id!r} (its ACL)")
+    if failure is Failure.SERVER_UNAVAILABLE:
+        return "the broker takes no sessions for now (unavailable or busy): try again later or ask the platform"
+    if failure is Failure.CLIENT_ID_REJECTED:
+        return f"the broker refuses client id {cfg.client_id!r}: check [uplink].client_id with the platform"
+    if failure is Failure.PROTOCOL_REJECTED:
+        return f"the broker refuses MQTT {cfg.uplink.protocol}: check [uplink].protocol"
+    if failure in (Failure.TLS, Failure.NOT_TLS):
+        return "check [uplink].tls"
+    return "check [uplink].username / password_file with the platform"
+
+
+async def _mqtt_connect(cfg: AgentConfig, password: str | None, limit: float) -> tuple[str, Failure | None]:
+    """('', None) when the broker accepts an MQTT session (own client id: the agent is not kicked off),
+    else the error and the failure its reason code names."""
     import asyncio
     import ssl
 
@@ -626,8 +646,10 @@ async def _mqtt_connect(cfg: AgentConfig, password: str | None, limit: float) ->
             async with client:
                 pass
     except (aiomqtt.MqttError, OSError, TimeoutError, ssl.SSLError) as e:
-        return str(e) or type(e).__name__
-    return ""
+        from agent.mqttcodes import classify
+
+        return str(e) or type(e).__name__, classify(e, tls=up.tls is not None)
+    return "", None
 
 
 # -- clock and service --------------------------------------------------------------------

@@ -25,11 +25,17 @@ from typing import Any
 
 from agent.ingest.schema import VERSION, current_version
 from agent.ingest.store import Message, Outcome, prepare, write_batch, write_invalid
+from agent.mqttcodes import CREDENTIALS, Failure, of_reason_code, reason_code
 from edge_common.errors import EdgeAgentError
 
 log = logging.getLogger("agent.ingest")
 
-SESSION_TAKEN_OVER = 142  # MQTT 5 reason code: another client connected with our client id
+# What a refused CONNECT asks the operator to check, by the failure its reason code names.
+REFUSAL_HINTS: dict[Failure | None, str] = {
+    **dict.fromkeys(CREDENTIALS, "check --username/--password-file and the broker's ACL"),
+    Failure.SERVER_UNAVAILABLE: "the broker takes no sessions for now; retrying",
+    Failure.CLIENT_ID_REJECTED: "check --client-id",
+}
 
 
 def redact(url: str) -> str:
@@ -126,8 +132,9 @@ class Ingestor:
         def on_connect(client: Any, _u: Any, flags: Any, rc: Any, _p: Any) -> None:
             if rc.is_failure:
                 self.totals.last_error = f"broker refused us: {rc}"
-                log.error("ingest: %s:%d refused the connection: %s (check --username/--password-file and the "
-                          "broker's ACL)", s.host, s.port, rc)
+                failure = of_reason_code(reason_code(rc) or 0x80)
+                log.error("ingest: %s:%d refused the connection: %s (%s)", s.host, s.port, rc,
+                          REFUSAL_HINTS.get(failure, "ask the broker's operator why"))
                 refused.append(True)
                 return
             if s.retire:  # nothing new is routed to us; what the session holds still comes
@@ -164,7 +171,7 @@ class Ingestor:
                 refused.clear()
                 return
             self.totals.reconnects += 1
-            if getattr(rc, "value", None) == SESSION_TAKEN_OVER:
+            if of_reason_code(reason_code(rc) or 0) is Failure.SESSION_TAKEN_OVER:
                 self._fatal = (f"another instance connected with client id {s.client_id!r} and took over "
                                "its session: give every instance its own --client-id")
                 self.stop.set()

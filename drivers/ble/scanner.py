@@ -28,6 +28,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from edge_common.backoff import Backoff
@@ -108,6 +109,17 @@ class ScannerConfig(Protocol):
 
 
 ScanMode = Literal["auto", "active", "passive"]
+
+
+class ScannerState(StrEnum):
+    """The shared scanner's state, as `status` and `edge-agent scan` show it."""
+
+    STOPPED = "stopped"
+    STARTING = "starting"
+    SCANNING = "scanning"
+    STOPPING = "stopping"
+    RECOVERING = "recovering"  # a fault was seen; restarting discovery
+    WAITING_FOR_BLUETOOTHD = "waiting for bluetoothd"
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,7 +256,7 @@ class BleScanner:
         self._healing = False  # a fault was handled and nothing has proven the recovery yet
         self._scan_started = time.monotonic()
         # status
-        self.state = "stopped"
+        self.state: ScannerState = ScannerState.STOPPED
         self.mode: Literal["active", "passive"] | None = None
         self.healthy = True
         self.unhealthy_reason = ""
@@ -344,7 +356,7 @@ class BleScanner:
 
     @property
     def scanning(self) -> bool:
-        return self.state == "scanning"
+        return self.state == ScannerState.SCANNING
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -363,7 +375,7 @@ class BleScanner:
         if self._watch_bus is not None:
             self._watch_bus.disconnect()
             self._watch_bus = None
-        self.state = "stopped"
+        self.state = ScannerState.STOPPED
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -471,7 +483,7 @@ class BleScanner:
         from bleak.args.bluez import BlueZScannerArgs, OrPattern, OrPatternLike
         from bleak.assigned_numbers import AdvertisementDataType
 
-        self.state = "starting"
+        self.state = ScannerState.STARTING
         self._fault.clear()
         self._fault_reason = None
         self._reconfigure = False
@@ -516,7 +528,7 @@ class BleScanner:
             else await self._default_adapter()
         )
         self._scan_started = time.monotonic()
-        self.state = "scanning"
+        self.state = ScannerState.SCANNING
         log.info(
             "BLE scanner running: %s scanning on %s%s",
             self.mode,
@@ -529,7 +541,7 @@ class BleScanner:
     async def _stop_scanner(self) -> None:
         s, self._scanner = self._scanner, None
         if s is not None:
-            self.state = "stopping"
+            self.state = ScannerState.STOPPING
             try:
                 async with asyncio.timeout(5):
                     await s.stop()
@@ -565,14 +577,14 @@ class BleScanner:
         return f"no advert from any of {len(subs)} configured device(s) for {worst:.0f}s"
 
     def _set_fault(self, reason: str) -> None:
-        if self.state == "scanning" and not self._fault.is_set():
+        if self.state == ScannerState.SCANNING and not self._fault.is_set():
             self._fault_reason = reason
             self._fault.set()
 
     async def _heal(self, reason: str, backoff: Backoff) -> None:
         self.faults += 1
         self.last_fault = reason
-        self.state = "recovering"
+        self.state = ScannerState.RECOVERING
         self._healing = True
         if self._bluez_present is False:
             log.warning("BLE: %s; waiting for bluetoothd", reason)
@@ -684,7 +696,7 @@ class BleScanner:
             log.debug("could not reset bleak's BlueZ manager: %s", e)
 
     async def _wait_bluez(self) -> None:
-        self.state = "waiting for bluetoothd"
+        self.state = ScannerState.WAITING_FOR_BLUETOOTHD
         self.mode = None
         try:
             async with asyncio.timeout(self.settings.bluez_timeout):
