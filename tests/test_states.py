@@ -23,6 +23,6 @@ def test_link_states_are_the_contracts() -> None:
 def test_states_keep_their_strings_on_the_wire_and_in_text() -> None:
     for state in (*UplinkState, *ScannerState):
         assert json.dumps({"state": state}) == json.dumps({"state": state.value})
-        assert f"{state}" == str(state) == "%s" % state == state.value  # noqa: UP031 (log lines use %s)
+        assert f"{state}" == str(state) == "%s" % state == state.value  # log lines use %s
         assert state == state.value
     assert ScannerState.WAITING_FOR_BLUETOOTHD == "waiting for bluetoothd"
