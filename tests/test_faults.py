@@ -216,3 +216,50 @@ def test_corrupt_database_at_start_is_quarantined_and_reported(tmp_path: Path, b
     with contextlib.suppress(Exception):
         json.dumps(ev)
     assert os.path.exists(tmp_path / "buffer.db")
+
+
+def _buffer_at(tmp_path: Path, db: Path) -> Path:
+    cfg = write_config(tmp_path / "agent.toml", broker_port=free_port())
+    cfg.write_text(cfg.read_text().replace('path = "buffer.db"', f'path = "{db}"'))
+    return cfg
+
+
+def _refused_at_start(agent: AgentProcess, says: str) -> None:
+    """The agent exits 73 (EX_CANTCREAT) with `says` in one line, no traceback."""
+    assert agent.start().wait(60) == 73
+    out = agent.output()
+    assert says in out, out
+    assert "Traceback" not in out
+
+
+def test_full_disk_at_start_exits_73_naming_the_buffer_and_the_cause(tmp_path: Path, small_fs: Path) -> None:
+    """A buffer that cannot be created at start: exit 73 (EX_CANTCREAT) saying where and why; starts once freed."""
+    filler = small_fs / "filler"
+    with contextlib.suppress(OSError), open(filler, "wb") as f:
+        while True:
+            f.write(b"\0" * 65536)  # until ENOSPC: not one byte left
+    db = small_fs / "b.db"
+    agent = AgentProcess(_buffer_at(tmp_path, db))
+    try:
+        _refused_at_start(agent, f"edge-agent: cannot open the buffer {db}: the disk is full (0 bytes free in {small_fs})")
+        filler.unlink()
+        agent.start()
+        agent.wait_log(f"buffer {db}: epoch ", timeout=60)
+        assert agent.terminate(30) == 0
+    finally:
+        agent.close()
+
+
+@pytest.mark.parametrize("sub", ["", "state/"])
+def test_read_only_disk_at_start_exits_73_naming_the_buffer_and_the_cause(
+    tmp_path: Path, small_fs: Path, sub: str
+) -> None:
+    """The buffer (or the folder it goes in) on a read-only filesystem: exit 73, the read-only mount named."""
+    r = subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    db = small_fs / f"{sub}b.db"
+    agent = AgentProcess(_buffer_at(tmp_path, db))
+    try:
+        _refused_at_start(agent, f"edge-agent: cannot open the buffer {db}: {small_fs} is on a read-only filesystem")
+    finally:
+        agent.close()

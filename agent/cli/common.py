@@ -27,10 +27,11 @@ EXIT_DEGRADED = 3  # a device is not delivering (offline), or the clock is not s
 EXIT_BUFFERING = 4  # the uplink is down: data is buffering
 EXIT_AT_RISK = 5  # the buffer cannot write (disk full, locked): readings wait in memory
 EXIT_UNREACHABLE = 69
+EXIT_BUFFER = 73  # `run`: the buffer cannot be created or opened (sysexits EX_CANTCREAT)
 EXIT_CONFIG = 78
 
 ERROR_KINDS = {EXIT_FAILURE: "failure", EXIT_USAGE: "usage", EXIT_UNREACHABLE: "unreachable",
-               EXIT_CONFIG: "config"}
+               EXIT_BUFFER: "buffer", EXIT_CONFIG: "config"}
 
 
 class CliExit(EdgeAgentError):

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-from agent.cli.common import EXIT_CONFIG, CliExit, add_config_arg, config_exit, load
+from agent.cli.common import EXIT_BUFFER, EXIT_CONFIG, CliExit, add_config_arg, config_exit, load
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -38,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliExit(EXIT_CONFIG, "\n".join([f"invalid configuration {cfg.source_path}:",
                                               *(f"  {k}: {m}" for k, m in unreadable)]))
     setup_logging(args.log_level or cfg.log_level)
-    from agent.errors import ConfigError
+    from agent.errors import ConfigError, OutboxError
     from agent.memory import release_startup_memory
     from agent.notify import Supervision
     from agent.reload import remember_uplink_files
@@ -68,6 +72,59 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(main())
     except ConfigError as e:  # found only at start (e.g. an unreadable password file)
         raise config_exit(e) from None
+    except (OSError, OutboxError) as e:
+        if (why := buffer_open_failure(cfg.buffer.path, e)) is None:
+            raise
+        raise CliExit(EXIT_BUFFER, why) from None
+
+
+def buffer_open_failure(path: Path, e: BaseException) -> str | None:
+    """What to tell the technician when the buffer cannot be opened at start, or None if `e` is not that."""
+    import shutil
+
+    from agent.buffer import write_fault
+    from agent.errors import OutboxError
+
+    if isinstance(e, OSError):  # creating the buffer's folder
+        if e.filename is None or not path.is_relative_to(e.filename):
+            return None
+        cause: BaseException = e
+    elif isinstance(e, OutboxError):
+        cause = e.__cause__ or e
+    else:
+        return None
+    fault = write_fault(cause, path)
+    where = next((p for p in path.parents if p.exists()), path.parents[-1])
+    if fault == "disk_full":
+        what, fix = f"the disk is full ({shutil.disk_usage(where).free} bytes free in {where})", "free space there"
+    elif fault == "read_only" and _on_writable_fs(where):
+        what, fix = f"{where} is not writable for user {_user()}", "fix the folder's owner or mode"
+    elif fault == "read_only":
+        what = f"{where} is on a read-only filesystem (an SD card remounted read-only after errors? see dmesg)"
+        fix = "fix or replace the disk"
+    elif fault == "locked":
+        what, fix = "it is locked by another process (a second agent, or a sqlite3 shell)", "stop that process"
+    else:
+        what, fix = f"I/O error ({cause})", "check the disk (dmesg)"
+    return (f"edge-agent: cannot open the buffer {path}: {what}\n"
+            f"  the agent does not start without it (readings are numbered from it): {fix}, "
+            "or set buffer.path to a writable disk; under systemd it tries again every 5 s")
+
+
+def _user() -> str:
+    import os
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def _on_writable_fs(path: Path) -> bool:
+    import os
+
+    return not os.statvfs(path).f_flag & os.ST_RDONLY
 
 
 def _recover_config(args: argparse.Namespace) -> None:
