@@ -10,7 +10,7 @@ QoS 1 session and checks every message. Every 1-4 s (seeded) one fault:
 - `disk`: fill the buffer's filesystem to the last block for 2-6 s, then free it;
 - `powercut`: SIGSTOP the agent, copy db + -wal + -shm, kill it, restore the copy as a power cut
   may leave it (WAL cut at a random frame boundary past the durable point of the configured
-  `synchronous`, tests/support/powerloss.py), start it again on that;
+  `synchronous`, devkit/powerloss.py), start it again on that;
 - `pause`: SIGSTOP / SIGCONT for 0.5-2 s.
 
 Then the faults stop, the agent is restarted without devices until its buffer is empty, and the
@@ -45,7 +45,7 @@ import paho.mqtt.client as mqtt
 from agent.mosquitto import LocalBroker, quiet_port
 from agent.receiver import Receiver
 from benchmarks.common import emit
-from tests.support.powerloss import SUFFIXES, fill, power_cut, snapshot, stop
+from devkit.powerloss import SUFFIXES, fill, power_cut, snapshot, stop
 
 GATEWAY = "gw-chaos"
 FAULTS = ("kill", "broker", "disk", "powercut", "pause")

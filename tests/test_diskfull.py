@@ -27,9 +27,9 @@ import pytest
 from agent.config import parse_config
 from agent.receiver import Receiver
 from agent.runtime import Agent
+from devkit.powerloss import fill
 from tests.support.broker import Broker, free_port, quiet_port
 from tests.support.mqtt import Subscriber
-from tests.support.powerloss import fill
 from tests.support.wait import until
 
 

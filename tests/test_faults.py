@@ -18,6 +18,7 @@ import pytest
 
 from agent.config import parse_config
 from agent.runtime import Agent
+from devkit.powerloss import fill
 from drivers.nmea.simulator import epoch_bytes, fixes
 from tests.support.agentproc import AgentProcess, nmea_device, write_config
 from tests.support.broker import Broker, free_port
@@ -234,10 +235,7 @@ def _refused_at_start(agent: AgentProcess, says: str) -> None:
 
 def test_full_disk_at_start_exits_73_naming_the_buffer_and_the_cause(tmp_path: Path, small_fs: Path) -> None:
     """A buffer that cannot be created at start: exit 73 (EX_CANTCREAT) saying where and why; starts once freed."""
-    filler = small_fs / "filler"
-    with contextlib.suppress(OSError), open(filler, "wb") as f:
-        while True:
-            f.write(b"\0" * 65536)  # until ENOSPC: not one byte left
+    filler = fill(small_fs)  # not one block left
     db = small_fs / "b.db"
     agent = AgentProcess(_buffer_at(tmp_path, db))
     try:

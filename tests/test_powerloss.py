@@ -3,7 +3,7 @@
 Each round: an agent runs under load against a real broker while a subscriber records what it
 publishes; it is stopped (SIGSTOP) at a random moment, db + -wal + -shm are copied together, and
 it is killed (its will marks the end of what it published). Each snapshot is then restored as a
-power cut could leave it (tests/support/powerloss.py: the WAL cut at a random frame boundary
+power cut could leave it (devkit/powerloss.py: the WAL cut at a random frame boundary
 after the point SQLite guarantees durable at the configured `synchronous`) and replayed by a
 fresh agent on the same gateway, under new load. The reference receiver, holding what the
 original published, then judges the replay: no seq with different content, no invalid or
@@ -25,10 +25,10 @@ import pytest
 from agent.buffer import Outbox
 from agent.pipeline import Pipeline
 from agent.receiver import Receiver
+from devkit.powerloss import power_cut, snapshot, stop, wal_state
 from tests.support.agentproc import AgentProcess, write_config
 from tests.support.broker import Broker
 from tests.support.mqtt import Msg, Subscriber
-from tests.support.powerloss import power_cut, snapshot, stop, wal_state
 from tests.test_buffer import reading
 
 ROUNDS = 4
