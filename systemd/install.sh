@@ -7,7 +7,9 @@
 #
 # Options: --root DIR (or DESTDIR=DIR) install into a staging root instead of / (the venv's
 # scripts then point into DIR; nothing is started), --no-start (enable only), --python PY,
-# --pip-args "ARGS" (e.g. "--no-index --find-links /media/wheels" on an offline Pi).
+# --pip-args "ARGS" (e.g. "--no-index --find-links /media/wheels" on an offline Pi),
+# --remote-config (let signed config.apply write /etc/edge-agent: the unit's drop-in
+# remote-config.conf, folder 0770 and file 0660 for the group; kept by later re-runs).
 # Idempotent: re-running upgrades the venv and the unit, never touches an existing config.
 set -euo pipefail
 
@@ -17,6 +19,7 @@ ROOT=${DESTDIR:-/}
 UNINSTALL=0
 PURGE=0
 START=1
+REMOTE=0
 PYTHON=${PYTHON:-python3}
 PIP_ARGS=${EDGE_AGENT_PIP_ARGS:-}
 
@@ -28,6 +31,7 @@ while [ $# -gt 0 ]; do
         --uninstall) UNINSTALL=1 ;;
         --purge) PURGE=1 ;;
         --no-start) START=0 ;;
+        --remote-config) REMOTE=1 ;;
         --python) PYTHON=${2:?}; shift ;;
         --pip-args) PIP_ARGS=${2?}; shift ;;
         -h|--help) usage 0 ;;
@@ -44,6 +48,7 @@ VENV=$OPT/venv
 ETC=$R/etc/$NAME
 STATE=$R/var/lib/$NAME
 UNIT=$R/etc/systemd/system/$NAME.service
+DROPIN=$R/etc/systemd/system/$NAME.service.d/remote-config.conf
 UDEV=$R/etc/udev/rules.d/99-$NAME-serial.rules
 
 say() { printf '%s: %s\n' "$NAME" "$*"; }
@@ -66,7 +71,8 @@ uninstall() {
     elif [ -e "$UNIT" ] && command -v systemctl >/dev/null; then
         systemctl_ disable "$NAME.service" >/dev/null 2>&1 || true
     fi
-    rm -f "$UNIT"
+    rm -f "$UNIT" "$DROPIN"
+    rmdir "$(dirname "$DROPIN")" 2>/dev/null || true
     if [ -e "$UDEV" ] && grep -q '^# edge-agent udev rules' "$UDEV"; then rm -f "$UDEV"; fi
     rm -rf "$OPT"
     live && systemctl daemon-reload
@@ -128,13 +134,17 @@ install_all() {
     install -m 0644 "$SRC/docs/DEPLOY.md" "$OPT/DEPLOY.md"
     say "installed $("$VENV/bin/edge-agent" --version 2>/dev/null || echo "$NAME") in $VENV"
 
-    # 3. configuration: root-owned, readable by the service's group only; never overwritten.
-    install -d -m 0750 -o 0 -g "$gid" "$ETC"
+    # 3. configuration: root-owned, readable by the service's group only (writable too with
+    # --remote-config, or when an earlier run installed the drop-in); never overwritten.
+    local dmode=0750 fmode=0640
+    [ -e "$DROPIN" ] && REMOTE=1
+    [ "$REMOTE" = 1 ] && { dmode=0770; fmode=0660; }
+    install -d -m "$dmode" -o 0 -g "$gid" "$ETC"
     if [ ! -e "$ETC/agent.toml" ]; then
-        install -m 0640 -o 0 -g "$gid" "$SRC/config/example.toml" "$ETC/agent.toml"
+        install -m "$fmode" -o 0 -g "$gid" "$SRC/config/example.toml" "$ETC/agent.toml"
         say "copied the example configuration to $ETC/agent.toml: edit it (gateway.id, uplink, devices)"
     else
-        chown 0:"$gid" "$ETC/agent.toml"; chmod 0640 "$ETC/agent.toml"
+        chown 0:"$gid" "$ETC/agent.toml"; chmod "$fmode" "$ETC/agent.toml"
         say "kept existing $ETC/agent.toml"
     fi
     # The buffer lives here (systemd's StateDirectory= would create it too).
@@ -142,6 +152,10 @@ install_all() {
 
     # 4. the unit and the udev example.
     install -D -m 0644 "$SRC/systemd/$NAME.service" "$UNIT"
+    if [ "$REMOTE" = 1 ]; then
+        install -D -m 0644 "$SRC/systemd/remote-config.conf" "$DROPIN"
+        say "remote configuration allowed: $DROPIN ($ETC writable for group $NAME)"
+    fi
     if [ ! -e "$UDEV" ]; then
         install -D -m 0644 "$SRC/systemd/99-$NAME-serial.rules" "$UDEV"
         say "installed the udev example $UDEV (all rules commented out: adapt one per adapter)"

@@ -12,13 +12,15 @@ from typing import Any
 
 import pytest
 
-from agent.commands import BURST, MAX_PAYLOAD
+from agent.commands import BURST, MAX_PAYLOAD, read_audit, store_path
+from agent.config import load_config
 from agent.contract import validate
+from agent.runtime import Agent
 from tests.support.agentproc import AgentProcess, write_config
 from tests.support.broker import Broker, free_port
 from tests.support.cli import run_cli
 from tests.support.platform import Platform, hs256_token, make_key, none_token
-from tests.support.wait import wait_until
+from tests.support.wait import until, wait_until
 
 SIM = """
 [[devices]]
@@ -295,6 +297,38 @@ def test_kill_9_in_the_confirm_window_ends_rolled_back(tmp_path: Path, broker: B
                    "the rolled_back command event")
     finally:
         g.close()
+
+
+async def test_a_second_config_apply_during_the_confirm_window_is_refused_busy(
+    tmp_path: Path, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two config.apply queued together: the second is refused `busy` naming the first, the file is the first's."""
+    monkeypatch.setenv("EDGE_AGENT_CLOCK", "synced")
+    key = make_key(tmp_path)
+    cfg_path = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=SIM,
+                            extra='\n[commands]\ntrusted_keys = ["platform.pub"]\nconfirm_timeout = "600s"\n')
+    text, base = cfg_path.read_text(), hashlib.sha256(cfg_path.read_bytes()).hexdigest()
+    first = text.replace(f"port = {broker.port}", f"port = {free_port()}")  # never confirms: the window stays open
+    p = Platform(key, broker.port)
+    agent = Agent(load_config(cfg_path))
+    await agent.start()
+    try:
+        assert agent.commands is not None
+        c1 = p.claims("config.apply", {"config": first, "base": base})
+        c2 = p.claims("config.apply", {"config": text + EXTRA_DEVICE, "base": base})
+        for c in (c1, c2):  # both queued before the worker takes the first: no race with its reload
+            agent.commands.offer(p.token(c).encode(), False)
+        audit = store_path(agent.cfg.buffer.path)
+        await until(lambda: audit.exists() and any(r["jti"] == c2["jti"] for r in read_audit(audit)), 30,
+                    "the second command's result")
+        rows = {r["jti"]: r for r in read_audit(audit)}
+        assert (rows[c2["jti"]]["status"], rows[c2["jti"]]["reason"]) == ("refused", "busy"), rows[c2["jti"]]
+        assert f"config.apply {c1['jti']!r} is waiting for its confirmation" in rows[c2["jti"]]["detail"]
+        assert c1["jti"] not in rows, "the first is still in its confirm window"
+        assert cfg_path.read_text() == first
+    finally:
+        await agent.stop()
+        p.close()
 
 
 def test_cli_send_signs_and_waits_for_the_result(gw: Gateway) -> None:

@@ -17,6 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "systemd" / "install.sh"
 UNIT = REPO / "systemd" / "edge-agent.service"
+DROPIN = REPO / "systemd" / "remote-config.conf"
 ANALYZE = shutil.which("systemd-analyze")
 
 needs_root = pytest.mark.skipif(
@@ -103,13 +104,13 @@ def test_install_into_a_throwaway_root(installed: tuple[Path, str]) -> None:
 @needs_root
 @needs_analyze
 def test_installed_unit_verifies_clean(root: Path) -> None:
-    """`systemd-analyze verify --root`: needs the target units and /bin/kill inside the root."""
-    shutil.copytree(
-        "/usr/lib/systemd/system",
-        root / "usr/lib/systemd/system",
-        dirs_exist_ok=True,
-        symlinks=True,
-    )
+    verify(root)
+
+
+def verify(root: Path) -> None:
+    """`systemd-analyze verify --root` (drop-ins too): needs the target units and /bin/kill inside the root."""
+    if not (root / "usr/lib/systemd/system").exists():
+        shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
     (root / "bin").mkdir(exist_ok=True)
     shutil.copy(shutil.which("kill") or "/bin/kill", root / "bin/kill")
     p = subprocess.run(
@@ -168,14 +169,19 @@ def test_unit_security_exposure_at_most_2() -> None:
     assert float(m.group(1)) <= 2.0 and p.returncode == 0, p.stdout[-3000:]
 
 
-def test_unit_has_the_contracted_directives() -> None:
-    text = UNIT.read_text()
-    kv = [
-        tuple(ln.split("=", 1)) for ln in text.splitlines() if "=" in ln and not ln.startswith("#")
-    ]
+def directives(*files: Path) -> dict[str, list[str]]:
+    """Every `Key=value` of a unit and its drop-ins, values in order (an empty value resets a list)."""
     d: dict[str, list[str]] = {}
-    for k, v in kv:
-        d.setdefault(k, []).append(v)
+    for f in files:
+        for ln in f.read_text().splitlines():
+            if "=" in ln and not ln.startswith("#"):
+                k, v = ln.split("=", 1)
+                d.setdefault(k, []).append(v)
+    return d
+
+
+def test_unit_has_the_contracted_directives() -> None:
+    d = directives(UNIT)
     assert d["Type"] == ["notify"]  # systemd 252 (Bookworm) has no notify-reload
     assert d["ExecStart"] == [
         "/opt/edge-agent/venv/bin/edge-agent run --config /etc/edge-agent/agent.toml"
@@ -189,6 +195,38 @@ def test_unit_has_the_contracted_directives() -> None:
     assert d["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
     assert {"char-ttyUSB rw", "char-ttyACM rw"} <= set(d["DeviceAllow"])
     assert "WatchdogSec" in d and "TimeoutStopSec" in d
+
+
+def test_remote_config_drop_in_makes_the_config_folder_writable() -> None:
+    """ProtectSystem=strict keeps /etc read-only: the drop-in opens exactly the folder of ExecStart's --config."""
+    folder = str(Path(directives(UNIT)["ExecStart"][0].split("--config ", 1)[1]).parent)
+    assert folder == "/etc/edge-agent"
+    assert "ReadWritePaths" not in directives(UNIT), "opt-in: the unit alone keeps the config read-only"
+    d = directives(UNIT, DROPIN)
+    assert d["ProtectSystem"] == ["strict"]
+    assert folder in " ".join(d["ReadWritePaths"]).split()
+    assert d["ConfigurationDirectoryMode"][-1] == "0770"  # as install.sh sets it: systemd keeps a differing mode
+
+
+@needs_root
+@needs_analyze
+def test_install_remote_config_installs_the_drop_in_and_keeps_it(root: Path, tmp_path: Path) -> None:
+    """--remote-config: the drop-in, a group-writable folder and file; a plain re-run keeps them; verify is clean."""
+    r = tmp_path / "root"
+    shutil.copytree(root, r, symlinks=True)
+    out = run(r, "--remote-config").stdout
+    dropin = r / "etc/systemd/system/edge-agent.service.d/remote-config.conf"
+    assert "remote configuration allowed" in out and dropin.read_text() == DROPIN.read_text()
+    gid = int(field(r / "etc/group", "edge-agent")[2])  # type: ignore[index]
+    for _ in range(2):
+        d, f = (r / "etc/edge-agent").stat(), (r / "etc/edge-agent/agent.toml").stat()
+        assert (d.st_mode & 0o777, d.st_uid, d.st_gid) == (0o770, 0, gid)
+        assert (f.st_mode & 0o777, f.st_uid, f.st_gid) == (0o660, 0, gid)
+        run(r)
+        assert dropin.exists()
+    verify(r)
+    run(r, "--uninstall")
+    assert not dropin.parent.exists()
 
 
 def test_help_prints_the_usage_comment_only() -> None:
