@@ -190,7 +190,7 @@ class Outbox:
         try:
             self._open()
         except (sqlite3.DatabaseError, BufferCorrupt) as e:
-            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+            if is_locked(e):
                 raise BufferError_(f"{self.path}: database is locked by another process") from e
             fault = write_fault(e)
             if fault is not None and fault != "corrupt":
@@ -841,16 +841,19 @@ WAL_PAGES = 256  # checkpoint (and cap the WAL file) at 1 MiB with 4 KiB pages
 PAGE_FILL = 1.4  # file bytes per stored byte (b-tree page fill, WAL copy)
 
 
+def sqlite_code(e: BaseException) -> int | None:
+    """The primary SQLite result code of `e` (extended codes folded: SQLITE_IOERR_WRITE -> SQLITE_IOERR)."""
+    code = getattr(e, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
 def _is_full(e: sqlite3.OperationalError) -> bool:
-    return getattr(e, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(e)
+    return sqlite_code(e) == sqlite3.SQLITE_FULL
 
 
 def is_locked(e: BaseException) -> bool:
     """Another connection held the database past the busy timeout (e.g. a sqlite3 shell)."""
-    return isinstance(e, sqlite3.OperationalError) and (
-        getattr(e, "sqlite_errorcode", None) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-        or "database is locked" in str(e)
-    )
+    return isinstance(e, sqlite3.OperationalError) and sqlite_code(e) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
 _FAULTS: dict[int, Fault] = {
@@ -883,13 +886,8 @@ def write_fault(e: BaseException, path: Path | None = None) -> Fault | None:
         return _OS_FAULTS.get(e.errno or 0, "io_error")
     if not isinstance(e, sqlite3.DatabaseError):
         return None
-    code = getattr(e, "sqlite_errorcode", None)
-    fault = _FAULTS.get(code & 0xFF) if isinstance(code, int) else None
-    if fault is None:
-        text = str(e)
-        fault = ("disk_full" if "disk is full" in text else "locked" if "locked" in text
-                 else "read_only" if "readonly" in text else "io_error" if "I/O error" in text
-                 else "corrupt" if "malformed" in text or "not a database" in text else None)
+    code = sqlite_code(e)
+    fault = _FAULTS.get(code) if code is not None else None
     if fault == "io_error" and path is not None:
         probe = path.with_name(f".{path.name}.write-probe")
         try:

@@ -386,7 +386,8 @@ def read_audit(path: Path, limit: int = 20) -> list[dict[str, Any]]:
                               "ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
             break
         except sqlite3.OperationalError as e:
-            if "no such table" in str(e) or params.endswith("immutable=1"):
+            # a plain SQL error (no audit table yet) is the file's answer, not an access problem
+            if e.sqlite_errorcode == sqlite3.SQLITE_ERROR or params.endswith("immutable=1"):
                 raise
         finally:
             db.close()

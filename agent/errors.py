@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from edge_common.errors import (
     AgentNotReachable,
+    AgentRefused,
+    AgentWentAway,
     BufferCorrupt,
     BufferError_,
     BufferFull,
@@ -18,6 +20,8 @@ from edge_common.errors import (
 
 __all__ = [
     "AgentNotReachable",
+    "AgentRefused",
+    "AgentWentAway",
     "BufferCorrupt",
     "BufferError_",
     "BufferFull",

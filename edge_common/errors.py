@@ -48,5 +48,17 @@ class ControlError(EdgeAgentError):
     """The local control API failed."""
 
 
+class AgentRefused(ControlError):
+    """The agent answered a request with an error: its `code` (docs/CLI.md) and `message`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code, self.message = code, message
+
+
 class AgentNotReachable(ControlError):
     """No agent answers on the control socket."""
+
+
+class AgentWentAway(AgentNotReachable):
+    """The agent closed the control connection (it stopped or restarted)."""

@@ -103,7 +103,7 @@ def open_readonly(path: Path) -> tuple[sqlite3.Connection, bool]:
         except sqlite3.DatabaseError as e:
             db.close()
             last = e
-            if "no such table" in str(e) or "not a database" in str(e):
+            if e.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_ERROR, sqlite3.SQLITE_NOTADB):  # no outbox, not SQLite
                 break
     raise CliExit(
         EXIT_FAILURE,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli.common import EXIT_FAILURE, EXIT_UNREACHABLE, CliExit, config_path, load
-from agent.errors import AgentNotReachable, ControlError
+from agent.errors import AgentNotReachable, AgentRefused, AgentWentAway, ControlError
 
 TIMEOUT = 10.0
 DEFAULT_SOCKET = "/run/edge-agent/control.sock"  # agent/config.py ControlConfig.socket
@@ -99,7 +99,7 @@ class ControlClient:
                     f"lost the agent on {self.path}: {e.strerror or e}"
                 ) from None
             if not chunk:
-                raise AgentNotReachable(f"the agent on {self.path} closed the connection")
+                raise AgentWentAway(f"the agent on {self.path} closed the connection")
             self._buf += chunk
         line, _, self._buf = self._buf.partition(b"\n")
         return json.loads(line)  # type: ignore[no-any-return]
@@ -111,7 +111,7 @@ class ControlClient:
         resp = self._line()
         if not resp.get("ok"):
             err = resp.get("error") or {}
-            raise ControlError(f"{err.get('code', 'error')}: {err.get('message', '')}")
+            raise AgentRefused(str(err.get("code", "error")), str(err.get("message", "")))
         return resp.get("result") or {}
 
     def subscribe(self, device: str | None = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from agent.cli.common import (
     print_json,
 )
 from agent.cli.control_client import ControlClient, ask, target, unreachable_exit
-from agent.errors import AgentNotReachable, ControlError
+from agent.errors import AgentNotReachable, AgentRefused, AgentWentAway, ControlError
 from agent.fmt import NBSP, age, count, paint, size, values_text, width, words, wrap
 
 
@@ -310,7 +310,7 @@ def tail(args: argparse.Namespace) -> int:
             if args.count is not None and seen >= args.count:
                 return 0
     except AgentNotReachable as e:
-        if seen or "closed" in str(e):
+        if seen or isinstance(e, AgentWentAway):
             raise CliExit(EXIT_UNREACHABLE, f"edge-agent tail: the agent went away ({e})") from None
         raise unreachable_exit(t, e) from None
     except ControlError as e:
@@ -324,5 +324,6 @@ def tail(args: argparse.Namespace) -> int:
 
 def refused(e: ControlError) -> str:
     """The agent's refusal in words (an unknown device names the configured ones)."""
-    text = str(e)
-    return text.split(": ", 1)[1] if text.startswith("unknown_device: ") else f"the agent refused: {text}"
+    if isinstance(e, AgentRefused) and e.code == "unknown_device":
+        return e.message
+    return f"the agent refused: {e}"
