@@ -12,18 +12,22 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     field_validator,
     model_validator,
 )
 
 from agent.paths import default_config_path
+from drivers.devices import BLE_KEYS as _BLE
+from drivers.devices import SERIAL_KEYS as _SERIAL
 from edge_common.device import DEVICE_ID, DeviceConfig, Duration, Size, error_key
 from edge_common.errors import ConfigError
 
@@ -139,6 +143,56 @@ class CommandsConfig(_Section):
     keep_versions: int = Field(default=5, ge=1, le=100)  # previous config files kept by config.apply
 
 
+def _by_driver(raw: Any, handler: ValidatorFunctionWrapHandler) -> DeviceConfig:
+    """One `[[devices]]` table, validated by the model of its `driver`: a union on `driver` over the registry.
+
+    The value kept is the plain DeviceConfig (driver keys as extras) that drivers read.
+    """
+    if not isinstance(raw, dict) or not isinstance(raw.get("driver"), str):
+        plain: DeviceConfig = handler(raw)  # not a table, or no driver: DeviceConfig's own errors
+        return plain
+    from drivers.devices import line_error
+    from drivers.registry import registry
+
+    reg, name = registry(), raw["driver"]
+    why = None
+    if name not in reg.drivers:
+        why = reg.why_missing(name)
+        if why is None:
+            why = f"unknown driver {name!r} (known: {', '.join(sorted(reg.names()))})"
+            if reg.problems:  # perhaps one of these was meant to provide it
+                why += "; " + "; ".join(reg.problems.values())
+        else:
+            why = f"driver {name!r} is not available: {why}"
+    else:
+        try:
+            cls = reg.family_of(name).driver_class(name)
+            model = cls.device_model()
+        except ImportError as e:
+            why = f"driver {name!r} cannot be loaded: {e}"
+        except TypeError as e:  # a plugin's Options clash with the device keys
+            r = reg.drivers[name]
+            why = f"driver {name!r} of {r.plugin!r} ({r.dist}) cannot be used: {e}"
+    if why is not None:  # the common keys are still checked
+        errors = [line_error("unknown_driver", why, ("driver",), name)]
+        try:
+            handler(raw)
+        except ValidationError as e:
+            errors += [line_error(err["type"], err["msg"], err["loc"], err.get("input"))
+                       for err in e.errors() if err["loc"] != ("driver",)]
+        raise ValidationError.from_exception_data("DeviceConfig", errors)
+    model.model_validate(raw)
+    device: DeviceConfig = handler(raw)
+    problems = cls.check_device(device)
+    if problems:
+        raise ValidationError.from_exception_data("DeviceConfig", [
+            line_error("device_key", msg, tuple(key.split(".")) if key else (), None) for key, msg in problems])
+    return device
+
+
+Device = Annotated[DeviceConfig, WrapValidator(_by_driver)]
+
+
 class AgentConfig(_Section):
     gateway: GatewayConfig
     buffer: BufferConfig = BufferConfig()
@@ -146,7 +200,7 @@ class AgentConfig(_Section):
     control: ControlConfig = ControlConfig()
     ble: BleConfig = BleConfig()
     commands: CommandsConfig | None = None
-    devices: list[DeviceConfig] = Field(default_factory=list)
+    devices: list[Device] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     health_interval: Duration | None = Field(default=None, gt=0)  # alias of gateway.health_interval
     source_path: Path | None = Field(default=None, exclude=True)
@@ -243,8 +297,7 @@ def parse_config(
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             add(_loc(err["loc"]), msg)
-    devices = cfg.devices if cfg is not None else _lenient_devices(data)
-    _check_devices(devices, add)
+    _duplicate_ids(data.get("devices"), add)
     if problems or cfg is None:
         raise ConfigError(problems, str(source) if source else None)
 
@@ -306,46 +359,14 @@ def _resolve_driver_paths(data: dict[str, Any], base: Path) -> dict[str, Any]:
     return {**data, "devices": out}
 
 
-def _lenient_devices(data: dict[str, Any]) -> list[DeviceConfig | None]:
-    """Devices that validate on their own (so their driver keys are checked too)."""
-    raw = data.get("devices")
-    out: list[DeviceConfig | None] = []
-    for d in raw if isinstance(raw, list) else []:
-        try:
-            out.append(DeviceConfig.model_validate(d))
-        except ValidationError:
-            out.append(None)
-    return out
-
-
-def _check_devices(devices: list[DeviceConfig] | list[DeviceConfig | None], add: Any) -> None:
-    from drivers.registry import registry
-
-    reg = registry()
+def _duplicate_ids(raw: Any, add: Any) -> None:
     seen: dict[str, int] = {}
-    for i, dev in enumerate(devices):
-        if dev is None:
-            continue
-        if dev.id in seen:
-            add(f"devices[{i}].id", f"duplicate device id {dev.id!r} (also devices[{seen[dev.id]}])")
-        seen.setdefault(dev.id, i)
-        if dev.driver not in reg.drivers:
-            why = reg.why_missing(dev.driver)
-            if why is None:
-                why = f"unknown driver {dev.driver!r} (known: {', '.join(sorted(reg.names()))})"
-                if reg.problems:  # perhaps one of these was meant to provide it
-                    why += "; " + "; ".join(reg.problems.values())
-            else:
-                why = f"driver {dev.driver!r} is not available: {why}"
-            add(f"devices[{i}].driver", why)
-            continue
-        try:
-            cls = reg.family_of(dev.driver).driver_class(dev.driver)
-        except ImportError as e:
-            add(f"devices[{i}].driver", f"driver {dev.driver!r} cannot be loaded: {e}")
-            continue
-        for key, msg in cls.check_config(dev):
-            add(f"devices[{i}]" + (f".{key}" if key else ""), msg)
+    for i, d in enumerate(raw if isinstance(raw, list) else []):
+        dev_id = d.get("id") if isinstance(d, dict) else None
+        if isinstance(dev_id, str) and re.fullmatch(DEVICE_ID, dev_id):
+            if dev_id in seen:
+                add(f"devices[{i}].id", f"duplicate device id {dev_id!r} (also devices[{seen[dev_id]}])")
+            seen.setdefault(dev_id, i)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, *, check_files: bool = True) -> AgentConfig:
@@ -387,33 +408,33 @@ def masked_dump(cfg: AgentConfig) -> dict[str, Any]:
     return walk(data)  # type: ignore[no-any-return]
 
 
-SERIAL_KEYS = ("port", "baud", "parity", "stopbits", "bytesize", "replay")
-BLE_KEYS = ("address",)
+SERIAL_KEYS = (*_SERIAL, "replay")  # `replay` only for drivers that can (Driver.supports_replay)
+BLE_KEYS = _BLE
 
 
 def device_schemas() -> dict[str, dict[str, Any]]:
-    """JSON Schema of each registered driver's device table: the common keys, its transport's, its Options'."""
+    """JSON Schema of each registered driver's device table: its device model (the one `config check` uses)."""
     from drivers.registry import registry
 
-    common = DeviceConfig.model_json_schema(ref_template="#/$defs/{model}")
     out: dict[str, dict[str, Any]] = {}
     for name, reg in registry().drivers.items():
         try:
             cls = reg.family.driver_class(name)
-        except ImportError:
+            dev = cls.device_model().model_json_schema(ref_template="#/$defs/{model}")
+        except (ImportError, TypeError):
             continue  # `config check` names it when a device uses it
-        opts = cls.Options.model_json_schema(ref_template="#/$defs/{model}")
-        transport = BLE_KEYS if cls.transport in ("ble", "none") else SERIAL_KEYS if cls.transport == "serial" else ()
-        props = {k: v for k, v in common["properties"].items() if k not in SERIAL_KEYS + BLE_KEYS or k in transport}
+        props = dev["properties"]
         props["driver"] = {"const": name, "title": "Driver"}
-        props.update(opts.get("properties", {}))
-        required = ["id", "driver"] + (["port"] if cls.transport == "serial" else [])
-        required += ["address"] if cls.transport == "ble" and cls.requires_address() else []
+        # Required beyond the model's own: the port of a serial-only driver (a `replay` stands in for it),
+        # the address of a BLE one that listens for one tag.
+        required = ["id", "driver"] + (["port"] if cls.transports() == ("serial",) else [])
+        required += ["address"] if cls.transports() == ("ble",) and cls.requires_address() else []
         out[name] = {
             "title": f"{name} device",
             "description": reg.family.title + ("" if reg.builtin else f" (plugin {reg.dist})"),
-            "type": "object", "properties": props, "required": required + opts.get("required", []),
-            "additionalProperties": False, "$defs": {**common.get("$defs", {}), **opts.get("$defs", {})},
+            "type": "object", "properties": props,
+            "required": required + [k for k in dev.get("required", []) if k not in required],
+            "additionalProperties": False, "$defs": dev.get("$defs", {}),
         }
     return out
 

@@ -8,9 +8,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from edge_common.device import error_key
 from edge_common.model import Reading, Value
 
 if TYPE_CHECKING:
@@ -121,31 +120,49 @@ class Driver(ABC):
         self.options: Any = self.Options.model_validate(device.options)
 
     @classmethod
+    def device_model(cls) -> type[DeviceConfig]:
+        """The pydantic model of this driver's device table (what `config check` and `config schema` use)."""
+        from drivers.devices import device_model
+
+        return device_model(cls)
+
+    @classmethod
     def check_config(cls, device: DeviceConfig) -> list[tuple[str, str]]:
         """Problems as (key relative to the device, message); empty when valid."""
+        from drivers.devices import problems
+
+        return problems(cls, {**device.model_dump(include=device.model_fields_set), **device.options})
+
+    @classmethod
+    def transport_problems(cls, device: DeviceConfig) -> list[tuple[str, str]]:
+        """Transport keys missing or not used (`device` is the table as written, unvalidated)."""
         problems: list[tuple[str, str]] = []
         transport = cls.device_transport(device)
-        if device.replay is not None and not (cls.supports_replay and transport == "serial"):
+        given = device.model_fields_set
+        if "replay" in given and not (cls.supports_replay and transport == "serial"):
             problems.append(("replay", f"driver {device.driver!r} cannot replay a capture (serial stream drivers can)"))
         if transport == "serial" and not device.port and device.replay is None:
             problems.append(("port", f"required by driver {device.driver!r}"))
         if transport == "ble" and not device.address and cls.requires_address():
             problems.append(("address", f"required by driver {device.driver!r}"))
         # A key of the other transport is a mistake (a copied block, the wrong driver): say so.
-        given = device.model_fields_set
         if transport == "serial" and "address" in given:
             problems.append(("address", f"not used by serial driver {device.driver!r} (it reads `port`)"))
-        if transport == "ble":
-            for key in ("port", "baud", "parity", "stopbits", "bytesize"):
-                if key in given:
-                    problems.append((key, f"not used by BLE driver {device.driver!r} (it listens for `address`)"))
-        try:
-            cls.Options.model_validate(device.options)
-        except ValidationError as e:
-            for err in e.errors():
-                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                problems.append((error_key(err["loc"]), msg.removeprefix("Value error, ")))
+        for key in ("port", "baud", "parity", "stopbits", "bytesize"):
+            if transport != "serial" and key in given:
+                problems.append((key, f"not used by BLE driver {device.driver!r} (it listens for `address`)"
+                                 if transport == "ble" else f"not used by driver {device.driver!r}"))
         return problems
+
+    @classmethod
+    def check_device(cls, device: DeviceConfig) -> list[tuple[str, str]]:
+        """Problems beyond the device model's (run once it validated), e.g. a DBC file that does not load."""
+        return []
+
+    @classmethod
+    def transports(cls) -> tuple[Literal["serial", "ble", "none"], ...]:
+        """Every transport a device of this driver may use: its table takes their keys."""
+        return (cls.transport,)
 
     @classmethod
     def requires_address(cls) -> bool:

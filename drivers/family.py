@@ -80,6 +80,13 @@ class Recogniser:
     factory: Ref  # () -> StreamProtocol, fed the captured bytes
     # (driver, title) a family may refine the suggestion to, from the decoded samples (e.g. senseair_s8).
     refine: Ref | None = None
+    # A text format that almost any text passes (JSON/CSV/key=value lines): tried only when no
+    # checksummed protocol matched, and credible only when it decodes most lines.
+    fallback: bool = False
+    # (captured bytes) -> (title, decoder) | None: a second try when the first decoder found no frame
+    # (e.g. CSV rows whose header was sent at boot).
+    retry: Ref | None = None
+    sim_format: str = "json"  # the SimParams.format of the family's simulation this recognises (conformance)
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,6 +73,10 @@ class PolledDriver(StreamDriver):
     def device_transport(cls, device: DeviceConfig) -> Literal["serial", "ble", "none"]:
         return "ble" if device.options.get("transport") == "ble" else "serial"
 
+    @classmethod
+    def transports(cls) -> tuple[Literal["serial", "ble", "none"], ...]:
+        return ("serial", "ble")  # by the device's `transport` key
+
     @property
     def expected_interval(self) -> float:
         return self.device.expected_interval or max(self.default_expected_interval, 5 * self.options.poll_interval)

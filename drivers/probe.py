@@ -1,8 +1,9 @@
 """Protocol recognition for `edge-agent probe serial`: which supported protocol is in these bytes?
 
-Pure: the CLI reads the port and hands the bytes here. Every decoder sees the same bytes;
-checksummed protocols (NMEA, PMS5003, SDS011, Modbus RTU) are trusted first, the line formats
-(JSON, key=value, CSV) only when none of them matched, since almost any text is "lines".
+Pure: the CLI reads the port and hands the bytes here. Every registered family's recogniser sees
+the same bytes; checksummed protocols (NMEA, PMS5003, SDS011, Modbus RTU, ...) are trusted first,
+the `fallback` ones (the line formats: JSON, key=value, CSV) only when none of them matched, since
+almost any text is "lines".
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.base import StreamProtocol
+from drivers.family import Recogniser, resolve
 
 
 @dataclass(slots=True)
@@ -36,43 +38,18 @@ class Candidate:
                 "note": self.note}
 
 
-def _lines(fmt: str, columns: list[str] | None = None) -> StreamProtocol:
-    from drivers.lines.protocol import LinesOptions, LinesProtocol
-
-    return LinesProtocol(LinesOptions(format=fmt, unknown_fields="keep", columns=columns))  # type: ignore[arg-type]
-
-
-def _csv_columns(data: bytes) -> list[str] | None:
-    """Generic column names when CSV rows arrive without a header (it was sent at boot)."""
-    from collections import Counter
-
-    widths = Counter(len(line.split(b",")) for line in data.splitlines() if line.count(b",") >= 1)
-    if not widths:
-        return None
-    n = widths.most_common(1)[0][0]
-    return [f"col{i + 1}" for i in range(n)]
-
-
-def _decoders() -> list[tuple[str, str, str, Callable[[], StreamProtocol]]]:
-    """Every registered family's recogniser, in registration order (checksummed protocols)."""
+def _decoders(fallback: bool) -> list[tuple[Recogniser, Callable[[], StreamProtocol]]]:
+    """The registered families' recognisers (checksummed, or the fallback text formats), in registration order."""
     from drivers.registry import registry
 
-    return [(r.protocol, r.driver, r.title, make)
-            for fam in registry().families.values() for r, make in fam.recognisers()]
+    return [(r, make) for fam in registry().families.values() for r, make in fam.recognisers()
+            if r.fallback == fallback]
 
 
 def _refiners() -> dict[str, Callable[[list[dict[str, Any]]], tuple[str, str] | None]]:
-    from drivers.family import resolve
     from drivers.registry import registry
 
     return {r.protocol: resolve(r.refine) for fam in registry().families.values() for r in fam.probe if r.refine}
-
-
-_LINE_FORMATS = [
-    ("json_lines", "json", "JSON lines"),
-    ("kv_lines", "kv", "key=value lines"),
-    ("csv_lines", "csv", "CSV lines"),
-]
 
 
 def _run(name: str, driver: str, title: str, proto: StreamProtocol, data: bytes, samples: int) -> Candidate:
@@ -97,15 +74,17 @@ def _run(name: str, driver: str, title: str, proto: StreamProtocol, data: bytes,
 
 def analyse(data: bytes, samples: int = 3) -> list[Candidate]:
     """Every protocol's result on `data`, best first (recognised ones have frames > 0)."""
-    binary = [_run(n, d, t, make(), data, samples) for n, d, t, make in _decoders()]
+    binary = [_run(r.protocol, r.driver, r.title, make(), data, samples) for r, make in _decoders(False)]
     # Requests alone (a Modbus master polling a silent slave) still identify the bus.
     binary.sort(key=lambda c: (c.frames + (1 if c.note else 0), -c.error_count), reverse=True)
     if binary and (binary[0].frames or binary[0].note):
         return binary
-    text = [_run(n, "lines", t, _lines(fmt), data, samples) for n, fmt, t in _LINE_FORMATS]
-    if text[-1].frames == 0 and (cols := _csv_columns(data)):
-        text[-1] = _run("csv_lines", "lines", "CSV lines (no header seen; set `columns`)",
-                        _lines("csv", cols), data, samples)
+    text = []
+    for r, make in _decoders(True):
+        c = _run(r.protocol, r.driver, r.title, make(), data, samples)
+        if c.frames == 0 and r.retry is not None and (again := resolve(r.retry)(data)) is not None:
+            c = _run(r.protocol, r.driver, again[0], again[1], data, samples)
+        text.append(c)
     # A line format is credible only when it decodes most lines.
     text = [c for c in text if c.frames >= 1 and c.frames > c.error_count]
     text.sort(key=lambda c: (c.frames, -c.error_count), reverse=True)

@@ -188,3 +188,66 @@ def test_config_option_works_before_and_after_the_action(tmp_path: Path) -> None
         r = cli(*args)
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["gateway"]["id"] == "gw-x"
+
+
+def _problems(tmp_path: Path, devices: str) -> list[str]:
+    (tmp_path / "a.toml").write_text('[gateway]\nid = "gw"\n' + devices)
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "a.toml", check_files=False)
+    return e.value.problems
+
+
+def test_devices_validate_as_a_union_on_driver() -> None:
+    """The AgentConfig model itself picks each device's model by `driver`: no separate post-check to forget."""
+    from pydantic import ValidationError
+
+    from agent.config import AgentConfig, json_schema
+    from drivers import driver_class
+    from edge_common.device import DeviceConfig
+
+    with pytest.raises(ValidationError) as e:
+        AgentConfig.model_validate({"gateway": {"id": "gw"}, "devices": [
+            {"id": "g", "driver": "nmea", "port": "/dev/x", "interval": 1},  # a sim key on a serial driver
+            {"id": "s", "driver": "sim", "family": "nmea", "interval": 1, "fields": {}},  # a lines key on sim
+        ]})
+    assert sorted((err["loc"], err["msg"]) for err in e.value.errors()) == [
+        (("devices", 0, "interval"), "unknown key"), (("devices", 1, "fields"), "unknown key")]
+    cfg = AgentConfig.model_validate({"gateway": {"id": "gw"}, "devices": [
+        {"id": "s", "driver": "sim", "family": "nmea", "interval": "2s"}]})
+    dev = cfg.devices[0]
+    assert type(dev) is DeviceConfig and dev.options == {"family": "nmea", "interval": "2s"}  # what drivers read
+    # `config schema` prints the very model that validated it
+    model = driver_class("sim").device_model()
+    assert model.__name__ == "Device_sim"
+    schema = json_schema()["$defs"]["Device_sim"]
+    assert set(schema["properties"]) == set(model.model_json_schema()["properties"])
+
+
+def test_device_key_problems_name_key_and_line(tmp_path: Path) -> None:
+    probs = _problems(tmp_path, (
+        '[[devices]]\nid = "a"\ndriver = "sim"\nfamily = "nmea"\ninterval = "soon"\nport = "/dev/x"\n'  # lines 3-8
+        '[[devices]]\nid = "b"\ndriver = "nmea"\nport = "/dev/x"\nbaud = "fast"\n'  # lines 9-13
+        '[[devices]]\nid = "c"\ndriver = "ruuvi"\n'  # lines 14-16
+        '[[devices]]\nid = "d"\ndriver = "sim"\n'  # lines 17-19
+    ))
+    assert any(p.startswith("devices[0].interval: ") and p.endswith("(line 7)") for p in probs), probs
+    assert "devices[0].port: not used by driver 'sim' (line 8)" in probs
+    assert any(p.startswith("devices[1].baud: ") and p.endswith("(line 13)") for p in probs), probs
+    assert "devices[2].address: required by driver 'ruuvi' (line 14)" in probs
+    assert "devices[3].family: Field required (line 17)" in probs
+    assert len(probs) == 5, probs
+
+
+def test_a_plugin_device_validates_through_the_same_union(tmp_path: Path) -> None:
+    from drivers.registry import registry
+
+    if "acme_th1" not in registry().drivers:
+        pytest.skip("edge-agent-thermo is not installed (scripts/test installs it)")
+    probs = _problems(tmp_path, '[[devices]]\nid = "th"\ndriver = "acme_th1"\nbaud = "fast"\naddress = "C7:F5:2A:A1:B2:C3"\n'
+                                '[[devices]]\nid = "x"\ndriver = "acme_th2"\n')
+    assert any(p.startswith("devices[0].baud: ") and p.endswith("(line 6)") for p in probs), probs
+    assert "devices[0].port: required by driver 'acme_th1' (line 3)" in probs
+    assert "devices[0].address: not used by serial driver 'acme_th1' (it reads `port`) (line 7)" in probs
+    assert len(probs) == 4, probs
+    unknown = next(p for p in probs if p.startswith("devices[1].driver: unknown driver 'acme_th2' (known: "))
+    assert "acme_th1" in unknown and "nmea" in unknown

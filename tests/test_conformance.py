@@ -38,9 +38,9 @@ SIMULATED = sorted(REG.simulated())
 RECOGNISED = sorted({(fam.name, r.protocol) for fam in REG.families.values() for r in fam.probe})
 
 
-def _simulate(driver: str, n: int) -> tuple[list[Any], list[list[dict[str, Any]]], Any]:
+def _simulate(driver: str, n: int, fmt: str = "json") -> tuple[list[Any], list[list[dict[str, Any]]], Any]:
     """n chunks of the driver's simulator, what a fresh decoder makes of each, and the decoder."""
-    chunks, proto = REG.family_of(driver).simulation(driver, SimParams())
+    chunks, proto = REG.family_of(driver).simulation(driver, SimParams(format=fmt))
     got = list(itertools.islice(chunks, n))
     return got, [proto.feed(c) + proto.flush() for c in got], proto
 
@@ -160,13 +160,17 @@ def test_probe_recognises_the_simulator(family: str, protocol: str) -> None:
     rec = next(r for r in fam.probe if r.protocol == protocol)
     driver = rec.driver if rec.driver in {e.name for e in fam.drivers if e.simulator} else next(
         e.name for e in fam.drivers if e.simulator)
-    chunks, _, _ = _simulate(driver, 20)
+    chunks, _, _ = _simulate(driver, 20, rec.sim_format)
     best = recognised(analyse(b"".join(chunks)))
     assert best is not None and best.protocol == protocol
     assert best.driver in {e.name for e in fam.drivers}
 
 
 SCHEMA = json_schema()
+
+
+TRANSPORT_VALUES = {"port": "/dev/ttyUSB0", "baud": 9600, "parity": "E", "stopbits": 2, "bytesize": 7,
+                    "replay": "capture.bin", "address": "C7:F5:2A:A1:B2:C3"}
 
 
 def _minimal(driver: str) -> dict[str, Any]:
@@ -188,14 +192,18 @@ def test_the_schema_has_the_driver_keys_and_agrees_with_config_check(driver: str
     props = set(dev_schema["properties"])
     assert set(cls.Options.model_fields) <= props
     assert dev_schema["properties"]["driver"] == {"const": driver, "title": "Driver"}
-    if cls.transport == "serial":
-        assert set(SERIAL_KEYS) <= props and not set(BLE_KEYS) & props
-    if cls.transport == "ble":
-        assert set(BLE_KEYS) <= props and not set(SERIAL_KEYS) & props
+    serial, ble = "serial" in cls.transports(), bool({"ble", "none"} & set(cls.transports()))
+    want = {k for k in SERIAL_KEYS if serial and (k != "replay" or cls.supports_replay)} | (set(BLE_KEYS) if ble else set())
+    assert props & {*SERIAL_KEYS, *BLE_KEYS} == want
     validator = jsonschema.Draft202012Validator(SCHEMA)
     doc = {"gateway": {"id": "gw"}, "devices": [_minimal(driver)]}
     assert list(validator.iter_errors(doc)) == []
     parse_config(doc, check_files=False)  # the product agrees
+    for key in sorted({*SERIAL_KEYS, *BLE_KEYS} - want):  # another transport's key: refused by both, by name
+        other = {"gateway": {"id": "gw"}, "devices": [{**_minimal(driver), key: TRANSPORT_VALUES[key]}]}
+        assert list(validator.iter_errors(other)) != [], key
+        with pytest.raises(Exception, match=rf"devices\[0\]\.{key}: "):
+            parse_config(other, check_files=False)
     bad = {"gateway": {"id": "gw"}, "devices": [{**_minimal(driver), "no_such_key": 1}]}
     assert list(validator.iter_errors(bad)) != []
     with pytest.raises(Exception, match=r"devices\[0\]\.no_such_key: unknown key"):

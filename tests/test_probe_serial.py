@@ -160,3 +160,40 @@ def test_probe_opens_the_port_read_only_and_respects_the_agents_lock(
         assert "is in use (is the agent running with this port?" in capsys.readouterr().err
     finally:
         agent_side.close()
+
+
+def test_csv_rows_without_their_header_get_generic_columns() -> None:
+    """The header went by at boot: the lines family's retry names the columns col1..colN."""
+    from drivers.probe import analyse, recognised
+
+    data = b"".join(lsim.line_bytes(s, "csv") for s in itertools.islice(lsim.samples(), 5))
+    best = recognised(analyse(data))
+    assert best is not None
+    assert (best.protocol, best.driver, best.title, best.frames) == (
+        "csv_lines", "lines", "CSV lines (no header seen; set `columns`)", 5)
+    assert best.samples == [{"col1": 20.0, "col2": 35.0, "col3": 450, "col4": 300},
+                            {"col1": 20.1, "col2": 35.5, "col3": 473, "col4": 311},
+                            {"col1": 20.2, "col2": 36.0, "col3": 496, "col4": 322}]
+
+
+def test_the_line_formats_come_from_the_registry() -> None:
+    """No list of line formats in the probe: a family's `fallback` recognisers are tried after the checksummed ones."""
+    from drivers.family import DriverFamily, Recogniser
+    from drivers.probe import analyse, recognised
+    from drivers.registry import registry
+
+    reg = registry()
+    assert [r.protocol for r in reg.families["lines"].probe if r.fallback] == ["json_lines", "kv_lines", "csv_lines"]
+    fam = DriverFamily("lines_test", "test", (), probe=(
+        Recogniser("semicolon_lines", "lines", "semicolon lines", "drivers.lines.recognise:csv_lines", fallback=True),))
+    saved = dict(reg.families)
+    reg.families.pop("lines")
+    reg.add(fam)
+    try:
+        best = recognised(analyse(lsim.CSV_HEADER + b"".join(
+            lsim.line_bytes(s, "csv") for s in itertools.islice(lsim.samples(), 4))))
+        assert best is not None and (best.protocol, best.title, best.frames) == ("semicolon_lines", "semicolon lines", 4)
+    finally:
+        reg.remove("lines_test")
+        reg.families.clear()
+        reg.families.update(saved)  # in registration order

@@ -228,8 +228,8 @@ class CanDriver(Driver):
         self.frames = 0
 
     @classmethod
-    def check_config(cls, device: DeviceConfig) -> list[tuple[str, str]]:
-        problems = super().check_config(device)
+    def transport_problems(cls, device: DeviceConfig) -> list[tuple[str, str]]:
+        problems = super().transport_problems(device)
         opts = device.options
         if opts.get("interface") == "socketcan":
             problems = [(k, m) for k, m in problems if k != "port"]
@@ -244,9 +244,12 @@ class CanDriver(Driver):
                                           "(`ip link set can0 type can bitrate 500000 listen-only on`)"))
         elif "channel" in opts:
             problems.append(("channel", "not used with interface = \"slcan\" (it reads `port`)"))
-        if problems:
-            return problems
-        o = CanOptions.model_validate(opts)
+        return problems
+
+    @classmethod
+    def check_device(cls, device: DeviceConfig) -> list[tuple[str, str]]:
+        problems = super().check_device(device)
+        o = CanOptions.model_validate(device.options)
         try:
             build_plans(load_dbc(o.dbc), o)
         except DbcError as e:

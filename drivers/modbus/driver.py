@@ -80,9 +80,9 @@ class ModbusDriver(Driver):
         self._rx = bytearray()
 
     @classmethod
-    def check_config(cls, device: DeviceConfig) -> list[tuple[str, str]]:
-        problems = super().check_config(device)
-        if cls is ModbusDriver and not problems:
+    def check_device(cls, device: DeviceConfig) -> list[tuple[str, str]]:
+        problems = super().check_device(device)
+        if cls is ModbusDriver:
             o = ModbusOptions.model_validate(device.options)
             if not o.registers and o.preset is None:
                 problems.append(("registers", "at least one register (or a preset) is required"))

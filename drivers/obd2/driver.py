@@ -41,6 +41,10 @@ class Obd2Driver(PolledDriver):
     def device_transport(cls, device: DeviceConfig) -> Literal["serial", "ble", "none"]:
         return "serial"
 
+    @classmethod
+    def transports(cls) -> tuple[Literal["serial", "ble", "none"], ...]:
+        return ("serial",)
+
     def __init__(self, device: DeviceConfig, ctx: DeviceContext) -> None:
         super().__init__(device, ctx)
         self._proto: Elm327Protocol | None = None
