@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     WrapValidator,
     field_validator,
@@ -143,7 +144,7 @@ class CommandsConfig(_Section):
     keep_versions: int = Field(default=5, ge=1, le=100)  # previous config files kept by config.apply
 
 
-def _by_driver(raw: Any, handler: ValidatorFunctionWrapHandler) -> DeviceConfig:
+def _by_driver(raw: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo) -> DeviceConfig:
     """One `[[devices]]` table, validated by the model of its `driver`: a union on `driver` over the registry.
 
     The value kept is the plain DeviceConfig (driver keys as extras) that drivers read.
@@ -167,7 +168,8 @@ def _by_driver(raw: Any, handler: ValidatorFunctionWrapHandler) -> DeviceConfig:
     else:
         try:
             cls = reg.family_of(name).driver_class(name)
-            model = cls.device_model()
+            # one model per driver for this validation (parse_config passes a cache in the context)
+            model = cls.device_model(info.context.get(_MODELS) if isinstance(info.context, dict) else None)
         except ImportError as e:
             why = f"driver {name!r} cannot be loaded: {e}"
         except TypeError as e:  # a plugin's Options clash with the device keys
@@ -190,6 +192,7 @@ def _by_driver(raw: Any, handler: ValidatorFunctionWrapHandler) -> DeviceConfig:
     return device
 
 
+_MODELS = "device_models"
 Device = Annotated[DeviceConfig, WrapValidator(_by_driver)]
 
 
@@ -290,7 +293,7 @@ def parse_config(
         data = _resolve_driver_paths(data, source.resolve().parent)
     cfg: AgentConfig | None = None
     try:
-        cfg = AgentConfig.model_validate(data)
+        cfg = AgentConfig.model_validate(data, context={_MODELS: {}})
     except ValidationError as e:
         for err in e.errors():
             msg = err["msg"].removeprefix("Value error, ")

@@ -120,11 +120,11 @@ class Driver(ABC):
         self.options: Any = self.Options.model_validate(device.options)
 
     @classmethod
-    def device_model(cls) -> type[DeviceConfig]:
+    def device_model(cls, cache: dict[Any, Any] | None = None) -> type[DeviceConfig]:
         """The pydantic model of this driver's device table (what `config check` and `config schema` use)."""
         from drivers.devices import device_model
 
-        return device_model(cls)
+        return device_model(cls, cache)
 
     @classmethod
     def check_config(cls, device: DeviceConfig) -> list[tuple[str, str]]:

@@ -73,14 +73,15 @@ def line_error(kind: str, msg: str, loc: tuple[int | str, ...], value: Any) -> I
                             loc=loc, input=value)
 
 
-_models: dict[DriverClass, type[DeviceModel]] = {}
+def device_model(cls: DriverClass, cache: dict[Any, Any] | None = None) -> type[DeviceModel]:
+    """The model of a `[[devices]]` table of driver `cls` (kept in `cache` if given).
 
-
-def device_model(cls: DriverClass) -> type[DeviceModel]:
-    """The model of a `[[devices]]` table of driver `cls` (built once per class)."""
-    cached = _models.get(cls)
+    Not kept for the process: a model holds ~0.2 MB of validators the running agent never needs
+    again once its config validated (start-up garbage goes back to the OS, agent/memory.py).
+    """
+    cached = cache.get(cls) if cache is not None else None
     if cached is not None:
-        return cached
+        return cached  # type: ignore[no-any-return]
     transports = cls.transports()
     used = set(SERIAL_KEYS) if "serial" in transports else set()
     if "ble" in transports or "none" in transports:  # `none` (sim): a simulated BLE tag's address
@@ -97,7 +98,8 @@ def device_model(cls: DriverClass) -> type[DeviceModel]:
     bases: tuple[type[Any], ...] = (cls.Options, DeviceModel)
     model: type[DeviceModel] = create_model(f"Device_{cls.name}", __base__=bases, __module__=cls.__module__, **hidden)
     model.driver_class = cls
-    _models[cls] = model
+    if cache is not None:
+        cache[cls] = model
     return model
 
 
