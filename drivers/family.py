@@ -54,6 +54,12 @@ class SimParams:
     start: float | None = None  # first sample's time (None: now)
 
 
+class Responder(Protocol):
+    """A simulated device that is asked: fed what the driver wrote (any split), returns its reply bytes."""
+
+    def answer(self, data: bytes) -> bytes: ...
+
+
 # A simulator factory: (endless wire chunks or adverts, a fresh decoder for them).
 Simulation = tuple[Iterator[Any], Decoder]
 SimulatorFactory = Callable[[SimParams], Simulation]
@@ -68,6 +74,8 @@ class DriverEntry:
     quantities: tuple[str, ...] = ()  # what it emits (canonical names); empty: as configured/advertised
     simulator: Ref | None = None  # a SimulatorFactory: makes `sim` (family = name) and the conformance tests work
     sim_device: Ref | None = None  # a dict: device keys under which this driver reads its simulator (a field map)
+    # () -> Responder: a device that answers requests; `sim` runs the real (polling) driver against it
+    responder: Ref | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +135,14 @@ class DriverFamily:
             raise ValueError(f"driver {driver!r} has no simulator")
         factory: SimulatorFactory = resolve(ref)
         return factory(params)
+
+    def responder(self, driver: str) -> Responder | None:
+        """A fresh simulated device answering `driver`'s requests, or None (its simulator only talks)."""
+        ref = self.entry(driver).responder
+        if ref is None:
+            return None
+        made: Responder = resolve(ref)()
+        return made
 
     def recognisers(self) -> list[tuple[Recogniser, Callable[[], StreamProtocol]]]:
         return [(r, resolve(r.factory)) for r in self.probe]

@@ -9,13 +9,17 @@ arriving in BLE-MTU-sized notifications),
 ``interval`` (time between samples, default 1 s), ``format`` ("json" | "csv" | "kv", lines only),
 ``vehicle`` (a name: "nmea", "vesc", "jbd_bms" and "can" devices naming the same vehicle show one
 simulated EV moving, drivers/vehicle.py).
-The family's simulator produces the same bytes a real device sends; the family's own protocol
-decodes them, so the demo exercises the real decoders without hardware.
+The family's simulator produces the same bytes a real device sends, and the family's real driver reads
+them: a listening stream driver over a `SimulatorTransport`, a polling one (modbus, senseair_s8, vesc,
+jbd_bms, obd2: a `DriverEntry.responder`) asking the simulated device every `interval`. Left on the
+decoder loop below: BLE families (no radio), `can` (its driver opens the adapter itself) and the vehicle
+profiles of vesc and jbd_bms (one shared ride, drivers/vehicle.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
@@ -23,9 +27,9 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from drivers.base import Driver
-from drivers.family import Decoder, SimParams
+from drivers.family import Decoder, Responder, SimParams
 from drivers.registry import registry
-from edge_common.device import Duration
+from edge_common.device import DeviceConfig, Duration
 from edge_common.ticks import sleep_until
 
 FAMILIES: tuple[str, ...] = tuple(registry().simulated())
@@ -76,14 +80,18 @@ class SimDriver(Driver):
 
     async def run(self) -> None:
         o: SimOptions = self.options
+        fam = registry().family_of(o.family)
+        cls = fam.driver_class(o.family)
+        responder = fam.responder(o.family) if o.vehicle is None else None
+        if responder is not None:  # a device that is asked: the real polling driver asks it
+            await self._run_asked(cls, responder, fam.entry(o.family).sim_device)
+            return
         if o.vehicle is not None:
             from drivers.vehicle import source as vehicle_source
 
             chunks, proto = vehicle_source(o.family, o.vehicle)
         else:
             chunks, proto = source(o.family, o.format, address=self.device.address or DEFAULT_ADDRESS)
-        fam = registry().family_of(o.family)
-        cls = fam.driver_class(o.family)
         if _listens(cls):  # the real driver, its read loop and all, over the simulator's bytes
             await self._run_real(cls, chunks, fam.entry(o.family).sim_device)
             return
@@ -97,16 +105,48 @@ class SimDriver(Driver):
             k += 1
             await sleep_until(k * o.interval)
 
-    async def _run_real(self, cls: type[Driver], chunks: Iterator[Any], sim_device: str | None) -> None:
+    def _real_device(self, sim_device: str | None, port: str, **extra: Any) -> DeviceConfig:
+        """The device the real driver runs as: this one's id and tags, the family's simulator keys."""
         from drivers.family import resolve
-        from drivers.transport.simulated import SimulatorTransport
         from edge_common.device import DeviceConfig
 
         o: SimOptions = self.options
         keys = dict(resolve(sim_device)) if sim_device else {}
-        device = DeviceConfig.model_validate({
-            "id": self.device.id, "driver": o.family, "port": f"sim:{o.family}", "tags": self.device.tags,
-            "expected_interval": self.device.expected_interval, **keys})
+        return DeviceConfig.model_validate({
+            "id": self.device.id, "driver": o.family, "port": port, "tags": self.device.tags,
+            "expected_interval": self.device.expected_interval, **keys, **extra})
+
+    async def _run_asked(self, cls: type[Driver], responder: Responder, sim_device: str | None) -> None:
+        """The real driver polling a simulated device every `interval`: over a responding transport
+        (stream drivers) or a pseudo-terminal (drivers that open their port themselves, e.g. pymodbus)."""
+        from drivers.stream import StreamDriver
+        from drivers.transport.simulated import PtyResponder, RespondingTransport
+
+        o: SimOptions = self.options
+        poll = {"poll_interval": o.interval} if "poll_interval" in cls.Options.model_fields else {}
+        if issubclass(cls, StreamDriver):
+            transport = RespondingTransport(responder, f"simulated {o.family}")
+
+            async def open_transport() -> RespondingTransport:
+                return transport
+
+            self.ctx.open_transport = open_transport
+            await cls(self._real_device(sim_device, f"sim:{o.family}", **poll), self.ctx).run()
+            return
+        pty = PtyResponder(responder)
+        serving = asyncio.create_task(pty.run())
+        try:
+            await cls(self._real_device(sim_device, pty.port, **poll), self.ctx).run()
+        finally:
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
+
+    async def _run_real(self, cls: type[Driver], chunks: Iterator[Any], sim_device: str | None) -> None:
+        from drivers.transport.simulated import SimulatorTransport
+
+        o: SimOptions = self.options
+        device = self._real_device(sim_device, f"sim:{o.family}")
         transport = SimulatorTransport(chunks, o.interval, f"simulated {o.family}")
 
         async def open_transport() -> SimulatorTransport:

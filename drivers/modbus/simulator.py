@@ -104,6 +104,32 @@ class S8Exchanges(StreamProtocol):
         return [decode_block(plan_reads(S8_REGISTERS)[0], words)]
 
 
+class S8Responder:
+    """A Senseair S8 on the bus for a real master: answers its 8-byte requests; the CO2 moves on after
+    every reply that carried it (the classroom of `co2_values`)."""
+
+    def __init__(self, slave: int = 0x68) -> None:
+        self._values = co2_values()
+        self.slave = S8Slave(slave, co2=next(self._values))
+        self._buf = bytearray()
+
+    def answer(self, data: bytes) -> bytes:
+        self._buf += data
+        out = b""
+        while len(self._buf) >= 8:  # fc 3, 4 and 6 requests are 8 bytes; garbage is skipped a byte at a time
+            frame = bytes(self._buf[:8])
+            rep = self.slave.respond(frame)
+            if rep is None:
+                del self._buf[:1]
+                continue
+            del self._buf[:8]
+            out += rep
+            start, n = int.from_bytes(frame[2:4], "big"), int.from_bytes(frame[4:6], "big")
+            if frame[1] == 4 and start <= S8_CO2_IR < start + n and rep[1] == 4:
+                self.slave.co2 = next(self._values)
+        return out
+
+
 # The simulated S8 as a generic `modbus` device reads it.
 S8_AS_MODBUS = {"slave": S8_ANY_ADDRESS, "registers": [
     {"quantity": "co2", "address": S8_CO2_IR, "function": 4, "type": "int16", "unit": "ppm"}]}

@@ -11,7 +11,9 @@ FAMILY = DriverFamily(
                          quantities=("temperature_fet", "temperature_motor", "motor_current", "input_current", "duty",
                                      "erpm", "input_voltage", "amp_hours", "amp_hours_charged", "watt_hours",
                                      "watt_hours_charged", "tachometer", "tachometer_abs", "fault"),
-                         simulator="drivers.vesc.simulator:simulation"),),
+                         simulator="drivers.vesc.simulator:simulation",
+                         sim_device="drivers.vesc.simulator:SIM_DEVICE",
+                         responder="drivers.vesc.simulator:VescResponder"),),
     probe=(Recogniser("vesc", "vesc", "VESC motor controller (COMM_GET_VALUES packets)",
                       "drivers.vesc.protocol:VescProtocol"),),
     ble_patterns=((0, 0x07, _NUS_LE), (0, 0x06, _NUS_LE)),  # with transport = "ble": NUS in the 128-bit UUID list

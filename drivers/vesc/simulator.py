@@ -15,6 +15,9 @@ from drivers.family import SimParams, Simulation
 from drivers.vesc.protocol import GET_VALUES_REQUEST, Geometry, Values, VescProtocol, encode_values
 
 GEOMETRY = Geometry(motor_poles=30, gear_ratio=1.0, wheel_diameter=0.254)
+# The simulated scooter as a `vesc` device reads it (speed and distance from its geometry).
+SIM_DEVICE = {"motor_poles": GEOMETRY.motor_poles, "gear_ratio": GEOMETRY.gear_ratio,
+              "wheel_diameter": GEOMETRY.wheel_diameter}
 CRUISE_ERPM = 7800
 RIDE = 60  # s
 
