@@ -1,6 +1,8 @@
-"""Conformance of every registered BLE advert family: its simulator's adverts through the scripted BlueZ,
-the real bleak BlueZ backend and the shared scanner into the real driver of an agent process, to
-Mosquitto: exactly what the family's decoder makes of each advert, in order. A family gets it by registering."""
+"""Conformance of every registered BLE family, through the scripted BlueZ, the real bleak BlueZ backend
+and an agent process, to Mosquitto. Advert families: the simulator's adverts into the real driver,
+exactly what the family's decoder makes of each, in order. Polled families with a BLE variant: the real
+driver polls the family's simulated device (its responder) over GATT; each reading is exactly what the
+simulation's decoder makes of that poll's requests and replies. A family gets these by registering."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from drivers.family import SimParams
+from drivers.family import SimParams, resolve
 from drivers.registry import registry
 from tests.support.agentproc import AgentProcess
 from tests.support.bluez import ScriptedBlueZ
@@ -20,6 +22,9 @@ from tests.support.wait import wait_until
 
 REG = registry()
 ADVERTS = sorted(d for d in REG.simulated() if REG.family_of(d).advert_decoder)
+# polled drivers that also run over GATT (a `ble_notify`/`ble_write` pair) and have a simulated device
+GATT_POLLED = sorted(d for d in REG.simulated() if REG.drivers[d].entry.responder
+                     and getattr(REG.family_of(d).driver_class(d), "ble_notify", None))
 ADDRESS = "C7:F5:2A:A1:B2:C3"
 N = 5
 
@@ -54,3 +59,51 @@ def test_simulated_adverts_through_bluez_into_the_real_driver(
     assert [r["values"] for r in got] == want
     assert {(r["device"], r["driver"]) for r in got} == {("dut", driver)}
     assert agent.terminate() == 0
+
+
+class _Recorder:
+    """The simulated device's answers, logged: every (request, reply) the central's writes got."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.log: list[tuple[bytes, bytes]] = []
+
+    def answer(self, data: bytes) -> bytes:
+        reply: bytes = self.inner.answer(data)
+        self.log.append((data, reply))
+        return reply
+
+
+@pytest.mark.parametrize("driver", GATT_POLLED)
+def test_the_real_driver_polls_the_simulated_device_over_gatt(
+    driver: str, bluez_factory: Callable[..., ScriptedBlueZ], ble_agent: Callable[..., AgentProcess],
+    sub: Subscriber,
+) -> None:
+    fam = REG.family_of(driver)
+    cls = fam.driver_class(driver)
+    requests: tuple[bytes, ...] = cls.requests  # type: ignore[attr-defined]
+    service = next(h.service_uuid for h in fam.scan_hints if h.driver == driver)
+    rec = _Recorder(fam.responder(driver))
+    bz = bluez_factory()
+    p = bz.add_peripheral(ADDRESS, "simulated", gatt=True, mtu=23, service=service, responder=rec.answer)
+    keys = dict(resolve(REG.drivers[driver].entry.sim_device)) if REG.drivers[driver].entry.sim_device else {}
+    extra = "".join(f"{k} = {v!r}\n" for k, v in keys.items())
+    agent = ble_agent(f'[[devices]]\nid = "dut"\ndriver = "{driver}"\ntransport = "ble"\naddress = "{ADDRESS}"\n'
+                      f'poll_interval = "200ms"\ntimeout = "5s"\n{extra}')
+    agent.wait_log("BLE scanner running", timeout=20)
+    wait_until(lambda: bz.advertise(ADDRESS, service_uuids=(service,)), 10, "the scanner hears the device")
+    sub.wait_for(lambda: len(sub.readings()) >= N, 30, f"{N} readings over GATT")
+    assert agent.terminate() == 0
+    got = sub.readings()
+    # the polls in the order the device answered them: each starts with the family's first request
+    polls: list[bytes] = []
+    for q, r in rec.log:
+        if q == requests[0] or not polls:
+            polls.append(b"")
+        polls[-1] += q + r
+    _, decoder = fam.simulation(driver, SimParams())
+    want = [v for chunk in polls for v in decoder.feed(chunk) + decoder.flush()]
+    assert [r["values"] for r in got] == want[: len(got)]
+    assert dict(decoder.errors) == {}
+    assert {(r["device"], r["driver"]) for r in got} == {("dut", driver)}
+    assert set(p.written) == set(requests), "only the family's read requests are ever written"
