@@ -232,3 +232,69 @@ class BufferedProtocol(StreamProtocol):
     @abstractmethod
     def parse(self, final: bool) -> list[dict[str, Value]]:
         """Values of the complete frames in `_buf` (removing them); with `final`, resync past a cut frame."""
+
+
+class FramedProtocol(BufferedProtocol):
+    """Frames of: a start byte, a header holding the length, a body, a 16-bit big-endian checksum, END.
+
+    Subclasses give the header and checksum; the resync is shared: bytes before a start byte are
+    "noise", a bad length or end byte "malformed", then "checksum", a frame cut short "truncated"
+    (dropped by `flush`); after each of those one byte is dropped and the search starts again.
+    """
+
+    starts: bytes  # the bytes a frame may start with
+    end: int
+
+    @abstractmethod
+    def header_len(self, first: int) -> int:
+        """Bytes needed (from the start byte on) to know the frame's length."""
+
+    @abstractmethod
+    def frame_len(self, buf: bytearray, head: int) -> int | None:
+        """The whole frame's length from its header, or None when the length is invalid."""
+
+    @abstractmethod
+    def checksum(self, frame: bytes, head: int) -> int:
+        """The checksum the frame must carry in its two bytes before END."""
+
+    @abstractmethod
+    def on_frame(self, frame: bytes, head: int, out: list[dict[str, Value]]) -> None:
+        """A frame that passed every check: count it, append its values to `out`."""
+
+    def parse(self, final: bool) -> list[dict[str, Value]]:
+        out: list[dict[str, Value]] = []
+        buf, starts, end, errors = self._buf, self.starts, self.end, self.errors
+        while buf:
+            if buf[0] not in starts:
+                errors["noise"] += 1
+                del buf[:min((i for i in map(buf.find, starts) if i >= 0), default=len(buf))]
+                continue
+            head = self.header_len(buf[0])
+            if len(buf) < head:
+                if final:
+                    errors["truncated"] += 1
+                    buf.clear()
+                break
+            total = self.frame_len(buf, head)
+            if total is None:
+                errors["malformed"] += 1
+                del buf[:1]
+                continue
+            if len(buf) < total:
+                if final:
+                    errors["truncated"] += 1
+                    del buf[:1]
+                    continue
+                break
+            if buf[total - 1] != end:
+                errors["malformed"] += 1
+                del buf[:1]
+                continue
+            frame = bytes(buf[:total])
+            if self.checksum(frame, head) != frame[-3] << 8 | frame[-2]:
+                errors["checksum"] += 1
+                del buf[:1]
+                continue
+            del buf[:total]
+            self.on_frame(frame, head, out)
+        return out

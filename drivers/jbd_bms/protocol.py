@@ -13,7 +13,7 @@ Replies may arrive in pieces (BLE notifications of 20 bytes): the stream parser 
 
 from __future__ import annotations
 
-from drivers.base import BufferedProtocol
+from drivers.base import FramedProtocol
 from edge_common.errors import DriverError
 
 Values = dict[str, float | int | str | bool]
@@ -109,7 +109,7 @@ def decode_cell_voltages(data: bytes) -> Values:
     return out
 
 
-class JbdProtocol(BufferedProtocol):
+class JbdProtocol(FramedProtocol):
     """Feed bytes; returns the quantities of every basic-info and cell-voltage reply.
 
     Errors: "noise" (bytes before a start byte), "malformed" (bad end byte or data), "checksum",
@@ -123,58 +123,35 @@ class JbdProtocol(BufferedProtocol):
         self.requests = 0
         self.writes = 0
 
-    def parse(self, final: bool) -> list[Values]:
-        out: list[Values] = []
-        buf = self._buf
-        while buf:
-            if buf[0] != START:
-                i = buf.find(START)
-                self.errors["noise"] += 1
-                del buf[:i if i >= 0 else len(buf)]
-                continue
-            if len(buf) < 4:
-                if final:
-                    self.errors["truncated"] += 1
-                    buf.clear()
-                break
-            total = 4 + buf[3] + 3
-            if len(buf) < total:
-                if final:
-                    self.errors["truncated"] += 1
-                    del buf[:1]
-                    continue
-                break
-            if buf[total - 1] != END:
-                self.errors["malformed"] += 1
-                del buf[:1]
-                continue
-            if checksum(bytes(buf[2:total - 3])) != buf[total - 3] << 8 | buf[total - 2]:
-                self.errors["checksum"] += 1
-                del buf[:1]
-                continue
-            raw = bytes(buf[:total])
-            del buf[:total]
-            self._frame(raw, out)
-        return out
+    starts, end = bytes([START]), END
 
-    def _frame(self, raw: bytes, out: list[Values]) -> None:
-        head, data = raw[1], raw[4:-3]
-        if head == READ:
+    def header_len(self, first: int) -> int:
+        return 4  # start, command/register, status, length
+
+    def frame_len(self, buf: bytearray, head: int) -> int:
+        return 4 + buf[3] + 3
+
+    def checksum(self, frame: bytes, head: int) -> int:
+        return checksum(frame[2:-3])
+
+    def on_frame(self, raw: bytes, head: int, out: list[Values]) -> None:
+        reg, data = raw[1], raw[4:-3]
+        if reg == READ:
             self.requests += 1
             return
-        if head == WRITE:
+        if reg == WRITE:
             self.writes += 1
             return
         if raw[2] != 0:
             self.errors["status"] += 1
             return
         try:
-            if head == BASIC_INFO:
+            if reg == BASIC_INFO:
                 values = decode_basic_info(data)
-            elif head == CELL_VOLTAGES:
+            elif reg == CELL_VOLTAGES:
                 values = decode_cell_voltages(data)
             else:
-                raise JbdError("unsupported", f"reply for register 0x{head:02x}")
+                raise JbdError("unsupported", f"reply for register 0x{reg:02x}")
         except JbdError as e:
             self.errors[e.kind] += 1
             return

@@ -25,7 +25,7 @@ import math
 import struct
 from dataclasses import dataclass
 
-from drivers.base import BufferedProtocol
+from drivers.base import FramedProtocol
 from edge_common.errors import DriverError
 
 Values = dict[str, float | int | str | bool]
@@ -175,7 +175,7 @@ def _selective(payload: bytes) -> Values:
     return out
 
 
-class VescProtocol(BufferedProtocol):
+class VescProtocol(FramedProtocol):
     """Feed bytes; returns the quantities of every GET_VALUES reply, resynchronising like the firmware.
 
     Errors: "noise" (bytes before a start byte), "malformed" (bad length or end byte), "checksum",
@@ -189,49 +189,22 @@ class VescProtocol(BufferedProtocol):
         self.geometry = geometry
         self.requests = 0
 
-    def parse(self, final: bool) -> list[Values]:
-        out: list[Values] = []
-        buf = self._buf
-        while buf:
-            b0 = buf[0]
-            if b0 != 2 and b0 != 3:
-                i2, i3 = buf.find(2), buf.find(3)
-                start = min(i for i in (i2, i3, len(buf)) if i >= 0)
-                self.errors["noise"] += 1
-                del buf[:start]
-                continue
-            head = 2 if b0 == 2 else 3
-            if len(buf) < head:
-                if final:
-                    self.errors["truncated"] += 1
-                    buf.clear()
-                break
-            n = buf[1] if head == 2 else buf[1] << 8 | buf[2]
-            if n == 0 or n > MAX_PAYLOAD or (head == 3 and n < 255):
-                self.errors["malformed"] += 1
-                del buf[:1]
-                continue
-            total = head + n + 3
-            if len(buf) < total:
-                if final:
-                    self.errors["truncated"] += 1
-                    del buf[:1]
-                    continue
-                break
-            if buf[total - 1] != END:
-                self.errors["malformed"] += 1
-                del buf[:1]
-                continue
-            payload = bytes(buf[head:head + n])
-            if crc16(payload) != buf[total - 3] << 8 | buf[total - 2]:
-                self.errors["checksum"] += 1
-                del buf[:1]
-                continue
-            del buf[:total]
-            self._payload(payload, out)
-        return out
+    starts, end = b"\x02\x03", END
 
-    def _payload(self, payload: bytes, out: list[Values]) -> None:
+    def header_len(self, first: int) -> int:
+        return first  # 2: one length byte, 3: two (payloads of 255 bytes and more)
+
+    def frame_len(self, buf: bytearray, head: int) -> int | None:
+        n = buf[1] if head == 2 else buf[1] << 8 | buf[2]
+        if n == 0 or n > MAX_PAYLOAD or (head == 3 and n < 255):
+            return None
+        return head + n + 3
+
+    def checksum(self, frame: bytes, head: int) -> int:
+        return crc16(frame[head:-3])
+
+    def on_frame(self, frame: bytes, head: int, out: list[Values]) -> None:
+        payload = frame[head:-3]
         if payload == b"\x04" or (payload[0] == COMM_GET_VALUES_SELECTIVE and len(payload) == 5):
             self.requests += 1
             return
