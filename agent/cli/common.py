@@ -86,6 +86,15 @@ def add_config_arg(p: argparse.ArgumentParser) -> None:
                    help=f"configuration file (default: ${CONFIG_ENV} or {default_config_path()})")
 
 
+def add_tls_credential_args(p: argparse.ArgumentParser) -> None:
+    """A platform tool's broker TLS files and credentials: --tls-ca/--tls-cert/--tls-key, --username/--password-file."""
+    p.add_argument("--tls-ca", metavar="PEM", help="CA file to verify the broker (implies TLS)")
+    p.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", metavar="PEM", help="client key (mutual TLS)")
+    p.add_argument("--username")
+    p.add_argument("--password-file", metavar="PATH", help="file holding the broker password")
+
+
 def add_json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable JSON output (errors too)")
 

@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliExit, add_json_arg, print_json, table
+from agent.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliExit,
+    add_json_arg,
+    add_tls_credential_args,
+    print_json,
+    table,
+)
 
 DB_ENV = "EDGE_INGEST_DB"
 
@@ -37,11 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--topics", metavar="FILTER", action="append",
                    help="topic filter, repeatable or comma-separated (default: edge/+/+, every gateway's "
                         "telemetry, events, status and health under the default prefix edge/<gateway>)")
-    p.add_argument("--tls-ca", metavar="PEM", help="CA file to verify the broker (implies TLS)")
-    p.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
-    p.add_argument("--tls-key", metavar="PEM", help="client key (mutual TLS)")
-    p.add_argument("--username")
-    p.add_argument("--password-file", metavar="PATH", help="file holding the broker password")
+    add_tls_credential_args(p)
     p.add_argument("--max-inflight", type=int, default=1000, metavar="N",
                    help="unacknowledged messages the broker may have out to this instance (MQTT 5 "
                         "Receive Maximum; bounds memory when the database is slow; default: %(default)s)")

@@ -10,7 +10,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agent.cli.common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliExit, add_config_arg, add_json_arg, load
+from agent.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    CliExit,
+    add_config_arg,
+    add_json_arg,
+    add_tls_credential_args,
+    load,
+)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,11 +52,7 @@ def add_broker_args(p: argparse.ArgumentParser) -> None:
     """How a platform-side tool reaches the broker (besides --broker): client id, TLS, credentials."""
     p.add_argument("--client-id", help="MQTT client id (default: derived from the prefix)")
     p.add_argument("--tls", action="store_true", help="TLS with the system trust store")
-    p.add_argument("--tls-ca", metavar="PEM", help="CA file to verify the broker (implies TLS)")
-    p.add_argument("--tls-cert", metavar="PEM", help="client certificate (mutual TLS)")
-    p.add_argument("--tls-key", metavar="PEM", help="client key (mutual TLS)")
-    p.add_argument("--username")
-    p.add_argument("--password-file", metavar="PATH")
+    add_tls_credential_args(p)
 
 
 def _from_config(args: argparse.Namespace) -> None:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -237,6 +237,22 @@ def _staging(conn: Any) -> None:
         conn.execute(_STAGE)  # inside the caller's transaction: again next time, in case it rolls back
 
 
+def _settle(conn: Any, inserted_rows: Any, keys: list[tuple[str, str, int]], existing_sql: str, kind: str,
+            mine: Callable[[tuple[str, str, int]], tuple[bytes, str]], duplicates: dict[tuple[str, str], int],
+            conflicts: dict[tuple[str, str, str, int, bytes], str]) -> int:
+    """How many `keys` the insert wrote; each one it skipped is a duplicate (same digest) or a conflict."""
+    inserted = {tuple(r) for r in inserted_rows.fetchall()}
+    rest = [k for k in keys if k not in inserted]
+    if rest:
+        for g, e, s, d in conn.execute(existing_sql, _cols(rest, 3)).fetchall():
+            digest, text = mine((g, e, s))
+            if bytes(d) == digest:
+                _bump(duplicates, (g, e))
+            else:
+                conflicts.setdefault((kind, g, e, s, digest), text)
+    return len(inserted)
+
+
 def write_batch(conn: Any, messages: list[Message], instance: str) -> Outcome:
     """Write `messages` inside the caller's open transaction (the caller commits, then acks)."""
     out = Outcome(messages=len(messages))
@@ -247,29 +263,13 @@ def write_batch(conn: Any, messages: list[Message], instance: str) -> Outcome:
         with conn.cursor().copy(_COPY_READINGS) as cp:
             for k in keys:
                 cp.write_row((*k, *b.readings[k][2], b.readings[k][1]))
-        inserted = {tuple(r) for r in conn.execute(_INSERT_READINGS).fetchall()}
-        out.readings = len(inserted)
-        rest = [k for k in keys if k not in inserted]
-        if rest:
-            for g, e, s, d in conn.execute(_EXISTING_READINGS, _cols(rest, 3)).fetchall():
-                raw, mine, _ = b.readings[(g, e, s)]
-                if bytes(d) == mine:
-                    _bump(b.duplicates, (g, e))
-                else:
-                    b.conflicts.setdefault(("reading", g, e, s, mine), raw)
+        out.readings = _settle(conn, conn.execute(_INSERT_READINGS), keys, _EXISTING_READINGS, "reading",
+                               lambda k: (b.readings[k][1], b.readings[k][0]), b.duplicates, b.conflicts)
     if b.gaps:
         gap_keys = sorted(b.gaps)
         gap_rows = [(*k, gap.to_seq, gap.count, gap.reason, gap.ts, d) for k in gap_keys for gap, d, _ in [b.gaps[k]]]
-        inserted = {tuple(r) for r in conn.execute(_INSERT_GAPS, _cols(gap_rows, 8)).fetchall()}
-        out.gaps = len(inserted)
-        rest = [k for k in gap_keys if k not in inserted]
-        if rest:
-            for g, e, s, d in conn.execute(_EXISTING_GAPS, _cols(rest, 3)).fetchall():
-                _, mine, text = b.gaps[(g, e, s)]
-                if bytes(d) == mine:
-                    _bump(b.gap_duplicates, (g, e))
-                else:
-                    b.conflicts.setdefault(("gap", g, e, s, mine), text)
+        out.gaps = _settle(conn, conn.execute(_INSERT_GAPS, _cols(gap_rows, 8)), gap_keys, _EXISTING_GAPS, "gap",
+                           lambda k: (b.gaps[k][1], b.gaps[k][2]), b.gap_duplicates, b.conflicts)
     if b.events:
         ev_rows = [(g, t, ts, text, d) for (g, d), (t, ts, text) in b.events.items()]
         conn.execute(_INSERT_EVENTS, _cols(ev_rows, 5))
