@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,90 +48,87 @@ def device(sub: Subscriber, dev_id: str) -> list[dict[str, Any]]:
     return [r for r in sub.readings() if r["device"] == dev_id]
 
 
-def test_vesc_serial_polls_decodes_and_survives_silence_and_replug(tmp_path: Path, broker: Broker,
-                                                                   sub: Subscriber) -> None:
-    ctl = PolledPty(tmp_path / "usb-VESC_STM32-if00", vsim.VescResponder(dt=0.1).answer)
+def only_requests(written: bytes, requests: tuple[bytes, ...]) -> bool:
+    """The gateway wrote nothing but these read requests, starting with one whole poll."""
+    rest = written
+    for r in requests:
+        rest = rest.replace(r, b"")
+    return written.startswith(b"".join(requests)) and rest == b""
+
+
+@dataclass(frozen=True)
+class Vehicle:
+    """One polled vehicle device on a pty, and what its end-to-end run must show."""
+
+    dev: str
+    driver: str
+    link: str  # the adapter's /dev/serial/by-id name
+    responder: Callable[[], Callable[[bytes], bytes]]
+    keys: str  # device keys besides id, driver and port
+    expected: Callable[[int], list[dict[str, Any]]]
+    first: int  # readings that must equal the simulation's first polls exactly
+    quantities: frozenset[str]
+    requests: tuple[bytes, ...]
+    complete: str | None  # a poll cut by the unplug may lack a reply: compare only readings with this
+    tags: dict[str, str]
+    mute: bool  # also check a silent device (timeouts, link disconnected, back)
+    after: int  # readings to wait for after the replug
+
+
+VEHICLES = [
+    Vehicle("scooter-7-motor", "vesc", "usb-VESC_STM32-if00", lambda: vsim.VescResponder(dt=0.1).answer,
+            'poll_interval = "100ms"\ntimeout = "300ms"\nmotor_poles = 30\nwheel_diameter = 0.254\n'
+            'tags = { vehicle = "scooter-7" }', vesc_expected, 10,
+            frozenset({"speed", "distance", "fault", "erpm", "input_voltage"}), (GET_VALUES_REQUEST,), None, {"vehicle": "scooter-7"},
+            True, 5),
+    Vehicle("cargo-3-bms", "jbd_bms", "usb-1a86_USB_Serial-if00-port0", lambda: jsim.JbdResponder(dt=0.1).answer,
+            'poll_interval = "100ms"', jbd_expected, 5,  # basic info and cells in one reading
+            frozenset({"voltage", "state_of_charge", "cell_voltage_13", "cell_voltage_delta", "protection"}),
+            (BASIC_INFO_REQUEST, CELL_VOLTAGES_REQUEST), "cell_voltage_1", {}, False, 3),
+]
+
+
+@pytest.mark.parametrize("v", VEHICLES, ids=[v.dev for v in VEHICLES])
+def test_serial_polls_decode_and_survive_silence_and_replug(tmp_path: Path, broker: Broker, sub: Subscriber,
+                                                           v: Vehicle) -> None:
+    ctl = PolledPty(tmp_path / v.link, v.responder())
+    keys = "\n".join(f"        {k}" for k in v.keys.splitlines())
     cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=f"""
         [[devices]]
-        id = "scooter-7-motor"
-        driver = "vesc"
+        id = "{v.dev}"
+        driver = "{v.driver}"
         port = "{ctl.port}"
-        poll_interval = "100ms"
-        timeout = "300ms"
-        motor_poles = 30
-        wheel_diameter = 0.254
-        tags = {{ vehicle = "scooter-7" }}
+{keys}
         """)
     agent = AgentProcess(cfg)
     try:
-        agent.start_and_wait_port("scooter-7-motor")
-        sub.wait_for(lambda: len(device(sub, "scooter-7-motor")) >= 10, 30, "10 VESC readings")
-        got = device(sub, "scooter-7-motor")
-        # every poll answered in order: the readings are exactly the ride's replies, with speed and distance
-        assert [r["values"] for r in got[:10]] == vesc_expected(10)
-        assert got[0]["driver"] == "vesc" and got[0]["tags"] == {"vehicle": "scooter-7"}
-        assert {"speed", "distance", "fault", "erpm", "input_voltage"} <= set(got[0]["values"])
-
-        # silent controller: timeouts, then the link is reported disconnected; answers bring it back
-        ctl.mute = True
-        agent.wait_log("device scooter-7-motor: link disconnected no reply to 3 polls")
-        ctl.mute = False
-        agent.wait_log("device scooter-7-motor: link connected", count=2)
+        agent.start_and_wait_port(v.dev)
+        sub.wait_for(lambda: len(device(sub, v.dev)) >= v.first, 30, f"{v.first} readings")
+        got = device(sub, v.dev)
+        # every poll answered in order: the readings are exactly the simulation's replies
+        assert [r["values"] for r in got[:v.first]] == v.expected(v.first)
+        assert got[0]["driver"] == v.driver and v.quantities <= set(got[0]["values"])
+        assert got[0].get("tags", {}) == v.tags
+        if v.mute:  # silent device: timeouts, then the link is reported disconnected; answers bring it back
+            ctl.mute = True
+            agent.wait_log(f"device {v.dev}: link disconnected no reply to 3 polls")
+            ctl.mute = False
+            agent.wait_log(f"device {v.dev}: link connected", count=2)
 
         # unplugged USB adapter: reopened with backoff, polling resumes
-        n = len(device(sub, "scooter-7-motor"))
+        n = len(device(sub, v.dev))
         ctl.unplug()
-        agent.wait_log("scooter-7-motor: port lost")
+        agent.wait_log(f"{v.dev}: port lost")
         ctl.plug()
-        agent.wait_log("scooter-7-motor: opened", count=2)
-        sub.wait_for(lambda: len(device(sub, "scooter-7-motor")) >= n + 5, 30, "readings after replug")
+        agent.wait_log(f"{v.dev}: opened", count=2)
+        sub.wait_for(lambda: len(device(sub, v.dev)) >= n + v.after, 30, "readings after replug")
         assert agent.terminate() == 0
     finally:
         agent.close()
         ctl.close()
-    got = device(sub, "scooter-7-motor")
-    # no duplicates, no reordering: an in-order subsequence of the ride (replies lost while muted or unplugged)
-    assert in_order_subsequence([r["values"] for r in got], vesc_expected(2000))
+    got = device(sub, v.dev)
+    # no duplicates, no reordering: an in-order subsequence of the simulation (replies lost while muted or unplugged)
+    assert in_order_subsequence([r["values"] for r in got if v.complete is None or v.complete in r["values"]],
+                                v.expected(2000))
     assert [r["seq"] for r in got] == sorted({r["seq"] for r in got})
-    # the gateway only ever sent the read request
-    written = bytes(ctl.written)
-    assert written and written == GET_VALUES_REQUEST * (len(written) // len(GET_VALUES_REQUEST))
-
-
-def test_jbd_bms_serial_polls_both_registers_and_survives_replug(tmp_path: Path, broker: Broker,
-                                                                  sub: Subscriber) -> None:
-    bms = PolledPty(tmp_path / "usb-1a86_USB_Serial-if00-port0", jsim.JbdResponder(dt=0.1).answer)
-    cfg = write_config(tmp_path / "agent.toml", broker_port=broker.port, devices=f"""
-        [[devices]]
-        id = "cargo-3-bms"
-        driver = "jbd_bms"
-        port = "{bms.port}"
-        poll_interval = "100ms"
-        """)
-    agent = AgentProcess(cfg)
-    try:
-        agent.start_and_wait_port("cargo-3-bms")
-        sub.wait_for(lambda: len(device(sub, "cargo-3-bms")) >= 5, 30, "5 BMS readings")
-        got = device(sub, "cargo-3-bms")
-        assert [r["values"] for r in got[:5]] == jbd_expected(5)  # basic info and cells in one reading
-        assert {"voltage", "state_of_charge", "cell_voltage_13", "cell_voltage_delta", "protection"} <= set(
-            got[0]["values"])
-        n = len(got)
-        bms.unplug()
-        agent.wait_log("cargo-3-bms: port lost")
-        bms.plug()
-        agent.wait_log("cargo-3-bms: opened", count=2)
-        sub.wait_for(lambda: len(device(sub, "cargo-3-bms")) >= n + 3, 30, "readings after replug")
-        assert agent.terminate() == 0
-    finally:
-        agent.close()
-        bms.close()
-    got = device(sub, "cargo-3-bms")
-    expected = jbd_expected(2000)
-    # a poll cut by the unplug may lack its cell reply: every reading is a poll's values, in order
-    assert in_order_subsequence([r["values"] for r in got if "cell_voltage_1" in r["values"]], expected)
-    assert [r["seq"] for r in got] == sorted({r["seq"] for r in got})
-    written = bytes(bms.written)
-    pair = BASIC_INFO_REQUEST + CELL_VOLTAGES_REQUEST
-    assert written.startswith(pair) and written.replace(BASIC_INFO_REQUEST, b"").replace(
-        CELL_VOLTAGES_REQUEST, b"") == b""  # nothing but the two read requests
+    assert only_requests(bytes(ctl.written), v.requests)
