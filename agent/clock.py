@@ -29,7 +29,6 @@ from agent.ticks import sleep_to_tick
 if TYPE_CHECKING:
     from agent.buffer import Outbox
     from agent.pipeline import Pipeline
-    from agent.runtime import Agent
 
 log = logging.getLogger(__name__)
 
@@ -147,14 +146,13 @@ async def correct_buffered(pipeline: Pipeline, offset: float) -> Correction:
     return await pipeline.call(correct_outbox, pipeline.outbox, offset)
 
 
-async def watch_clock(agent: Agent, interval: float = POLL_INTERVAL,
+async def watch_clock(mon: ClockMonitor, pipeline: Pipeline, interval: float = POLL_INTERVAL,
                       synced_interval: float = SYNCED_POLL_INTERVAL) -> None:
     """Poll the sync state; on unsynced -> synced, correct what is still buffered.
 
     Polls on the shared timer grid (agent/ticks.py): every `interval` while unsynced, every
     `synced_interval` while synced.
     """
-    mon = agent.clock
     prev = mon.refresh()
     while True:
         await sleep_to_tick(interval if prev == "unsynced" else synced_interval)
@@ -163,7 +161,7 @@ async def watch_clock(agent: Agent, interval: float = POLL_INTERVAL,
         mon.offset = time.time() - time.monotonic()
         if prev == "unsynced" and cur == "synced":
             try:
-                res = await correct_buffered(agent.pipeline, mon.offset)
+                res = await correct_buffered(pipeline, mon.offset)
             except Exception as e:  # the disk refuses (full, locked, read-only): readings stay unsynced
                 if write_fault(e) is None:
                     log.exception("clock synchronised, but re-stamping buffered readings failed")

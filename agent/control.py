@@ -37,7 +37,7 @@ from agent.errors import ControlError
 from agent.model import Reading, encode_reading, format_ts
 
 if TYPE_CHECKING:
-    from agent.runtime import Agent
+    from agent.ports import ControlPort
 
 log = logging.getLogger(__name__)
 
@@ -103,9 +103,9 @@ class TailSubscriber:
 
 
 class ControlServer:
-    """Serves the control socket for one Agent."""
+    """Serves the control socket for one agent."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: ControlPort) -> None:
         self.agent = agent
         self.cfg = agent.cfg.control
         self.path = Path(self.cfg.socket)
@@ -131,9 +131,7 @@ class ControlServer:
 
     def attach(self) -> None:
         """Subscribe to accepted readings (once the pipeline exists)."""
-        pipe = self.agent.pipeline
-        if pipe is not None and self._on_accept not in pipe.listeners:
-            pipe.listeners.append(self._on_accept)
+        self.agent.subscribe(self._on_accept)
 
     def _bind(self) -> socket.socket:
         path = self.path
@@ -196,9 +194,7 @@ class ControlServer:
 
     async def stop(self) -> None:
         """Stop listening, disconnect every client, remove our socket file."""
-        pipe = self.agent.pipeline
-        if pipe is not None and self._on_accept in pipe.listeners:
-            pipe.listeners.remove(self._on_accept)
+        self.agent.unsubscribe(self._on_accept)
         if self._server is not None:
             self._server.close()
         self._stopping = True
@@ -301,7 +297,7 @@ class ControlServer:
                 "pid": os.getpid(),
                 "gateway": self.agent.cfg.gateway.id,
             }
-        if not self.agent.ready.is_set():
+        if not self.agent.is_ready():
             raise RequestError("starting", "the agent is still starting; try again in a moment")
         if cmd == "status":
             return await self.status()
@@ -316,11 +312,12 @@ class ControlServer:
 
     def reconnect(self) -> dict[str, Any]:
         """`uplink.reconnect`: a technician's "try now" (backoff reset; a connected uplink is left alone)."""
-        up = self.agent.uplink
-        was = up.stats.state
+        u = self.agent.uplink_snapshot()
+        assert u is not None  # the agent is ready
+        was = u.state
         if was != "connected":
             log.info("uplink: reconnect asked for on the control socket (was %s)", was)
-            up.reconnect_now()
+            self.agent.reconnect_uplink()
         up_cfg = self.agent.cfg.uplink
         return {"was": was, "reconnecting": was != "connected", "broker": f"{up_cfg.host}:{up_cfg.port}"}
 
@@ -355,8 +352,8 @@ class ControlServer:
             s["readings"] += d["readings"]
             s["errors"] += sum(d["errors"].values())
         h["drivers"] = drivers
-        if a.commands is not None:  # remote commands (agent/remote.py)
-            h["commands"] = a.commands.summary()
+        if (commands := a.commands_summary()) is not None:  # remote commands (agent/remote.py)
+            h["commands"] = commands
         h["control"] = {
             "clients": len(self._clients),
             "tail_clients": len(self._subs),
@@ -368,10 +365,11 @@ class ControlServer:
     def devices(self) -> list[dict[str, Any]]:
         """One row per configured device (disabled ones included)."""
         a = self.agent
+        running = {d.id: d for d in a.device_snapshots()}
         rows = []
         for dev in a.cfg.devices:
-            runner = a.devices.get(dev.id)
-            if runner is None:
+            d = running.get(dev.id)
+            if d is None:
                 rows.append(
                     {
                         "id": dev.id,
@@ -393,15 +391,19 @@ class ControlServer:
                     }
                 )
                 continue
-            v = a.device_view(runner)
-            v["state"] = (
-                "starting" if runner.online is None else ("online" if runner.online else "offline")
-            )
-            v["expected_interval"] = runner.expected_interval
-            v["port"] = dev.port
-            v["address"] = dev.address
-            v["last_reading"] = runner.ctx.last_reading and format_ts(runner.ctx.last_reading)
-            rows.append(v)
+            rows.append({
+                "id": d.id, "driver": d.driver,
+                "online": bool(d.online), "link": d.link, "link_detail": d.link_detail,
+                "readings": d.readings, "last_reading_age": d.last_reading_age,
+                "rate": d.rate, "errors": dict(d.errors),
+                "restarts": d.restarts, "last_error": d.last_error,
+                "last_values": dict(d.last_values),
+                "state": d.state,
+                "expected_interval": d.expected_interval,
+                "port": dev.port,
+                "address": dev.address,
+                "last_reading": d.last_reading and format_ts(d.last_reading),
+            })
         return rows
 
     # -- tail -------------------------------------------------------------------------------
@@ -480,20 +482,18 @@ class ControlServer:
 
     def _liveness(self, device: str) -> tuple[tuple[str, str], dict[str, Any]]:
         """((state, link), the `device` event) of one configured device, for `tail --device`."""
-        a = self.agent
-        runner = a.devices.get(device)
+        d = self.agent.device_snapshot(device)
         ev: dict[str, Any] = {"event": "device", "device": device}
-        if runner is None:
+        if d is None:
             ev.update(state="disabled", link="disabled", detail="", since=None, last_reading=None)
             return ("disabled", "disabled"), ev
-        state = "starting" if runner.online is None else "online" if runner.online else "offline"
-        ctx = runner.ctx
-        key = (state, "" if state == "online" else ctx.link)  # a dead device's link changing is news
-        last = ctx.last_reading
+        state = d.state
+        key = (state, "" if state == "online" else d.link)  # a dead device's link changing is news
+        last = d.last_reading
         since = None
         if state == "offline":  # it went offline `expected_interval` after its last reading
-            since = (last if last is not None else a.started) + runner.expected_interval
-        ev.update(state=state, link=ctx.link, detail=ctx.link_detail[:200],
+            since = (last if last is not None else self.agent.started) + d.expected_interval
+        ev.update(state=state, link=d.link, detail=d.link_detail[:200],
                   since=since and format_ts(since), last_reading=last and format_ts(last))
         return key, ev
 
@@ -502,7 +502,7 @@ def _error(rid: Any, code: str, message: str) -> dict[str, Any]:
     return {"id": rid, "ok": False, "error": {"code": code, "message": message}}
 
 
-async def start_control(agent: Agent) -> ControlServer | None:
+async def start_control(agent: ControlPort) -> ControlServer | None:
     """Start the control API; None (logged) when the socket cannot be made, the agent runs on.
 
     Raises ControlError when another agent already answers on the socket (two agents on one

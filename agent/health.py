@@ -13,7 +13,6 @@ import resource
 import shutil
 import sqlite3
 import time
-import weakref
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,7 @@ from agent import __version__
 from agent.model import format_ts
 
 if TYPE_CHECKING:
-    from agent.runtime import Agent
+    from agent.ports import AgentView
 
 
 class RateMeter:
@@ -97,68 +96,73 @@ def time_to_full(room: int, bytes_per_reading: float, rate: float) -> float | No
     return round(room / bytes_per_reading / rate, 1)
 
 
-# Per agent and per reader: a technician's `status` must not restart the CPU window of P/health.
-_METERS: weakref.WeakKeyDictionary[Agent, dict[str, tuple[RateMeter, CpuMeter]]] = weakref.WeakKeyDictionary()
+class HealthReporter:
+    """Builds `P/health` bodies for one agent, keeping each reader's sampling windows."""
 
+    def __init__(self, view: AgentView) -> None:
+        self.view = view
+        # Per reader: a technician's `status` must not restart the CPU window of P/health.
+        self.meters: dict[str, tuple[RateMeter, CpuMeter]] = {}
 
-async def build_health(agent: Agent, reader: str = "health") -> dict[str, Any]:
-    """One `P/health` message body for a running agent (`reader`: whose sampling windows)."""
-    from agent.buffer import ROW_OVERHEAD
+    async def build(self, reader: str = "health") -> dict[str, Any]:
+        """One `P/health` message body (`reader`: whose sampling windows)."""
+        from agent.buffer import ROW_OVERHEAD
 
-    per_reader = _METERS.setdefault(agent, {})
-    meters = per_reader.get(reader)
-    if meters is None:
-        meters = per_reader[reader] = (RateMeter(start=agent.started_monotonic), CpuMeter())
-    rate_meter, cpu_meter = meters
-    pipe = agent.pipeline
-    st = await pipe.call(pipe.outbox.stats)
-    now = time.time()
-    try:
-        du = shutil.disk_usage(agent.cfg.buffer.path.parent)
-        disk: dict[str, int | None] = {"free": du.free, "total": du.total}
-    except OSError:
-        disk = {"free": None, "total": None}
-    rate = rate_meter.rate(pipe.accepted)
-    per = st.bytes / st.depth if st.depth else 250 + ROW_OVERHEAD
-    u = agent.uplink.stats
-    return {
-        "v": 1,
-        "gateway": agent.cfg.gateway.id,
-        "ts": format_ts(now),
-        "version": __version__,
-        "uptime": round(max(0.0, now - agent.started), 1),
-        "clock": agent.clock.state(),
-        "buffer": {
-            "epoch": st.epoch, "depth": st.depth, "bytes": st.bytes, "max_bytes": st.max_bytes,
-            "oldest_age": None if st.oldest_ts is None else round(max(0.0, now - st.oldest_ts), 1),
-            "time_to_full": time_to_full(max(0, st.max_bytes - st.bytes), per, rate),
-            "next_seq": st.next_seq, "dropped": dict(st.dropped),
-            "dropped_total": sum(st.dropped.values()), "rejected": st.rejected,
-            "queue_overflow": pipe.overflow, "queued": pipe.queued, "file_bytes": st.file_bytes,
-            "accept_rate": round(rate, 2), "events_pending": st.events_pending,
-            "writer": pipe.writer, "writer_detail": pipe.writer_detail,
-        },
-        "uplink": {
-            "state": u.state, "connected_since": _ts(u.connected_since), "last_error": u.last_error,
-            "published": u.published, "acked": u.acked, "readings_published": u.readings_published,
-            "readings_acked": u.readings_acked, "events_published": u.events_published,
-            "reconnects": u.reconnects, "last_puback": _ts(u.last_puback), "inflight": max(0, u.inflight),
-            "backoff_until": _ts(u.backoff_until),
-        },
-        "devices": {r.device.id: {
-            "driver": r.device.driver, "online": bool(r.online), "link": r.ctx.link,
-            "last_seen": _ts(r.ctx.last_reading), "readings": r.ctx.readings,
-            "errors": sum(r.ctx.errors.values()), "restarts": r.ctx.restarts,
-        } for r in agent.devices.values()},
-        "process": {
-            "cpu_percent": round(cpu_meter.percent(), 2),
-            "rss_bytes": rss_bytes(),
-            "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "pid": os.getpid(),
-        },
-        "disk_free": disk["free"],
-        "disk": disk,
-        "versions": versions(),
-        # shared services (e.g. the BLE scanner: mode, passive refused, healthy)
-        **{name: svc.status() for name, svc in agent.services.items() if hasattr(svc, "status")},
-    }
+        view = self.view
+        meters = self.meters.get(reader)
+        if meters is None:
+            meters = self.meters[reader] = (RateMeter(start=view.started_monotonic), CpuMeter())
+        rate_meter, cpu_meter = meters
+        st = await view.buffer_stats()
+        pipe, u = view.pipeline_snapshot(), view.uplink_snapshot()
+        assert pipe is not None and u is not None, "health of an agent that has not started"
+        cfg = view.cfg
+        now = time.time()
+        try:
+            du = shutil.disk_usage(cfg.buffer.path.parent)
+            disk: dict[str, int | None] = {"free": du.free, "total": du.total}
+        except OSError:
+            disk = {"free": None, "total": None}
+        rate = rate_meter.rate(pipe.accepted)
+        per = st.bytes / st.depth if st.depth else 250 + ROW_OVERHEAD
+        return {
+            "v": 1,
+            "gateway": cfg.gateway.id,
+            "ts": format_ts(now),
+            "version": __version__,
+            "uptime": round(max(0.0, now - view.started), 1),
+            "clock": view.clock_state(),
+            "buffer": {
+                "epoch": st.epoch, "depth": st.depth, "bytes": st.bytes, "max_bytes": st.max_bytes,
+                "oldest_age": None if st.oldest_ts is None else round(max(0.0, now - st.oldest_ts), 1),
+                "time_to_full": time_to_full(max(0, st.max_bytes - st.bytes), per, rate),
+                "next_seq": st.next_seq, "dropped": dict(st.dropped),
+                "dropped_total": sum(st.dropped.values()), "rejected": st.rejected,
+                "queue_overflow": pipe.overflow, "queued": pipe.queued, "file_bytes": st.file_bytes,
+                "accept_rate": round(rate, 2), "events_pending": st.events_pending,
+                "writer": pipe.writer, "writer_detail": pipe.writer_detail,
+            },
+            "uplink": {
+                "state": u.state, "connected_since": _ts(u.connected_since), "last_error": u.last_error,
+                "published": u.published, "acked": u.acked, "readings_published": u.readings_published,
+                "readings_acked": u.readings_acked, "events_published": u.events_published,
+                "reconnects": u.reconnects, "last_puback": _ts(u.last_puback), "inflight": max(0, u.inflight),
+                "backoff_until": _ts(u.backoff_until),
+            },
+            "devices": {d.id: {
+                "driver": d.driver, "online": bool(d.online), "link": d.link,
+                "last_seen": _ts(d.last_reading), "readings": d.readings,
+                "errors": sum(d.errors.values()), "restarts": d.restarts,
+            } for d in view.device_snapshots()},
+            "process": {
+                "cpu_percent": round(cpu_meter.percent(), 2),
+                "rss_bytes": rss_bytes(),
+                "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "pid": os.getpid(),
+            },
+            "disk_free": disk["free"],
+            "disk": disk,
+            "versions": versions(),
+            # shared services (e.g. the BLE scanner: mode, passive refused, healthy)
+            **{s.name: dict(s.status) for s in view.service_snapshots(with_status=True) if s.status is not None},
+        }

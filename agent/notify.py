@@ -19,13 +19,13 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agent.ticks import next_tick, sleep_to_tick
 
 if TYPE_CHECKING:
-    from agent.runtime import Agent
+    from agent.ports import AgentView, PipelineSnapshot, ServiceSnapshot, Supervised
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,9 @@ def notifier() -> Notifier:
     return _notifier
 
 
-def stall_reason(agent: Agent, stall_after: float, now: float | None = None) -> str | None:
+def stall_reason(pipe: PipelineSnapshot | None, services: Sequence[ServiceSnapshot], stall_after: float,
+                 now: float | None = None) -> str | None:
     """Why the pipeline is not making progress, or None when it is."""
-    pipe = agent.pipeline
     if pipe is None:
         return None
     now = time.monotonic() if now is None else now
@@ -134,26 +134,26 @@ def stall_reason(agent: Agent, stall_after: float, now: float | None = None) -> 
         and now - pipe.last_commit > stall_after + pipe.commit_interval
     ):
         return f"{pipe.queued} readings waiting {now - pipe.last_commit:.0f}s for a commit"
-    for name, svc in agent.services.items():
+    for svc in services:
         # A service at the end of its own recovery ladder (e.g. the BLE scanner after restarts
         # and an adapter power-cycle) asks systemd's watchdog to restart the agent.
-        if getattr(svc, "healthy", True) is False:
-            return f"{name}: {getattr(svc, 'unhealthy_reason', '') or 'unhealthy'}"
+        if not svc.healthy:
+            return f"{svc.name}: {svc.unhealthy_reason or 'unhealthy'}"
     return None
 
 
-def status_line(agent: Agent) -> str:
+def status_line(view: AgentView) -> str:
     """One-line summary for `systemctl status` (never awaits the buffer thread)."""
-    runners = list(agent.devices.values())
-    online = sum(1 for r in runners if r.online)
-    parts = [f"{online}/{len(runners)} devices online"]
-    pipe = agent.pipeline
+    devices = view.device_snapshots()
+    online = sum(1 for d in devices if d.online)
+    parts = [f"{online}/{len(devices)} devices online"]
+    pipe = view.pipeline_snapshot()
     if pipe is not None:
-        parts.append(f"buffer {pipe.outbox.depth} readings"
+        parts.append(f"buffer {pipe.depth} readings"
                      + ("" if pipe.writer == "ok" else f" ({pipe.writer.replace('_', ' ')})"))
-    if agent.uplink is not None:
-        parts.append(f"uplink {agent.uplink.stats.state}")
-    parts.append(f"clock {agent.clock.state()}")
+    if (u := view.uplink_snapshot()) is not None:
+        parts.append(f"uplink {u.state}")
+    parts.append(f"clock {view.clock_state()}")
     return ", ".join(parts)
 
 
@@ -162,7 +162,7 @@ class Supervision:
 
     def __init__(
         self,
-        agent: Agent,
+        agent: Supervised,
         sd: Notifier | None = None,
         *,
         stall_after: float | None = None,
@@ -183,7 +183,7 @@ class Supervision:
         self._status_at = -1e9
         self.stalled: str | None = None
         self.pings = 0
-        agent.on_ready.append(self._on_ready)
+        agent.when_ready(self._on_ready)
 
     def _on_ready(self) -> None:
         self.sd.ready(status_line(self.agent))
@@ -207,10 +207,11 @@ class Supervision:
     def tick(self) -> None:
         """One round: ping if progressing, refresh STATUS when due or changed."""
         now = self._clock()
-        stopping = self.agent.stop_event.is_set()
-        reason = (
-            stall_reason(self.agent, self.stall_after, now) if self.agent.ready.is_set() else None
-        )
+        a = self.agent
+        stopping = a.is_stopping()
+        reason = None
+        if a.is_ready():
+            reason = stall_reason(a.pipeline_snapshot(), a.service_snapshots(), self.stall_after, now)
         if reason != self.stalled:
             if reason:
                 log.error("watchdog: %s; no longer telling systemd we are alive", reason)
@@ -220,7 +221,7 @@ class Supervision:
         if self.sd.watchdog_interval and reason is None:
             self.sd.watchdog()
             self.pings += 1
-        if stopping or not self.agent.ready.is_set():
+        if stopping or not a.is_ready():
             return
         text = f"STALLED: {reason}" if reason else status_line(self.agent)
         if text != self._last_status or now - self._status_at >= self.status_interval:
@@ -230,7 +231,7 @@ class Supervision:
     async def _run(self) -> None:
         stop_sent = False
         while True:
-            if self.agent.stop_event.is_set() and not stop_sent:
+            if self.agent.is_stopping() and not stop_sent:
                 self.sd.stopping()
                 stop_sent = True
             self.tick()
@@ -239,4 +240,4 @@ class Supervision:
                 continue
             with contextlib.suppress(TimeoutError):  # on the shared timer grid (agent/ticks.py)
                 async with asyncio.timeout_at(next_tick(self.period)):
-                    await self.agent.stop_event.wait()
+                    await self.agent.wait_stopping()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,14 +23,13 @@ from agent.errors import ConfigError
 from agent.notify import notifier, status_line
 
 if TYPE_CHECKING:
-    from agent.runtime import Agent
+    from agent.ports import AgentCommands
+    from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
 
 RESTART_ONLY = ("buffer.path", "buffer.synchronous", "buffer.queue_size", "gateway.id", "control")
 LIVE_BUFFER = ("max_bytes", "max_age", "on_full")
-
-_uplink_files: weakref.WeakKeyDictionary[Agent, str] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,11 +89,6 @@ def _files_digest(cfg: AgentConfig) -> str:
     return h.hexdigest()
 
 
-def remember_uplink_files(agent: Agent) -> None:
-    """Record the uplink files as started (call once the agent runs)."""
-    _uplink_files[agent] = _files_digest(agent.cfg)
-
-
 def plan(old: AgentConfig, new: AgentConfig, running: set[str]) -> ReloadPlan:
     """Compare configurations; restart-only keys keep their old value in the result."""
     needs: list[str] = []
@@ -144,82 +137,84 @@ def plan(old: AgentConfig, new: AgentConfig, running: set[str]) -> ReloadPlan:
     )
 
 
-async def reload_config(agent: Agent) -> bool:
-    """Re-read agent.cfg.source_path and apply it; False when rejected (old config kept)."""
-    sd = notifier()
-    path = agent.cfg.source_path
-    if path is None:
-        log.warning("reload: the configuration was not loaded from a file; nothing to re-read")
-        return False
-    sd.reloading()
-    ok = False
-    try:
-        ok = await _reload(agent, path)
-    finally:
-        sd.ready(
-            status_line(agent)
-            if ok
-            else f"reload rejected; running the previous configuration; {status_line(agent)}"
-        )
-    return ok
+class Reloader:
+    """Re-reads and applies one agent's configuration file; remembers the uplink files it runs with."""
 
+    def __init__(self, agent: AgentCommands) -> None:
+        self.agent = agent
+        self.uplink_files: str | None = None  # digest of the running session's files; None: not recorded
 
-async def _reload(agent: Agent, path: Path) -> bool:
-    from agent.uplink import Uplink
+    def remember_uplink_files(self) -> None:
+        """Record the uplink files as started (call once the agent runs)."""
+        self.uplink_files = _files_digest(self.agent.cfg)
 
-    log.info("reload: reading %s", path)
-    try:
-        new = await asyncio.to_thread(load_config, path)
-    except ConfigError as e:
-        log.error(
-            "reload: %s is invalid, keeping the running configuration: %s",
-            path,
-            "; ".join(e.problems),
-        )
-        return False
-    p = plan(agent.cfg, new, set(agent.devices))
-    files = _files_digest(p.config)
-    uplink_restart = p.uplink or files != _uplink_files.get(agent, files)
-    candidate: Uplink | None = None
-    if uplink_restart:
+    async def reload(self) -> bool:
+        """Re-read agent.cfg.source_path and apply it; False when rejected (old config kept)."""
+        agent = self.agent
+        sd = notifier()
+        path = agent.cfg.source_path
+        if path is None:
+            log.warning("reload: the configuration was not loaded from a file; nothing to re-read")
+            return False
+        sd.reloading()
+        ok = False
         try:
-            candidate = Uplink(p.config, agent.pipeline, health=agent.health)
+            ok = await self._reload(path)
+        finally:
+            sd.ready(
+                status_line(agent)
+                if ok
+                else f"reload rejected; running the previous configuration; {status_line(agent)}"
+            )
+        return ok
+
+    async def _reload(self, path: Path) -> bool:
+        agent = self.agent
+        log.info("reload: reading %s", path)
+        try:
+            new = await asyncio.to_thread(load_config, path)
         except ConfigError as e:
             log.error(
-                "reload: uplink settings rejected, keeping the running configuration: %s",
+                "reload: %s is invalid, keeping the running configuration: %s",
+                path,
                 "; ".join(e.problems),
             )
             return False
-    if agent.stop_event.is_set():
-        return False
-    for key in p.needs_restart:
-        log.warning(
-            "reload: %s changed; takes effect only after a restart (systemctl restart edge-agent)",
-            key,
-        )
-    for dev_id in (*p.remove, *p.restart):
-        await agent.remove_device(dev_id)
-    agent.cfg = p.config
-    for dev_id in (*p.restart, *p.add):
-        agent.add_device(p.config.device(dev_id))
-    if p.buffer:
-        b = p.config.buffer
-        outbox = agent.pipeline.outbox
-
-        def apply_limits() -> None:
-            outbox.max_bytes, outbox.max_age, outbox.on_full = b.max_bytes, b.max_age, b.on_full
-
-        await agent.pipeline.call(apply_limits)
-        agent.pipeline.commit_interval = b.commit_interval
-        agent.pipeline.sync_interval = b.sync_interval
-    if p.log_level:
-        logging.getLogger().setLevel(p.config.log_level.upper())
-    if candidate is not None:
-        await agent.restart_uplink(candidate)
-        _uplink_files[agent] = files
-    summary = p.summary()
-    if uplink_restart and not p.uplink:
-        extra = "uplink restarted (credential files changed)"
-        summary = extra if p.empty else f"{summary}; {extra}"
-    log.info("reload: applied: %s", summary)
-    return True
+        p = plan(agent.cfg, new, set(agent.running_devices()))
+        files = _files_digest(p.config)
+        uplink_restart = p.uplink or files != (files if self.uplink_files is None else self.uplink_files)
+        candidate: Uplink | None = None
+        if uplink_restart:
+            try:
+                candidate = agent.new_uplink(p.config)
+            except ConfigError as e:
+                log.error(
+                    "reload: uplink settings rejected, keeping the running configuration: %s",
+                    "; ".join(e.problems),
+                )
+                return False
+        if agent.is_stopping():
+            return False
+        for key in p.needs_restart:
+            log.warning(
+                "reload: %s changed; takes effect only after a restart (systemctl restart edge-agent)",
+                key,
+            )
+        for dev_id in (*p.remove, *p.restart):
+            await agent.remove_device(dev_id)
+        agent.set_config(p.config)
+        for dev_id in (*p.restart, *p.add):
+            agent.add_device(p.config.device(dev_id))
+        if p.buffer:
+            await agent.set_buffer_limits(p.config.buffer)
+        if p.log_level:
+            logging.getLogger().setLevel(p.config.log_level.upper())
+        if candidate is not None:
+            await agent.restart_uplink(candidate)
+            self.uplink_files = files
+        summary = p.summary()
+        if uplink_restart and not p.uplink:
+            extra = "uplink restarted (credential files changed)"
+            summary = extra if p.empty else f"{summary}; {extra}"
+        log.info("reload: applied: %s", summary)
+        return True

@@ -53,7 +53,7 @@ from agent.model import format_ts
 from edge_common.errors import EdgeAgentError
 
 if TYPE_CHECKING:
-    from agent.runtime import Agent
+    from agent.ports import AgentCommands
     from agent.uplink import Uplink
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ _LATER = object()  # the result comes later (config.apply's confirmation)
 class CommandService:
     """Runs for an agent with `[commands]`."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: AgentCommands) -> None:
         assert agent.cfg.commands is not None
         self.agent = agent
         self._commands_cfg = agent.cfg.commands
@@ -161,7 +161,7 @@ class CommandService:
                 raise Refused("not_allowed", "[commands] was removed by a reload: remote commands are off",
                               **claimed_ids(payload))
             self._refresh()
-            synced = self.agent.clock.state() == "synced"
+            synced = self.agent.clock_state() == "synced"
             cmd = self.verifier.verify(payload, retained=retained, clock_synced=synced)
             if cmd.iat < self.store.replay_floor - LEEWAY:
                 raise Refused("replay", "issued before the replay memory was reset (a corrupt commands.db was "
@@ -181,7 +181,7 @@ class CommandService:
         except Exception as e:
             log.exception("command %s failed", cmd.cmd if cmd else "?")
             await self._finish(cmd, "failed", "error", f"{type(e).__name__}: {e}")
-        if self.agent.clock.state() == "synced":  # an unsynced clock could forget jtis too early
+        if self.agent.clock_state() == "synced":  # an unsynced clock could forget jtis too early
             await asyncio.to_thread(self.store.prune, time.time())
 
     async def _finish(self, cmd: Command | None, status: str, reason: str | None = None, detail: str = "",
@@ -195,7 +195,7 @@ class CommandService:
         level = logging.INFO if status == "ok" else logging.WARNING
         log.log(level, "command %s (jti %s, kid %s): %s%s", verb, jti, kid, status,
                 f" ({reason}: {detail})" if reason else "")
-        await self.agent.pipeline.add_event("command", {
+        await self.agent.add_event("command", {
             "jti": jti, "cmd": verb, "kid": kid, "status": status, "reason": reason, "detail": detail[:200]})
 
     async def _send_results(self) -> None:
@@ -229,36 +229,32 @@ class CommandService:
         a = self.agent
         if cmd.cmd == "ping":
             return {"pong": True, "version": __version__, "gateway": a.cfg.gateway.id, "time": format_ts(time.time()),
-                    "clock": a.clock.state(), "pid": os.getpid()}
+                    "clock": a.clock_state(), "pid": os.getpid()}
         if cmd.cmd == "status":
-            return await self._view().status()
+            return await a.status()
         if cmd.cmd == "devices":
-            return {"devices": self._view().devices()}
+            return {"devices": a.device_rows()}
         if cmd.cmd == "config.get":
             return await asyncio.to_thread(self._config_get)
-        if cmd.cmd in a.command_readers:  # buffer.stats: lent by the CLI layer (`edge-agent run`)
-            stats = await asyncio.to_thread(a.command_readers[cmd.cmd], a.cfg)
+        if (reader := a.command_reader(cmd.cmd)) is not None:  # buffer.stats: lent by `edge-agent run`
+            stats = await asyncio.to_thread(reader, a.cfg)
             return json.loads(json.dumps(stats, default=str))
         if cmd.cmd == "buffer.stats":
             raise Failed("unavailable", "buffer.stats is served by `edge-agent run` only")
         if cmd.cmd == "device.restart":
             dev = cmd.args.get("device")
-            if not isinstance(dev, str) or dev not in a.devices:
-                raise Refused("bad_args", f"args.device must name a running device (running: {', '.join(a.devices)})")
+            running = a.running_devices()
+            if not isinstance(dev, str) or dev not in running:
+                raise Refused("bad_args", f"args.device must name a running device (running: {', '.join(running)})")
             await a.remove_device(dev)
             a.add_device(a.cfg.device(dev))
             return {"device": dev, "restarted": True}
         if cmd.cmd == "uplink.reconnect":
-            a.uplink.reconnect_now()
+            a.reconnect_uplink()
             return {"reconnecting": True, "broker": f"{a.cfg.uplink.host}:{a.cfg.uplink.port}"}
         if cmd.cmd == "config.apply":
             return await self._config_apply(cmd)
         raise Failed("unknown_verb", cmd.cmd)  # Verifier only passes VERBS
-
-    def _view(self) -> Any:
-        from agent.control import ControlServer
-
-        return self.agent.control or ControlServer(self.agent)
 
     def _config_get(self) -> dict[str, Any]:
         from agent.config import masked_dump
@@ -337,7 +333,7 @@ class CommandService:
             with contextlib.suppress(OSError):
                 tmp.unlink()
         out = [f"{k}: takes effect only after a restart, which config.apply cannot confirm (change it on site)"
-               for k in plan(self.agent.cfg, cfg, set(self.agent.devices)).needs_restart]
+               for k in plan(self.agent.cfg, cfg, set(self.agent.running_devices())).needs_restart]
         if cfg.commands is None:
             out.append("commands: removing [commands] remotely would end remote management (do it on site)")
             return out
@@ -351,15 +347,12 @@ class CommandService:
 
     async def _reload(self, path: Path) -> Uplink | None:
         """Apply the file through the reload path on a fresh uplink session; that session, or None if rejected."""
-        from agent.reload import reload_config
-        from agent.uplink import Uplink
-
         a = self.agent
         before = a.uplink
-        if not await reload_config(a):
+        if not await a.reload_config():
             return None
         if a.uplink is before:  # uplink settings unchanged: confirm on a new session all the same
-            await a.restart_uplink(Uplink(a.cfg, a.pipeline, health=a.health))
+            await a.restart_uplink(a.new_uplink(a.cfg))
         return a.uplink
 
     async def _confirm(self, cmd: Command, path: Path, pending: Pending, up: Uplink, window: float) -> None:
@@ -389,16 +382,13 @@ class CommandService:
             self.applying = None
 
     async def _roll_back(self, path: Path, pending: Pending) -> None:
-        from agent.reload import reload_config
-        from agent.uplink import Uplink
-
         a = self.agent
         await asyncio.to_thread(restore, path, pending)
         before = a.uplink
-        if not await reload_config(a):
+        if not await a.reload_config():
             log.error("config.apply %s: the restored previous file did not reload; restart the agent", pending.jti)
         if a.uplink is before:
-            await a.restart_uplink(Uplink(a.cfg, a.pipeline, health=a.health))
+            await a.restart_uplink(a.new_uplink(a.cfg))
         await asyncio.to_thread(clear_pending, path)
         log.warning("config.apply %s rolled back to %s", pending.jti, pending.base[:12])
 

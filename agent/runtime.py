@@ -4,24 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.backoff import Backoff
-from agent.buffer import Outbox
+from agent.buffer import BufferStats, Outbox
 from agent.clock import ClockMonitor, watch_clock
-from agent.config import AgentConfig, DeviceConfig
+from agent.config import AgentConfig, BufferConfig, DeviceConfig
+from agent.health import HealthReporter
 from agent.logs import device_context
 from agent.memory import malloc_trim
-from agent.pipeline import Pipeline
+from agent.model import ClockState
+from agent.pipeline import AcceptListener, Pipeline
+from agent.ports import DeviceSnapshot, PipelineSnapshot, ServiceSnapshot
+from agent.reload import Reloader
 from agent.ticks import next_tick
-from agent.uplink import Uplink
+from agent.uplink import Uplink, UplinkStats
 from drivers import driver_class
 from drivers.base import DeviceContext, Driver
+
+if TYPE_CHECKING:
+    from agent.control import ControlServer
+    from agent.remote import CommandService
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +78,21 @@ class DeviceRunner:
                 backoff.reset()
             await asyncio.sleep(backoff.next())
 
+    def snapshot(self) -> DeviceSnapshot:
+        ctx = self.ctx
+        age = None if ctx.last_reading is None else round(time.time() - ctx.last_reading, 3)
+        up = max(1e-9, time.monotonic() - self.started)
+        return DeviceSnapshot(
+            id=self.device.id, driver=self.device.driver, online=self.online, link=ctx.link,
+            link_detail=ctx.link_detail, readings=ctx.readings, last_reading=ctx.last_reading,
+            last_reading_age=age, rate=round(ctx.readings / up, 3), errors=dict(ctx.errors),
+            restarts=ctx.restarts, last_error=self.last_error, last_values=dict(ctx.last_values),
+            expected_interval=self.expected_interval,
+        )
+
 
 class Agent:
-    """A running gateway agent."""
+    """A running gateway agent; implements the narrow core of agent/ports.py for the modules it runs."""
 
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
@@ -88,9 +109,11 @@ class Agent:
         self.on_ready: list[Callable[[], None]] = []
         self.failure: str | None = None  # why a core task died (the process then exits 1)
         self._reload_task: asyncio.Task[Any] | None = None
-        self.control: Any = None  # agent.control.ControlServer, the CLI's socket
+        self.control: ControlServer | None = None  # the CLI's socket
         self._upkeep_wake = asyncio.Event()
-        self.commands: Any = None  # agent.remote.CommandService when [commands] is configured
+        self.commands: CommandService | None = None  # when [commands] is configured
+        self.health_reporter = HealthReporter(self)  # P/health and status, each with its own windows
+        self.reloader = Reloader(self)
         # read-only views the CLI layer lends to remote commands (verb -> fn(cfg) -> JSON), e.g. buffer.stats
         self.command_readers: dict[str, Callable[[AgentConfig], dict[str, Any]]] = {}
 
@@ -109,7 +132,7 @@ class Agent:
             self.pipeline.new_events.set()
         log.info("buffer %s: epoch %s, %d readings waiting, next seq %d",
                  b.path, outbox.epoch, outbox.depth, outbox.next_seq)
-        self.uplink = Uplink(self.cfg, self.pipeline, health=self.health)
+        self.uplink = self.new_uplink(self.cfg)
         if self.cfg.commands is not None:  # signed remote commands on P/commands (agent/remote.py)
             from agent.remote import CommandService
 
@@ -119,7 +142,7 @@ class Agent:
         self._spawn(self.pipeline.run_writer(), "writer")
         self._spawn(self.uplink.run(), "uplink")
         self._spawn(self._upkeep(), "upkeep")
-        self._spawn(watch_clock(self), "clock")
+        self._spawn(watch_clock(self.clock, self.pipeline), "clock")
         for dev in self.cfg.devices:
             if dev.enabled:
                 self.add_device(dev)
@@ -165,11 +188,9 @@ class Agent:
         self._reload_task = asyncio.create_task(self._reload(), name="reload")
 
     async def _reload(self) -> None:
-        from agent.reload import reload_config
-
         await self.ready.wait()
         try:
-            await reload_config(self)
+            await self.reloader.reload()
         except Exception:
             log.exception("reload failed")
 
@@ -301,26 +322,119 @@ class Agent:
     def _on_link_change(self, ctx: DeviceContext) -> None:
         log.info("device %s: link %s %s", ctx.device.id, ctx.link, ctx.link_detail)
 
-    # -- views ----------------------------------------------------------------------------
-    def device_view(self, runner: DeviceRunner) -> dict[str, Any]:
-        ctx = runner.ctx
-        now = time.time()
-        age = None if ctx.last_reading is None else round(now - ctx.last_reading, 3)
-        up = max(1e-9, time.monotonic() - runner.started)
-        return {
-            "id": runner.device.id, "driver": runner.device.driver,
-            "online": bool(runner.online), "link": ctx.link, "link_detail": ctx.link_detail,
-            "readings": ctx.readings, "last_reading_age": age,
-            "rate": round(ctx.readings / up, 3), "errors": dict(ctx.errors),
-            "restarts": ctx.restarts, "last_error": runner.last_error,
-            "last_values": dict(ctx.last_values),
-        }
+    # -- the narrow core (agent/ports.py): views --------------------------------------------
+    def clock_state(self) -> ClockState:
+        return self.clock.state()
+
+    def is_ready(self) -> bool:
+        return self.ready.is_set()
+
+    def is_stopping(self) -> bool:
+        return self.stop_event.is_set()
+
+    def when_ready(self, fn: Callable[[], None]) -> None:
+        self.on_ready.append(fn)
+
+    async def wait_stopping(self) -> None:
+        await self.stop_event.wait()
+
+    def running_devices(self) -> tuple[str, ...]:
+        return tuple(self.devices)
+
+    def device_snapshot(self, device_id: str) -> DeviceSnapshot | None:
+        runner = self.devices.get(device_id)
+        return None if runner is None else runner.snapshot()
+
+    def device_snapshots(self) -> tuple[DeviceSnapshot, ...]:
+        return tuple(r.snapshot() for r in list(self.devices.values()))
+
+    def pipeline_snapshot(self) -> PipelineSnapshot | None:
+        p = self.pipeline
+        if p is None:
+            return None
+        return PipelineSnapshot(
+            depth=p.outbox.depth, queued=p.queued, overflow=p.overflow, accepted=p.accepted, writer=p.writer,
+            writer_detail=p.writer_detail, busy_since=p.busy_since, last_commit=p.last_commit,
+            commit_interval=p.commit_interval,
+        )
+
+    async def buffer_stats(self) -> BufferStats:
+        return await self.pipeline.call(self.pipeline.outbox.stats)
+
+    def uplink_snapshot(self) -> UplinkStats | None:
+        return None if self.uplink is None else dataclasses.replace(self.uplink.stats)
+
+    def service_snapshots(self, *, with_status: bool = False) -> tuple[ServiceSnapshot, ...]:
+        return tuple(
+            ServiceSnapshot(
+                name=name,
+                status=svc.status() if with_status and hasattr(svc, "status") else None,
+                healthy=getattr(svc, "healthy", True) is not False,
+                unhealthy_reason=getattr(svc, "unhealthy_reason", "") or "",
+            )
+            for name, svc in self.services.items()
+        )
+
+    def commands_summary(self) -> dict[str, Any] | None:
+        return None if self.commands is None else self.commands.summary()
 
     async def health(self, reader: str = "health") -> dict[str, Any]:
         """The `P/health` body (also the core of `status`, reader="status"); built in agent/health.py."""
-        from agent.health import build_health
+        return await self.health_reporter.build(reader)
 
-        return await build_health(self, reader)
+    # -- the narrow core: commands ----------------------------------------------------------
+    def subscribe(self, listener: AcceptListener) -> bool:
+        pipe = self.pipeline
+        if pipe is None:
+            return False
+        if listener not in pipe.listeners:
+            pipe.listeners.append(listener)
+        return True
+
+    def unsubscribe(self, listener: AcceptListener) -> None:
+        pipe = self.pipeline
+        if pipe is not None and listener in pipe.listeners:
+            pipe.listeners.remove(listener)
+
+    def reconnect_uplink(self) -> None:
+        self.uplink.reconnect_now()
+
+    def set_config(self, cfg: AgentConfig) -> None:
+        self.cfg = cfg
+
+    async def set_buffer_limits(self, b: BufferConfig) -> None:
+        """Buffer settings a reload changes in place (the outbox's limits on its own thread)."""
+        pipe, outbox = self.pipeline, self.pipeline.outbox
+
+        def apply_limits() -> None:
+            outbox.max_bytes, outbox.max_age, outbox.on_full = b.max_bytes, b.max_age, b.on_full
+
+        await pipe.call(apply_limits)
+        pipe.commit_interval = b.commit_interval
+        pipe.sync_interval = b.sync_interval
+
+    def new_uplink(self, cfg: AgentConfig) -> Uplink:
+        return Uplink(cfg, self.pipeline, health=self.health)
+
+    async def add_event(self, type_: str, body: dict[str, Any]) -> None:
+        await self.pipeline.add_event(type_, body)
+
+    async def reload_config(self) -> bool:
+        return await self.reloader.reload()
+
+    def command_reader(self, verb: str) -> Callable[[AgentConfig], dict[str, Any]] | None:
+        return self.command_readers.get(verb)
+
+    async def status(self) -> dict[str, Any]:
+        return await self._control_view().status()
+
+    def device_rows(self) -> list[dict[str, Any]]:
+        return self._control_view().devices()
+
+    def _control_view(self) -> ControlServer:
+        from agent.control import ControlServer
+
+        return self.control or ControlServer(self)
 
 
 def install_signal_handlers(agent: Agent) -> None:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
 import struct
 import time
 from pathlib import Path
+from typing import Any
 
 from agent.logs import DeviceFilter, JournalFormatter, JournalHandler, device_context, encode_fields
 from agent.notify import Notifier
+from agent.ports import PipelineSnapshot, ServiceSnapshot
 from tests.support.sdnotify import NotifyListener
 
 
@@ -111,32 +114,31 @@ async def test_journal_handler_structured_device_fields(tmp_path: Path) -> None:
 
 
 def test_an_unhealthy_service_stops_the_watchdog() -> None:
-    import types
-
     from agent.notify import stall_reason
 
-    pipe = types.SimpleNamespace(busy_since=None, queued=0, last_commit=0.0, commit_interval=0.5)
-    scanner = types.SimpleNamespace(healthy=True, unhealthy_reason="")
-    agent = types.SimpleNamespace(pipeline=pipe, services={"ble": scanner})
-    assert stall_reason(agent, 10.0, now=1.0) is None  # type: ignore[arg-type]
-    scanner.healthy, scanner.unhealthy_reason = False, "no powered Bluetooth adapter"
-    assert stall_reason(agent, 10.0, now=1.0) == "ble: no powered Bluetooth adapter"  # type: ignore[arg-type]
+    pipe = _pipe(queued=0)
+    scanner = ServiceSnapshot(name="ble", status=None, healthy=True, unhealthy_reason="")
+    assert stall_reason(pipe, [scanner], 10.0, now=1.0) is None
+    scanner = dataclasses.replace(scanner, healthy=False, unhealthy_reason="no powered Bluetooth adapter")
+    assert stall_reason(pipe, [scanner], 10.0, now=1.0) == "ble: no powered Bluetooth adapter"
 
 
 def test_a_refusing_disk_is_progress_for_the_watchdog_a_hung_commit_is_not() -> None:
-    import types
-
     from agent.notify import stall_reason
 
     # The writer retries a full / read-only disk every second: a restart would lose the queue.
-    pipe = types.SimpleNamespace(busy_since=None, queued=50, last_commit=0.0, commit_interval=0.5,
-                                 writer="read_only")
-    agent = types.SimpleNamespace(pipeline=pipe, services={})
-    assert stall_reason(agent, 10.0, now=100.0) is None  # type: ignore[arg-type]
-    pipe.writer = "ok"
-    assert stall_reason(agent, 10.0, now=100.0) == "50 readings waiting 100s for a commit"  # type: ignore[arg-type]
-    pipe.writer, pipe.busy_since = "read_only", 50.0
-    assert stall_reason(agent, 10.0, now=100.0) == "buffer commit stuck for 50s"  # type: ignore[arg-type]
+    pipe = _pipe(queued=50, writer="read_only")
+    assert stall_reason(pipe, [], 10.0, now=100.0) is None
+    pipe = dataclasses.replace(pipe, writer="ok")
+    assert stall_reason(pipe, [], 10.0, now=100.0) == "50 readings waiting 100s for a commit"
+    pipe = dataclasses.replace(pipe, writer="read_only", busy_since=50.0)
+    assert stall_reason(pipe, [], 10.0, now=100.0) == "buffer commit stuck for 50s"
+
+
+def _pipe(**kw: Any) -> PipelineSnapshot:
+    base: dict[str, Any] = dict(depth=0, queued=0, overflow=0, accepted=0, writer="ok", writer_detail="",
+                                busy_since=None, last_commit=0.0, commit_interval=0.5)
+    return PipelineSnapshot(**(base | kw))
 
 
 def test_pymodbus_retry_warnings_stay_out_of_the_journal_unless_debugging() -> None:

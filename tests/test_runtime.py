@@ -74,19 +74,18 @@ async def test_stop_flushes_memory_to_sqlite_without_broker(tmp_path: Path, coun
 
 
 async def test_status_does_not_restart_the_cpu_window_of_health(tmp_path: Path, counter_driver: None) -> None:
-    from agent.health import _METERS
     from tests.support.broker import free_port
 
     agent = Agent(agent_config(tmp_path, free_port(), [{"id": "c", "driver": "counter", "interval": 1.0}]))
     await agent.start()
     try:
         await agent.health()  # what P/health publishes: its CPU window starts here
-        window = _METERS[agent]["health"][1]._last
+        window = agent.health_reporter.meters["health"][1]._last
         for _ in range(3):
             assert "cpu_percent" in (await agent.health("status"))["process"]  # a technician's `status`
-        assert _METERS[agent]["health"][1]._last == window
+        assert agent.health_reporter.meters["health"][1]._last == window
         await agent.health()
-        assert _METERS[agent]["health"][1]._last != window
+        assert agent.health_reporter.meters["health"][1]._last != window
     finally:
         await agent.stop()
 

@@ -45,7 +45,6 @@ def run(args: argparse.Namespace) -> int:
     from agent.errors import ConfigError, OutboxError
     from agent.memory import release_startup_memory
     from agent.notify import Supervision
-    from agent.reload import remember_uplink_files
     from agent.runtime import Agent, install_signal_handlers
 
     def release_later() -> None:
@@ -58,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
         agent = Agent(cfg)
         agent.command_readers["buffer.stats"] = buffer_stats  # the same JSON as `buffer stats --json`
         install_signal_handlers(agent)
-        agent.on_ready.append(lambda: remember_uplink_files(agent))
-        agent.on_ready.append(release_later)
+        agent.when_ready(agent.reloader.remember_uplink_files)
+        agent.when_ready(release_later)
         async with Supervision(agent) as sv:  # sd_notify READY/STATUS/WATCHDOG/STOPPING
             try:
                 await agent.run_until_stopped()
