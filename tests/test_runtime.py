@@ -73,6 +73,34 @@ async def test_stop_flushes_memory_to_sqlite_without_broker(tmp_path: Path, coun
     assert (lo, hi) == (1, n)
 
 
+async def test_the_views_of_the_narrow_core_are_snapshots(tmp_path: Path, counter_driver: None) -> None:
+    """What agent/ports.py hands out never changes under its holder, and changing it never reaches the agent."""
+    import dataclasses
+
+    import pytest
+
+    from tests.support.broker import free_port
+
+    agent = Agent(agent_config(tmp_path, free_port(), [{"id": "c", "driver": "counter", "interval": 0.01}]))
+    await agent.start()
+    try:
+        ctx = agent.devices["c"].ctx
+        await until(lambda: ctx.readings >= 5, 30, "readings")
+        dev, pipe, up = agent.device_snapshot("c"), agent.pipeline_snapshot(), agent.uplink_snapshot()
+        assert dev is not None and pipe is not None and up is not None
+        n, accepted = dev.readings, pipe.accepted
+        await until(lambda: ctx.readings > n + 5 and agent.pipeline.accepted > accepted, 30, "more readings")
+        assert (dev.readings, pipe.accepted) == (n, accepted)  # taken, not live
+        assert agent.device_snapshots()[0].readings > n
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            dev.readings = 0  # type: ignore[misc]
+        up.reconnects = -1
+        assert agent.uplink.stats.reconnects >= 0  # a copy: the holder's edits stay with it
+        assert agent.running_devices() == ("c",) and agent.device_snapshot("nope") is None
+    finally:
+        await agent.stop()
+
+
 async def test_status_does_not_restart_the_cpu_window_of_health(tmp_path: Path, counter_driver: None) -> None:
     from tests.support.broker import free_port
 
