@@ -251,3 +251,20 @@ def test_a_plugin_device_validates_through_the_same_union(tmp_path: Path) -> Non
     assert len(probs) == 4, probs
     unknown = next(p for p in probs if p.startswith("devices[1].driver: unknown driver 'acme_th2' (known: "))
     assert "acme_th1" in unknown and "nmea" in unknown
+
+
+def test_show_round_trips_every_transport_through_check(tmp_path: Path) -> None:
+    """`config show` of a device on each transport (a polled driver over BLE too) is a file `config check` takes."""
+    (tmp_path / "agent.toml").write_text('[gateway]\nid = "gw"\n' + "".join(
+        f'[[devices]]\nid = "d{i}"\n{keys}\n' for i, keys in enumerate([
+            'driver = "nmea"\nport = "/dev/ttyUSB0"',
+            'driver = "ruuvi"\naddress = "C7:F5:2A:A1:B2:C3"',
+            'driver = "vesc"\ntransport = "ble"\naddress = "C7:F5:2A:A1:B2:C4"',
+            'driver = "jbd_bms"\nport = "/dev/ttyUSB1"',
+            'driver = "sim"\nfamily = "nmea"',
+        ])))
+    shown = cli("config", "show", str(tmp_path / "agent.toml"))
+    assert shown.returncode == 0, shown.stderr
+    (tmp_path / "again.toml").write_text(shown.stdout)
+    r = cli("config", "check", str(tmp_path / "again.toml"))
+    assert r.returncode == 0, r.stderr

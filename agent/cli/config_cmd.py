@@ -75,11 +75,11 @@ def show(args: argparse.Namespace) -> int:
 
 
 def _device_keys(cfg: AgentConfig, i: int, d: dict[str, Any]) -> dict[str, Any]:
-    """A device without the serial keys' defaults when its driver is not a serial one (`sim`, BLE)."""
+    """A device without the serial keys' defaults when it has no serial line (`sim`, BLE, `transport = "ble"`)."""
     from drivers import driver_class
 
     try:
-        transport = driver_class(cfg.devices[i].driver).transport
+        transport = driver_class(cfg.devices[i].driver).device_transport(cfg.devices[i])
     except (ImportError, KeyError):
         return d
     if transport == "serial":
