@@ -297,7 +297,7 @@ def parse_config(
     except ValidationError as e:
         for err in e.errors():
             msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
+            if err["type"] == "extra_forbidden" and not msg.startswith("unknown key"):  # (devices say it already)
                 msg = "unknown key"
             add(_loc(err["loc"]), msg)
     _duplicate_ids(data.get("devices"), add)

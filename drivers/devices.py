@@ -7,6 +7,7 @@ A model is built on first use, for the drivers a config names only.
 
 from __future__ import annotations
 
+import difflib
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -44,6 +45,7 @@ class DeviceModel(DeviceConfig):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     driver_class: ClassVar[DriverClass]
+    keys: ClassVar[tuple[str, ...]] = ()  # the keys the table takes (for "did you mean")
 
     @model_validator(mode="wrap")
     @classmethod
@@ -59,12 +61,17 @@ class DeviceModel(DeviceConfig):
             for err in e.errors():
                 msg = err["msg"].removeprefix("Value error, ")
                 if err["type"] == "extra_forbidden":
-                    msg = "unknown key"
+                    msg = "unknown key" + _did_you_mean(str(err["loc"][-1]), cls.keys)
                 errors.append(line_error(err["type"], msg, err["loc"], err.get("input")))
             out = None
         if errors or out is None:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return out
+
+
+def _did_you_mean(key: str, keys: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, keys, n=1, cutoff=0.8)
+    return f" (did you mean `{close[0]}`?)" if close else ""
 
 
 def line_error(kind: str, msg: str, loc: tuple[int | str, ...], value: Any) -> InitErrorDetails:
@@ -98,6 +105,7 @@ def device_model(cls: DriverClass, cache: dict[Any, Any] | None = None) -> type[
     bases: tuple[type[Any], ...] = (cls.Options, DeviceModel)
     model: type[DeviceModel] = create_model(f"Device_{cls.name}", __base__=bases, __module__=cls.__module__, **hidden)
     model.driver_class = cls
+    model.keys = tuple(k for k in model.model_fields if k not in hidden)
     if cache is not None:
         cache[cls] = model
     return model

@@ -268,3 +268,12 @@ def test_show_round_trips_every_transport_through_check(tmp_path: Path) -> None:
     (tmp_path / "again.toml").write_text(shown.stdout)
     r = cli("config", "check", str(tmp_path / "again.toml"))
     assert r.returncode == 0, r.stderr
+
+
+def test_a_misspelt_device_key_gets_a_suggestion(tmp_path: Path) -> None:
+    probs = _problems(tmp_path, '[[devices]]\nid = "s"\ndriver = "sim"\nfamily = "nmea"\nintervall = "2s"\n'
+                                '[[devices]]\nid = "g"\ndriver = "nmea"\nport = "/dev/x"\nexpected_intreval = "1m"\n'
+                                'colour = "red"\n')
+    assert probs == ["devices[0].intervall: unknown key (did you mean `interval`?) (line 7)",
+                     "devices[1].expected_intreval: unknown key (did you mean `expected_interval`?) (line 12)",
+                     "devices[1].colour: unknown key (line 13)"]
