@@ -430,14 +430,15 @@ def device_schemas() -> dict[str, dict[str, Any]]:
         props["driver"] = {"const": name, "title": "Driver"}
         # Required beyond the model's own: the port of a serial-only driver (a `replay` stands in for it),
         # the address of a BLE one that listens for one tag.
-        required = ["id", "driver"] + (["port"] if cls.transports() == ("serial",) else [])
+        rules = cls.schema_rules()
+        required = ["id", "driver"] + (["port"] if cls.transports() == ("serial",) and not rules else [])
         required += ["address"] if cls.transports() == ("ble",) and cls.requires_address() else []
         out[name] = {
             "title": f"{name} device",
             "description": reg.family.title + ("" if reg.builtin else f" (plugin {reg.dist})"),
             "type": "object", "properties": props,
             "required": required + [k for k in dev.get("required", []) if k not in required],
-            "additionalProperties": False, "$defs": dev.get("$defs", {}),
+            "additionalProperties": False, **rules, "$defs": dev.get("$defs", {}),
         }
     return out
 

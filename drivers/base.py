@@ -160,6 +160,14 @@ class Driver(ABC):
         return []
 
     @classmethod
+    def schema_rules(cls) -> dict[str, Any]:
+        """JSON Schema the device table must also satisfy (what `transport_problems` checks, for editors).
+
+        Empty: the schema requires `port` of a serial-only driver; a driver with rules states its own.
+        """
+        return {}
+
+    @classmethod
     def transports(cls) -> tuple[Literal["serial", "ble", "none"], ...]:
         """Every transport a device of this driver may use: its table takes their keys."""
         return (cls.transport,)

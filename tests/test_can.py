@@ -497,3 +497,24 @@ async def test_an_adapter_refusing_listen_only_is_reported_with_the_fix() -> Non
             await task
         adapter.stop()
         pty.close()
+
+
+def test_the_schema_and_config_check_agree_on_socketcan(tmp_path: Path) -> None:
+    """socketcan reads `channel`, slcan `port`: the JSON Schema says so too (editors), not only `config check`."""
+    import jsonschema
+
+    from agent.config import json_schema, parse_config
+    from agent.errors import ConfigError
+
+    (tmp_path / "good.dbc").write_text(PUBLISHED_DBC)
+    validator = jsonschema.Draft202012Validator(json_schema())
+    dbc = str(tmp_path / "good.dbc")
+    for dev, ok in [({"interface": "socketcan", "channel": "can0"}, True), ({"port": "/dev/ttyACM0"}, True),
+                    ({"interface": "socketcan"}, False), ({}, False)]:
+        doc = {"gateway": {"id": "gw"}, "devices": [{"id": "bus", "driver": "can", "dbc": dbc, **dev}]}
+        assert (list(validator.iter_errors(doc)) == []) is ok, dev
+        if ok:
+            parse_config(doc, check_files=False)
+        else:
+            with pytest.raises(ConfigError, match=r"devices\[0\]\.(channel|port): required"):
+                parse_config(doc, check_files=False)

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
@@ -245,6 +245,11 @@ class CanDriver(Driver):
         elif "channel" in opts:
             problems.append(("channel", "not used with interface = \"slcan\" (it reads `port`)"))
         return problems
+
+    @classmethod
+    def schema_rules(cls) -> dict[str, Any]:
+        return {"if": {"properties": {"interface": {"const": "socketcan"}}, "required": ["interface"]},
+                "then": {"required": ["channel"]}, "else": {"required": ["port"]}}
 
     @classmethod
     def check_device(cls, device: DeviceConfig) -> list[tuple[str, str]]:
