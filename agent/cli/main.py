@@ -29,20 +29,6 @@ EPILOG = ("Exit codes: 0 ok, 1 failure, 2 usage, 3/4/5 `status`: degraded / data
           "readings at risk, 69 agent not reachable, 78 configuration error.")
 
 
-def _drivers_epilog() -> str:
-    """The registered drivers, plugins named with their distribution (entry points `edge_agent.drivers`)."""
-    from drivers.registry import registry
-
-    reg = registry()
-    text = "Drivers: " + ", ".join(n for n, r in reg.drivers.items() if r.builtin) + "."
-    plugins = [f"{n} ({r.dist})" for n, r in reg.drivers.items() if not r.builtin]
-    if plugins:
-        text += " Plugin drivers: " + ", ".join(plugins) + "."
-    if reg.problems:
-        text += " Plugins not used: " + "; ".join(reg.problems.values()) + "."
-    return text
-
-
 class _Formatter(argparse.HelpFormatter):
     """Wraps without breaking names at their hyphens (edge-agent-thermo)."""
 
@@ -57,7 +43,9 @@ class _TopParser(CliParser):
     """`edge-agent --help` names the drivers; a verb never pays for the registry (importlib.metadata)."""
 
     def format_help(self) -> str:
-        self.epilog = f"{_drivers_epilog()} {EPILOG}"
+        from agent.cli.driver_list import drivers_epilog
+
+        self.epilog = f"{drivers_epilog()} {EPILOG}"
         return super().format_help()
 
 

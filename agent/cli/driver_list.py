@@ -1,0 +1,95 @@
+"""The driver list of `edge-agent --help`, cached: reading the entry points costs `--help` about a
+third of its start-up (importlib.metadata, every family's descriptor; benchmarks/cli_startup.py).
+
+The cache holds the text with what it was read from: the interpreter, `sys.path` with each
+entry's mtime (installing, upgrading or removing a distribution changes its directory's), and
+every file the listing imported with its mtime (the families' descriptors, the checkout's
+pyproject.toml). Any difference, or a plugin that failed to load, reads the entry points again.
+A cache that cannot be read or written is skipped: the listing is then read every time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+
+CACHE_VERSION = 1
+
+
+def cache_path() -> Path | None:
+    """$XDG_CACHE_HOME/edge-agent/drivers-help.json (~/.cache by default); None without a home."""
+    home = os.environ.get("HOME")
+    base = os.environ.get("XDG_CACHE_HOME") or (os.path.join(home, ".cache") if home else "")
+    return Path(base) / "edge-agent" / "drivers-help.json" if base else None
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def _key() -> list[Any]:
+    return [CACHE_VERSION, __version__, sys.executable, sys.version, [[p, _mtime(p or ".")] for p in sys.path]]
+
+
+def _listing() -> tuple[str, bool]:
+    """(the drivers' sentence, whether every plugin loaded) from the entry points."""
+    from drivers.registry import registry
+
+    reg = registry()
+    text = "Drivers: " + ", ".join(n for n, r in reg.drivers.items() if r.builtin) + "."
+    plugins = [f"{n} ({r.dist})" for n, r in reg.drivers.items() if not r.builtin]
+    if plugins:
+        text += " Plugin drivers: " + ", ".join(plugins) + "."
+    if reg.problems:
+        text += " Plugins not used: " + "; ".join(reg.problems.values()) + "."
+    return text, not reg.problems
+
+
+def _fresh(entry: Any, key: list[Any]) -> str | None:
+    """The cached text when `entry` was made from what is installed now."""
+    if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("text"), str):
+        return None
+    files = entry.get("files")
+    if not isinstance(files, dict) or any(_mtime(f) != m for f, m in files.items()):
+        return None
+    text: str = entry["text"]
+    return text
+
+
+def drivers_epilog() -> str:
+    """The registered drivers, plugins named with their distribution (entry points `edge_agent.drivers`)."""
+    path, key = cache_path(), _key()
+    if path is not None:
+        try:
+            cached = _fresh(json.loads(path.read_text(encoding="utf-8")), key)
+        except (OSError, ValueError):
+            cached = None
+        if cached is not None:
+            return cached
+    before = set(sys.modules)
+    text, complete = _listing()
+    # Written only when this call imported the families (the files it records), never with a broken
+    # plugin (its fix may change none of the mtimes recorded).
+    if path is None or not complete or "drivers.registry" in before:
+        return text
+    stdlib = os.path.dirname(os.__file__) + os.sep  # changes only with sys.version (in the key)
+    read: list[str] = [f for m in set(sys.modules) - before
+                       if isinstance(f := getattr(sys.modules[m], "__file__", None), str) and not f.startswith(stdlib)]
+    read += [str(Path(sys.modules["drivers.registry"].__file__ or "").resolve().parents[1] / "pyproject.toml")]
+    files = {f: _mtime(f) for f in read}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"key": key, "files": files, "text": text}), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return text
