@@ -44,19 +44,34 @@ from agent.model import Reading, encode_reading, format_ts
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-# Per-row storage beyond the payload (rowid, ts, device, cell header, index share).
-ROW_OVERHEAD = 48
+SCHEMA_VERSION = 2
+# Per-reading share of `bytes` beyond the payload (separator, segment row and index share).
+ROW_OVERHEAD = 8
+# Readings per segment row at most: a partial ack, drop or re-stamp rewrites at most this many.
+SEG_MAX = 1024
+_SEP = ",\n"  # between payloads in a segment (compact JSON never holds a raw newline)
 
+# Layout v2: one `segments` row per commit (SEG_MAX readings at most): seqs lo..hi, their
+# wire forms R joined as a JSON array. Acks, drops and expiry remove live seqs from the front
+# (`cuts` holds the first live seq of a segment whose prefix went) or split a segment in two
+# (a removal that starts inside it). `outbox` is a view with one row per live reading (CLI,
+# tests, sqlite3 shell); the agent reads and writes the segments.
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY,
+CREATE TABLE IF NOT EXISTS segments (
+    lo INTEGER PRIMARY KEY,    -- seq of the first payload
+    hi INTEGER NOT NULL,       -- seq of the last
     ts REAL NOT NULL,          -- accept time (wall clock), for max_age
-    device TEXT NOT NULL,
-    clock INTEGER NOT NULL,    -- 1 synced, 0 unsynced
-    mono REAL NOT NULL,        -- monotonic time of the reading (clock correction)
-    payload TEXT NOT NULL      -- the wire form R, byte-identical on every redelivery
+    clock INTEGER NOT NULL,    -- 1 every reading synced, 0 some unsynced (mono set)
+    sent INTEGER NOT NULL,     -- seqs up to this were handed to the uplink by the commit itself
+    bytes INTEGER NOT NULL,    -- the payloads' share of `bytes` (a cut segment: cuts.bytes)
+    mono TEXT,                 -- JSON array of the readings' monotonic times (clock correction)
+    payloads TEXT NOT NULL     -- JSON array of the wire forms R, one per line: byte-identical on redelivery
+);
+CREATE TABLE IF NOT EXISTS cuts (
+    lo INTEGER PRIMARY KEY,    -- a segment whose first seqs were acked or dropped
+    live INTEGER NOT NULL,     -- its first seq still stored
+    bytes INTEGER NOT NULL     -- its live readings' share of `bytes`
 );
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -73,18 +88,24 @@ CREATE TABLE IF NOT EXISTS drops (
     count INTEGER NOT NULL
 );
 """
+_VIEW = """
+CREATE VIEW IF NOT EXISTS outbox AS
+SELECT s.lo + j.key AS seq, s.ts AS ts, json_extract(j.value, '$.device') AS device,
+       json_extract(j.value, '$.clock') = 'synced' AS clock,
+       json_extract(s.mono, '$[' || j.key || ']') AS mono, j.value AS payload
+FROM segments s JOIN json_each(s.payloads) j LEFT JOIN cuts c ON c.lo = s.lo
+WHERE s.lo + j.key >= coalesce(c.live, s.lo)
+"""
+# Live segments: (lo, hi, first live seq, live readings' share of `bytes`).
+_LIVE = ("SELECT s.lo, s.hi, coalesce(c.live, s.lo), coalesce(c.bytes, s.bytes) "
+         "FROM segments s LEFT JOIN cuts c ON c.lo = s.lo")
+_INSERT_SEG = "INSERT INTO segments VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_get_clock = attrgetter("clock")
+_get_mono = attrgetter("mono")
 
 # SQLite page size of a new database file. Every commit appends the pages it touched to the WAL
 # as whole frames: smaller pages mean fewer bytes written per small commit (benchmarks/wear.py).
 PAGE_SIZE = 4096
-# Inserts go in statements of this many rows (6 parameters each; SQLite allows 32766 from 3.32).
-_ROWS_PER_STMT = 100
-_INSERT_ONE = "INSERT INTO outbox VALUES (?, ?, ?, ?, ?, ?)"
-_INSERT_MANY = "INSERT INTO outbox VALUES " + ",".join(["(?, ?, ?, ?, ?, ?)"] * _ROWS_PER_STMT)
-_get_device = attrgetter("device")
-_get_clock = attrgetter("clock")
-_get_mono = attrgetter("mono")
-
 DropReason = Literal["buffer_full", "max_age", "corrupt_database"]
 # What keeps the buffer from writing: the disk is full, another process holds the lock, the
 # filesystem went read-only, the device fails (I/O error), or the file is damaged.
@@ -178,6 +199,8 @@ class Outbox:
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we opened
         self._file_checked = -1e18
         self._wal_mode = True
+        self._split: tuple[int, list[str]] | None = None  # (segment lo, its payloads): the last one read
+        self.migrated: int | None = None  # v1 readings moved into segments by open(), if it migrated
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self) -> Outbox:
@@ -217,9 +240,13 @@ class Outbox:
             if ok != "ok":
                 raise BufferCorrupt(f"quick_check: {ok}")
             db.execute("BEGIN IMMEDIATE")
+            v1 = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").fetchone()
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     db.execute(stmt)
+            if v1:
+                self.migrated = _migrate_v1(db)
+            db.execute(_VIEW)
             meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
             if "epoch" not in meta:
                 meta = {
@@ -230,20 +257,27 @@ class Outbox:
                     "gateway": self.gateway,
                 }
                 db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta.items())
+            elif meta.get("schema_version") != str(SCHEMA_VERSION):
+                meta["schema_version"] = str(SCHEMA_VERSION)
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             db.execute("COMMIT")
         except BaseException:
             db.close()
             raise
         self._db = db
+        self._split = None
         self.epoch = meta["epoch"]
-        top = db.execute("SELECT max(seq) FROM outbox").fetchone()[0] or 0
+        top = self._top()
         self.next_seq = max(int(meta["next_seq"]), top + 1)
         self.opened_seq = self.next_seq
-        self.depth, total = db.execute("SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox").fetchone()
-        self.bytes = total + ROW_OVERHEAD * self.depth
+        depth, total, sent = db.execute(
+            "SELECT coalesce(sum(s.hi - coalesce(c.live, s.lo) + 1), 0), "
+            "coalesce(sum(coalesce(c.bytes, s.bytes)), 0), "
+            "coalesce(max(s.sent), 0) FROM segments s LEFT JOIN cuts c ON c.lo = s.lo").fetchone()
+        self.depth, self.bytes = int(depth), int(total)
         self.dropped = dict(db.execute("SELECT reason, sum(count) FROM drops GROUP BY reason").fetchall())
         self.rejected = int(meta.get("rejected", "0"))
-        self.protect_upto = self._sent_upto_saved = int(meta.get("sent_upto", "0"))
+        self.protect_upto = self._sent_upto_saved = max(int(meta.get("sent_upto", "0")), int(sent))
         self._file_id = self._identity()
 
     def _quarantine(self, why: str) -> None:
@@ -405,38 +439,29 @@ class Outbox:
         mark = self._mark()
         db.execute("BEGIN IMMEDIATE")
         try:
-            freed = 0
             for lo, hi in acks:
-                n, b = db.execute(
-                    "SELECT count(*), coalesce(sum(length(payload)), 0) FROM outbox WHERE seq BETWEEN ? AND ?",
-                    (lo, hi),
-                ).fetchone()
-                if n:
-                    db.execute("DELETE FROM outbox WHERE seq BETWEEN ? AND ?", (lo, hi))
-                    self.depth -= n
-                    freed += b + ROW_OVERHEAD * n
-            self.bytes -= freed
+                self._remove(lo, hi)
             for type_, body, ts in events:
                 self.add_event(type_, body, now=ts, in_txn=True)
             acked_events = sorted(self._events_acked)
             if acked_events:
                 db.executemany("DELETE FROM events WHERE id = ?", [(i,) for i in acked_events])
-            inserted = self._insert(readings, now, res) if readings else False
+            inserted, send, seg_sent = self._insert(readings, now, res, send_after) if readings else (False, None, 0)
             if not inserted:
                 self._save_next_seq()
-            send: list[tuple[int, str]] | None = None
-            if send_after is not None and res.accepted:
-                send = db.execute(
-                    "SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", send_after
-                ).fetchall()
-            sent_upto = max(self.protect_upto, send[-1][0] if send else 0)
-            if sent_upto > self._sent_upto_saved:  # also a mark fetch_for_send could not write
+            if send is None and send_after is not None and res.accepted:
+                send = self._read(*send_after)
+            # Handed-out marks not in a segment's own `sent` (a caught-up uplink's rows carry it).
+            sent_upto = max(self.protect_upto, send[-1][0] if send and send[-1][0] > seg_sent else 0)
+            saved = max(self._sent_upto_saved, seg_sent)
+            if sent_upto > saved:  # also a mark fetch_for_send could not write
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('sent_upto', ?)", (str(sent_upto),))
+                saved = sent_upto
             db.execute("COMMIT")
         except BaseException:
             self._rollback_state(mark)
             raise
-        self._sent_upto_saved = sent_upto
+        self._sent_upto_saved = saved
         self._unwritten_logged = False
         self._forget_events(acked_events)
         res.events = len(events)
@@ -482,26 +507,37 @@ class Outbox:
         return max(0, int(usable / PAGE_FILL))
 
     def _save_next_seq(self) -> None:
-        """Persist meta.next_seq unless the table's newest row already implies it.
+        """Persist meta.next_seq unless the newest segment already implies it.
 
-        On open next_seq = max(meta.next_seq, max(seq) + 1). A transaction that inserted rows
-        has the last seq handed out as its newest row, so it skips this: one page less per commit
-        in the WAL (SD-card wear). Only deletes without inserts (acks, expiry) need it.
+        On open next_seq = max(meta.next_seq, max(hi) + 1). A transaction that inserted a segment
+        has the last seq handed out as its `hi`, so it skips this: one page less per commit in
+        the WAL (SD-card wear). Only deletes without inserts (acks, expiry) need it.
         """
-        top = self.db.execute("SELECT max(seq) FROM outbox").fetchone()[0] or 0
-        if top + 1 != self.next_seq:
+        if self._top() + 1 != self.next_seq:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES ('next_seq', ?)", (str(self.next_seq),))
 
-    def _insert(self, readings: Sequence[Reading], now: float, res: CommitResult) -> bool:
-        """Assign seqs, enforce the limits, insert; True if rows were inserted (the newest seqs)."""
+    def _top(self) -> int:
+        """The newest seq stored (0: none)."""
+        row = self.db.execute("SELECT hi FROM segments ORDER BY lo DESC LIMIT 1").fetchone()
+        return int(row[0]) if row else 0
+
+    def _insert(self, readings: Sequence[Reading], now: float, res: CommitResult,
+                send_after: tuple[int, int] | None = None) -> tuple[bool, list[tuple[int, str]] | None, int]:
+        """Assign seqs, enforce the limits, insert the segments.
+
+        Returns (inserted, rows for the uplink, their last seq): with `send_after` past every
+        stored seq (the uplink is caught up), what it gets is this commit's rows, taken from
+        memory, and the segment records them as handed out (no meta write, no read back).
+        """
         db = self.db
+        caught_up = send_after is not None and send_after[0] >= self._top()
         seq = self.next_seq
         n = len(readings)
         seqs = range(seq, seq + n)
         # Hot path: whole-batch C-level operations (map/zip/slices), no per-row Python statements.
         payloads = list(map(encode_reading, seqs, readings))
         res.accepted = list(zip(seqs, readings, strict=True))
-        lo, hi = 0, n  # rows[lo:hi] are inserted
+        lo, hi = 0, n  # payloads[lo:hi] are stored
         added = sum(map(len, payloads)) + ROW_OVERHEAD * n
         limit = self.limit
         over = self.bytes + added - limit
@@ -532,57 +568,129 @@ class Outbox:
                         # Those get seqs and are dropped at once: reported as a gap like any other.
                         gap = self._record_drop(seq, seq + lo - 1, lo, "buffer_full", now)
                         res.gaps.append(gap)
+        send: list[tuple[int, str]] | None = None
+        seg_sent = 0
+        if caught_up and res.accepted:
+            assert send_after is not None
+            i0 = max(lo, send_after[0] + 1 - seq)
+            take = max(0, min(hi - i0, send_after[1]))
+            send = list(zip(range(seq + i0, seq + i0 + take), payloads[i0:i0 + take], strict=True))
+            seg_sent = seq + i0 + take - 1 if take else 0
         if hi > lo:
-            self._insert_rows(seq + lo, readings[lo:hi], payloads[lo:hi], now)
+            self._insert_segments(seq + lo, readings[lo:hi], payloads[lo:hi], now, seg_sent)
         self.next_seq = seq + n if self.on_full != "reject_new" else seq + hi
         self.depth += hi - lo
         self.bytes += added
-        return hi > lo
+        return hi > lo, send, seg_sent
 
-    def _insert_rows(self, first: int, readings: Sequence[Reading], payloads: list[str], now: float) -> None:
-        """INSERT the rows first.. as multi-row statements of _ROWS_PER_STMT (fewer steps than one per row)."""
-        n = len(readings)
-        flat: list[Any] = [None] * (6 * n)
-        flat[0::6] = range(first, first + n)
-        flat[1::6] = [now] * n
-        flat[2::6] = map(_get_device, readings)
-        flat[3::6] = [c == "synced" for c in map(_get_clock, readings)]
-        flat[4::6] = map(_get_mono, readings)
-        flat[5::6] = payloads
-        width = 6 * _ROWS_PER_STMT
-        full = n // _ROWS_PER_STMT * width
-        if full:
-            self.db.executemany(_INSERT_MANY, [flat[i:i + width] for i in range(0, full, width)])
-        if full < len(flat):
-            self.db.executemany(_INSERT_ONE, [flat[i:i + 6] for i in range(full, len(flat), 6)])
+    def _insert_segments(self, first: int, readings: Sequence[Reading], payloads: list[str], now: float,
+                         sent: int = 0) -> None:
+        """INSERT seqs first.. as segments of at most SEG_MAX readings."""
+        rows = []
+        for i in range(0, len(payloads), SEG_MAX):
+            rs, ps = readings[i:i + SEG_MAX], payloads[i:i + SEG_MAX]
+            lo, hi = first + i, first + i + len(ps) - 1
+            synced = "unsynced" not in set(map(_get_clock, rs))
+            mono = None if synced else json.dumps(list(map(_get_mono, rs)))
+            rows.append((lo, hi, now, synced, min(sent, hi) if sent >= lo else 0,
+                         sum(map(len, ps)) + ROW_OVERHEAD * len(ps), mono, _pack(ps)))
+        self.db.executemany(_INSERT_SEG, rows)
+
+    def _payloads(self, lo: int, hi: int) -> list[str]:
+        """Every payload stored in segment `lo` (seqs lo..hi, acked prefix included)."""
+        if self._split is not None and self._split[0] == lo:
+            return self._split[1]
+        blob = self.db.execute("SELECT payloads FROM segments WHERE lo = ?", (lo,)).fetchone()[0]
+        ps = _unpack(blob, hi - lo + 1)
+        self._split = (lo, ps)
+        return ps
+
+    def _remove(self, lo: int, hi: int) -> tuple[int, int | None, int | None]:
+        """Delete the stored seqs lo..hi (in the open transaction); (count, first, last) removed.
+
+        A segment goes whole, loses a prefix (`cuts`), or is split in two (the rest is rewritten).
+        """
+        db = self.db
+        count, first, last = 0, None, None
+        rows = db.execute(
+            _LIVE + " WHERE s.lo >= coalesce((SELECT max(lo) FROM segments WHERE lo <= ?), 0) AND s.lo <= ? "
+            "ORDER BY s.lo", (lo, hi)).fetchall()
+        for slo, shi, live, live_bytes in rows:
+            a, b = max(lo, live), min(hi, shi)
+            if a > b:
+                continue
+            n = b - a + 1
+            if a == live and b == shi:  # the whole rest
+                freed = live_bytes
+                db.execute("DELETE FROM segments WHERE lo = ?", (slo,))
+                if live != slo:
+                    db.execute("DELETE FROM cuts WHERE lo = ?", (slo,))
+            else:
+                ps = self._payloads(slo, shi)
+                freed = sum(map(len, ps[a - slo:b + 1 - slo])) + ROW_OVERHEAD * n
+                if a == live:  # a prefix: the blob stays, the live mark moves
+                    db.execute("INSERT OR REPLACE INTO cuts VALUES (?, ?, ?)", (slo, b + 1, live_bytes - freed))
+                else:
+                    self._split_segment(slo, live, shi, a, b, ps)
+            self.depth -= n
+            self.bytes -= freed
+            count += n
+            first = a if first is None else first
+            last = b
+        return count, first, last
+
+    def _split_segment(self, slo: int, live: int, shi: int, a: int, b: int, ps: list[str]) -> None:
+        """Rewrite segment slo (live seqs live..shi) without seqs a..b: one or two segments."""
+        db = self.db
+        ts, clock, sent, mono = db.execute("SELECT ts, clock, sent, mono FROM segments WHERE lo = ?", (slo,)).fetchone()
+        monos = None if mono is None else json.loads(mono)
+        db.execute("DELETE FROM segments WHERE lo = ?", (slo,))
+        db.execute("DELETE FROM cuts WHERE lo = ?", (slo,))
+        rows = []
+        for plo, phi in ((live, a - 1), (b + 1, shi)):
+            if plo <= phi:
+                i, j = plo - slo, phi + 1 - slo
+                rows.append((plo, phi, ts, clock, sent if sent >= plo else 0,
+                             sum(map(len, ps[i:j])) + ROW_OVERHEAD * (j - i),
+                             None if monos is None else json.dumps(monos[i:j]), _pack(ps[i:j])))
+        db.executemany(_INSERT_SEG, rows)
+        self._split = None
+
+    def _segments_from(self, first: int, after_lo: int | None = None, batch: int = 64) -> list[tuple[Any, ...]]:
+        """Live segments (lo, hi, live, live bytes) holding seqs >= first, `batch` at a time."""
+        if after_lo is None:
+            return self.db.execute(
+                _LIVE + " WHERE s.lo >= coalesce((SELECT max(lo) FROM segments WHERE lo <= ?), 0) AND s.hi >= ? "
+                "ORDER BY s.lo LIMIT ?", (first, first, batch)).fetchall()
+        return self.db.execute(_LIVE + " WHERE s.lo > ? ORDER BY s.lo LIMIT ?", (after_lo, batch)).fetchall()
 
     def _drop_oldest(self, need: int, reason: DropReason, now: float) -> dict[str, Any] | None:
-        """Delete the oldest rows not in flight until `need` bytes are free."""
-        db = self.db
-        freed = 0
-        first = last = None
-        count = 0
-        cursor = self.protect_upto
-        while freed < need:
-            chunk = db.execute(
-                "SELECT seq, length(payload) FROM outbox WHERE seq > ? ORDER BY seq LIMIT 2000", (cursor,)
-            ).fetchall()
-            if not chunk:
-                break
-            for seq, size in chunk:
-                if first is None:
-                    first = seq
-                last = seq
-                count += 1
-                freed += size + ROW_OVERHEAD
+        """Delete the oldest readings not in flight until `need` bytes are free."""
+        start = self.protect_upto + 1
+        freed, end = 0, None
+        rows = self._segments_from(start)
+        while rows and freed < need:
+            for slo, shi, live, size in rows:
+                a = max(live, start)
+                if a == live:
+                    if freed + size < need:
+                        freed, end = freed + size, shi
+                        continue
+                ps = self._payloads(slo, shi)
+                for seq in range(a, shi + 1):
+                    freed += len(ps[seq - slo]) + ROW_OVERHEAD
+                    end = seq
+                    if freed >= need:
+                        break
                 if freed >= need:
                     break
-            cursor = last  # type: ignore[assignment]
-        if first is None or last is None:
+            else:
+                rows = self._segments_from(start, rows[-1][0])
+        if end is None:
             return None
-        db.execute("DELETE FROM outbox WHERE seq > ? AND seq <= ?", (self.protect_upto, last))
-        self.depth -= count
-        self.bytes -= freed
+        count, first, last = self._remove(start, end)
+        if not count or first is None or last is None:
+            return None
         return self._record_drop(first, last, count, reason, now)
 
     def expire(self, now: float | None = None) -> list[dict[str, Any]]:
@@ -593,16 +701,18 @@ class Outbox:
         mark = self._mark()
         db.execute("BEGIN IMMEDIATE")
         try:
-            first, last, n, b = db.execute(
-                "SELECT min(seq), max(seq), count(*), coalesce(sum(length(payload)), 0) FROM outbox "
-                "WHERE seq > ? AND ts < ?",
-                (self.protect_upto, cutoff),
-            ).fetchone()
+            old = db.execute("SELECT lo, hi FROM segments WHERE ts < ? AND hi > ? ORDER BY lo",
+                             (cutoff, self.protect_upto)).fetchall()
+            first = last = None
+            n = 0
+            for slo, shi in old:
+                c, f, last_ = self._remove(max(slo, self.protect_upto + 1), shi)
+                if c:
+                    n += c
+                    first = f if first is None else first
+                    last = last_
             gaps = []
-            if n:
-                db.execute("DELETE FROM outbox WHERE seq > ? AND ts < ?", (self.protect_upto, cutoff))
-                self.depth -= n
-                self.bytes -= b + ROW_OVERHEAD * n
+            if n and first is not None and last is not None:
                 gaps.append(self._record_drop(first, last, n, "max_age", now))
                 self._save_next_seq()
             db.execute("COMMIT")
@@ -653,6 +763,7 @@ class Outbox:
         except sqlite3.DatabaseError:
             pass
         self.next_seq, self.depth, self.bytes, self.dropped, self.rejected, self._open_gap = mark
+        self._split = None  # the cached payloads may be of a segment the rollback undid
 
     # -- events -------------------------------------------------------------------------
     def add_event(self, type_: str, body: dict[str, Any], *, now: float | None = None, in_txn: bool = False) -> int:
@@ -711,13 +822,30 @@ class Outbox:
     # -- read path ----------------------------------------------------------------------
     def fetch(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
         """Up to `limit` (seq, payload) with seq > after_seq, in seq order."""
-        rows: list[tuple[int, str]] = self.db.execute(
-            "SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
-        ).fetchall()
+        rows = self._read(after_seq, limit)
         if rows:
             self.fetched_upto = max(self.fetched_upto, rows[-1][0])
         self.read_mark = self.db.total_changes
         return rows
+
+    def _read(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
+        out: list[tuple[int, str]] = []
+        first, prev = after_seq + 1, None
+        while len(out) < limit:
+            rows = self._segments_from(first, prev)
+            if not rows:
+                break
+            for slo, shi, live, _ in rows:
+                a = max(live, first)
+                take = min(shi - a + 1, limit - len(out))
+                if take <= 0:
+                    continue
+                ps = self._payloads(slo, shi)
+                out.extend(zip(range(a, a + take), ps[a - slo:a - slo + take], strict=True))
+                if len(out) >= limit:
+                    break
+            prev = rows[-1][0]
+        return out
 
     def fetch_for_send(self, after_seq: int, limit: int) -> list[tuple[int, str]]:
         """Like fetch, and mark the rows as handed to the uplink (durably) before they go out."""
@@ -773,46 +901,65 @@ class Outbox:
 
     # -- clock correction ---------------------------------------------------------------
     def restamp_unsynced(self, offset: float) -> tuple[int, int]:
-        """Re-stamp the unsynced rows this process accepted with `mono + offset` (one transaction).
+        """Re-stamp the unsynced readings this process accepted with `mono + offset` (one transaction).
 
-        Rows up to max(fetched_upto, protect_upto) may already be on the wire: their payload stays
-        byte-identical; only the internal accept time (used for max_age) is corrected. The rest get
-        the corrected ts and clock "synced" in their payload. Returns (rewritten, frozen) counts.
+        Readings up to max(fetched_upto, protect_upto) may already be on the wire: their payload
+        stays byte-identical; only the internal accept time (used for max_age) is corrected. The
+        rest get the corrected ts and clock "synced" in their payload. Returns (rewritten, frozen).
         """
         db = self.db
         frozen_upto = max(self.fetched_upto, self.protect_upto)
+        mark = self._mark()
+        rewritten = frozen = delta_all = 0
         db.execute("BEGIN IMMEDIATE")
         try:
-            rows = db.execute(
-                "SELECT seq, mono, payload FROM outbox WHERE clock = 0 AND seq >= ?",
-                (self.opened_seq,),
-            ).fetchall()
-            rewrite, frozen, delta = [], [], 0
-            for seq, mono, payload in rows:
-                ts = mono + offset
-                if seq <= frozen_upto:
-                    frozen.append((ts, seq))
+            segs = db.execute(
+                "SELECT s.lo, s.hi, coalesce(c.live, s.lo), c.bytes, s.mono, s.payloads FROM segments s "
+                "LEFT JOIN cuts c ON c.lo = s.lo WHERE s.clock = 0 AND s.lo >= ? ORDER BY s.lo",
+                (self.opened_seq,)).fetchall()
+            for lo, hi, live, cut, mono, blob in segs:
+                monos = json.loads(mono)
+                ps = _unpack(blob, hi - lo + 1)
+                stamps: list[float] = []
+                left = False  # unsynced payloads stay (frozen)
+                delta = 0
+                for i in range(live - lo, hi - lo + 1):
+                    body = json.loads(ps[i])
+                    if body.get("clock") != "unsynced":
+                        continue
+                    ts = monos[i] + offset
+                    stamps.append(ts)
+                    if lo + i <= frozen_upto:
+                        frozen += 1
+                        left = True
+                        continue
+                    body["ts"], body["clock"] = format_ts(ts), "synced"
+                    new = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+                    delta += len(new) - len(ps[i])
+                    ps[i] = new
+                    rewritten += 1
+                if not stamps:
                     continue
-                body = json.loads(payload)
-                body["ts"], body["clock"] = format_ts(ts), "synced"
-                new = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-                delta += len(new) - len(payload)
-                rewrite.append((ts, new, seq))
-            db.executemany("UPDATE outbox SET ts = ?, clock = 1, payload = ? WHERE seq = ?", rewrite)
-            db.executemany("UPDATE outbox SET ts = ? WHERE seq = ?", frozen)
+                # One accept time per segment: the latest corrected one (max_age never drops early).
+                db.execute("UPDATE segments SET ts = ?, clock = ?, bytes = bytes + ?, payloads = ? WHERE lo = ?",
+                           (max(stamps), not left, delta, _pack(ps), lo))
+                if cut is not None and delta:
+                    db.execute("UPDATE cuts SET bytes = bytes + ? WHERE lo = ?", (delta, lo))
+                delta_all += delta
             db.execute("COMMIT")
         except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            self._rollback_state(mark)
             raise
-        self.bytes += delta
-        return len(rewrite), len(frozen)
+        self._split = None
+        self.bytes += delta_all
+        return rewritten, frozen
 
     def first_seq(self) -> int | None:
-        return self.db.execute("SELECT min(seq) FROM outbox").fetchone()[0]  # type: ignore[no-any-return]
+        row = self.db.execute(_LIVE + " ORDER BY s.lo LIMIT 1").fetchone()
+        return int(row[2]) if row else None
 
     def oldest_ts(self) -> float | None:
-        row = self.db.execute("SELECT ts FROM outbox ORDER BY seq LIMIT 1").fetchone()
+        row = self.db.execute("SELECT ts FROM segments ORDER BY lo LIMIT 1").fetchone()
         return row[0] if row else None
 
     def stats(self) -> BufferStats:
@@ -926,11 +1073,16 @@ def salvage(path: Path) -> Salvage:
                 out.epoch = row[0]
         except sqlite3.DatabaseError:
             return out
-        try:
-            first, last, n = src.execute("SELECT min(seq), max(seq), count(*) FROM outbox").fetchone()
+        for sql in ("SELECT min(coalesce(c.live, s.lo)), max(s.hi), "
+                    "coalesce(sum(s.hi - coalesce(c.live, s.lo) + 1), 0) "
+                    "FROM segments s LEFT JOIN cuts c ON c.lo = s.lo",
+                    "SELECT min(seq), max(seq), count(*) FROM outbox"):  # v2, else v1
+            try:
+                first, last, n = src.execute(sql).fetchone()
+            except sqlite3.DatabaseError:
+                continue
             out.lost, out.first, out.last = int(n), first, last
-        except sqlite3.DatabaseError:
-            pass
+            break
         try:
             for ts, type_, payload in src.execute("SELECT ts, type, payload FROM events ORDER BY id"):
                 if isinstance(payload, str) and isinstance(type_, str):
@@ -941,6 +1093,59 @@ def salvage(path: Path) -> Salvage:
     finally:
         src.close()
     return out
+
+
+def stored_depth(db: sqlite3.Connection) -> int:
+    """Readings stored in a buffer database of either layout (v2 segments, v1 rows)."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'segments'").fetchone():
+        return int(db.execute("SELECT coalesce(sum(s.hi - coalesce(c.live, s.lo) + 1), 0) "
+                              "FROM segments s LEFT JOIN cuts c ON c.lo = s.lo").fetchone()[0])
+    return int(db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+
+def _pack(payloads: Sequence[str]) -> str:
+    """A segment's payloads column: a JSON array, one element per line."""
+    return "[" + _SEP.join(payloads) + "]"
+
+
+def _unpack(blob: str, n: int) -> list[str]:
+    """The n payloads of a segment, byte-identical to what was packed."""
+    return [blob[1:-1]] if n == 1 else blob[1:-1].split(_SEP)
+
+
+def _migrate_v1(db: sqlite3.Connection) -> int:
+    """Layout v1 (one `outbox` row per reading) into segments, in the caller's transaction.
+
+    Consecutive seqs with one accept time (what one commit stored) become one segment; seqs,
+    payloads, accept times, clock state and monotonic times are kept as they are. Returns the
+    number of readings moved.
+    """
+    moved = 0
+    group: list[tuple[int, float, int, float, str]] = []
+
+    def flush() -> None:
+        if group:
+            synced = all(g[2] for g in group)
+            db.execute(_INSERT_SEG, (group[0][0], group[-1][0], group[0][1], synced, 0,
+                                     sum(len(g[4]) for g in group) + ROW_OVERHEAD * len(group),
+                                     None if synced else json.dumps([g[3] for g in group]),
+                                     _pack([g[4] for g in group])))
+            group.clear()
+
+    cur = db.execute("SELECT seq, ts, clock, mono, payload FROM outbox ORDER BY seq")
+    while chunk := cur.fetchmany(10_000):
+        for row in chunk:
+            seq, ts, _, _, payload = row
+            if not (group and seq == group[-1][0] + 1 and ts == group[0][1] and len(group) < SEG_MAX
+                    and "\n" not in payload and "\n" not in group[-1][4]):
+                flush()  # a payload with a raw newline (never written by this agent) stays alone
+            group.append(row)
+            moved += 1
+    flush()
+    db.execute("DROP TABLE outbox")
+    if moved:
+        log.warning("buffer: layout v1 migrated to v2 in place: %d readings kept", moved)
+    return moved
 
 
 def _iso(ts: float) -> str:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.buffer import _ROWS_PER_STMT, Outbox
+from agent.buffer import ROW_OVERHEAD, SEG_MAX, Outbox
 from agent.model import Reading, encode_reading, format_ts
 
 
@@ -85,8 +85,8 @@ def test_format_ts_vectors() -> None:
 
 
 def test_batched_insert_rows_exact(tmp_path: Path) -> None:
-    """A batch that is not a multiple of the statement width: every column of every row exact."""
-    n = 2 * _ROWS_PER_STMT + 7
+    """A batch that is not a multiple of the segment size: every column of every reading exact."""
+    n = 2 * SEG_MAX + 7
     rs = [Reading(device=f"d{i % 3}", driver="sim", values={"n": i, "x": i / 7}, ts=1_790_000_000.0 + i,
                   clock="synced" if i % 2 else "unsynced", mono=100.0 + i) for i in range(n)]
     ob = Outbox(tmp_path / "b.db").open()
@@ -99,8 +99,13 @@ def test_batched_insert_rows_exact(tmp_path: Path) -> None:
                reference_encode(i + 1, r)) for i, r in enumerate(rs)]
     assert rows == expect
     assert ob.depth == n
-    assert ob.bytes == ob.db.execute("SELECT sum(length(payload)) FROM outbox").fetchone()[0] + 48 * n
+    assert ob.bytes == ob.db.execute("SELECT sum(length(payload)) FROM outbox").fetchone()[0] + ROW_OVERHEAD * n
+    segs = ob.db.execute("SELECT lo, hi FROM segments ORDER BY lo").fetchall()
+    assert segs == [(1, 1), (2, SEG_MAX + 1), (SEG_MAX + 2, 2 * SEG_MAX + 1), (2 * SEG_MAX + 2, n)]
     ob.close()
+    again = Outbox(tmp_path / "b.db").open()  # what open() recounts is what commit() counted
+    assert (again.depth, again.bytes) == (n, ob.bytes)
+    again.close()
 
 
 def _meta_next_seq(ob: Outbox) -> int:
@@ -148,10 +153,24 @@ def test_commit_with_send_after_marks_sent_in_the_same_transaction(tmp_path: Pat
     ob.db.set_trace_callback(None)
     assert [s for s, _ in res.for_send or []] == [2, 3]
     assert [s for s in statements if s in ("BEGIN IMMEDIATE", "COMMIT")] == ["BEGIN IMMEDIATE", "COMMIT"]
-    assert any("'sent_upto'" in s for s in statements), "sent_upto written inside that one transaction"
+    # The uplink was caught up: the new segment itself records what was handed out (no meta page).
+    assert not any("'sent_upto'" in s for s in statements)
+    assert ob.db.execute("SELECT lo, hi, sent FROM segments ORDER BY lo").fetchall() == [(1, 1, 0), (2, 3, 3)]
     assert ob.protect_upto == ob.fetched_upto == 3
     assert ob.commit([Reading("d", "sim", {"n": 9})], send_after=None).for_send is None
     ob.close()
     again = Outbox(tmp_path / "b.db").open()  # durable: a restart never drops rows maybe published
     assert again.protect_upto == 3
+    # Not caught up (seq 1 not yet handed out): the rows are read back and meta keeps the mark.
+    statements.clear()
+    again.db.set_trace_callback(statements.append)
+    res = again.commit([Reading("d", "sim", {"n": 10})], send_after=(0, 2))
+    again.db.set_trace_callback(None)
+    assert [s for s, _ in res.for_send or []] == [1, 2]
+    assert not any("'sent_upto'" in s for s in statements), "3 already protected"
+    res = again.commit([Reading("d", "sim", {"n": 11})], send_after=(2, 100))
+    assert [s for s, _ in res.for_send or []] == [3, 4, 5, 6]
     again.close()
+    third = Outbox(tmp_path / "b.db").open()
+    assert third.protect_upto == 6
+    third.close()

@@ -151,17 +151,25 @@ def buffer_stats(cfg: AgentConfig) -> dict[str, Any]:
         now = time.time()
         meta = {r["key"]: r["value"] for r in db.query("SELECT key, value FROM meta")}
         tables = set(db.table_names())
-        agg: dict[str, Any] = (
-            next(
-                db.query(
-                    "SELECT count(*) AS n, coalesce(sum(length(payload)), 0) AS b, "
-                    "min(seq) AS lo, max(seq) AS hi, "
-                    "min(ts) AS t0, max(ts) AS t1 FROM outbox"
+        if "segments" in tables:  # layout v2 (agent.buffer); the `outbox` view has one row per reading
+            tables.add("outbox")
+            agg: dict[str, Any] = next(db.query(
+                "SELECT coalesce(sum(s.hi - coalesce(c.live, s.lo) + 1), 0) AS n, "
+                "coalesce(sum(coalesce(c.bytes, s.bytes)), 0) AS b, "
+                "min(coalesce(c.live, s.lo)) AS lo, max(s.hi) AS hi, min(s.ts) AS t0, max(s.ts) AS t1 "
+                "FROM segments s LEFT JOIN cuts c ON c.lo = s.lo"))
+        else:
+            agg = (
+                next(
+                    db.query(
+                        "SELECT count(*) AS n, coalesce(sum(length(payload)), 0) AS b, "
+                        "min(seq) AS lo, max(seq) AS hi, "
+                        "min(ts) AS t0, max(ts) AS t1 FROM outbox"
+                    )
                 )
+                if "outbox" in tables
+                else {"n": 0, "b": 0, "lo": None, "hi": None, "t0": None, "t1": None}
             )
-            if "outbox" in tables
-            else {"n": 0, "b": 0, "lo": None, "hi": None, "t0": None, "t1": None}
-        )
         devices = (
             {
                 r["device"]: {
@@ -203,7 +211,7 @@ def buffer_stats(cfg: AgentConfig) -> dict[str, Any]:
     finally:
         conn.close()
     file_bytes = sum(p.stat().st_size for p in (path, Path(f"{path}-wal")) if p.exists())
-    nbytes = int(agg["b"]) + ROW_OVERHEAD * int(agg["n"])
+    nbytes = int(agg["b"]) + (0 if "segments" in tables else ROW_OVERHEAD * int(agg["n"]))
     quarantined = sorted(
         str(p)
         for p in path.parent.glob(f"{path.name}.corrupt-*")

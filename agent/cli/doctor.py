@@ -19,6 +19,7 @@ from agent.errors import AgentNotReachable, ConfigError, ControlError
 from agent.fmt import age, paint, size, width, words, wrap
 
 if TYPE_CHECKING:
+    import sqlite3
     import ssl
 
     from agent.config import AgentConfig
@@ -120,6 +121,12 @@ def check_permissions(cfg: AgentConfig) -> Check:
 
 
 # -- buffer and disk ----------------------------------------------------------------------
+def _depth(db: sqlite3.Connection) -> int:
+    from agent.buffer import stored_depth
+
+    return stored_depth(db)
+
+
 def check_buffer(cfg: AgentConfig) -> Check:
     import sqlite3
     from urllib.parse import quote
@@ -144,7 +151,7 @@ def check_buffer(cfg: AgentConfig) -> Check:
             try:
                 res = [r[0] for r in db.execute("PRAGMA quick_check").fetchall()]
                 jm = db.execute("PRAGMA journal_mode").fetchone()[0]
-                depth = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+                depth = _depth(db)
             finally:
                 db.close()
         except sqlite3.OperationalError as e:
