@@ -20,6 +20,20 @@ Guarantees
   before a checkpoint. Nothing read from here may be published before that (`sync`,
   `read_mark`): a power cut may then lose readings and reuse their seqs, but only seqs that
   never left the gateway, so a seq the platform has always keeps its content.
+
+Layout (schema v2)
+- A commit stores its readings as one `segments` row (SEG_MAX readings at most): the seq range
+  lo..hi, the accept time, and the wire forms R packed as one JSON array text, one per line,
+  which reads back byte for byte. Per-reading rows cost per-row CPU and bytes (SD-card wear).
+- Acks, drops and expiry remove seqs: a whole segment is deleted, a removed prefix moves the
+  segment's live mark (`cuts`, the blob stays), a removal inside a segment splits it (the rest
+  is rewritten). Monotonic times are kept only for unsynced readings (clock correction).
+- A commit that hands its own rows to a caught-up uplink records that in the segment (`sent`),
+  not in meta.sent_upto: one page less per commit. protect_upto = max of both.
+- `outbox` is a view, one row per stored reading (seq, ts, device, clock, mono, payload), for
+  the CLI, tests and a sqlite3 shell. A v1 file (one `outbox` row per reading) is migrated in
+  place by `open`, in the opening transaction: seqs, payloads, marks, drops and events kept.
+  An agent older than v2 cannot write a v2 file (its inserts fail: no silent loss).
 """
 
 from __future__ import annotations
@@ -40,7 +54,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.errors import BufferCorrupt, BufferError_, BufferFull
-from agent.model import Reading, encode_reading, format_ts
+from agent.model import Reading, encode_readings, format_ts
 
 log = logging.getLogger(__name__)
 
@@ -535,7 +549,7 @@ class Outbox:
         n = len(readings)
         seqs = range(seq, seq + n)
         # Hot path: whole-batch C-level operations (map/zip/slices), no per-row Python statements.
-        payloads = list(map(encode_reading, seqs, readings))
+        payloads = encode_readings(seq, readings)
         res.accepted = list(zip(seqs, readings, strict=True))
         lo, hi = 0, n  # payloads[lo:hi] are stored
         added = sum(map(len, payloads)) + ROW_OVERHEAD * n

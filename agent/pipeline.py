@@ -240,7 +240,11 @@ class Pipeline:
         total: CommitResult | None = None
         while self._queue or self._acks or self._events:
             n = min(len(self._queue), self._full_batch or self.batch_max)
-            batch = [self._queue.popleft() for _ in range(n)]
+            if n == len(self._queue):
+                batch = list(self._queue)
+                self._queue.clear()
+            else:
+                batch = [self._queue.popleft() for _ in range(n)]
             acks, self._acks = self._acks, []
             events, self._events = self._events, []
             t0 = time.monotonic()
