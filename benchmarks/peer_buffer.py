@@ -343,6 +343,10 @@ def report(res: dict[str, Any]) -> list[str]:
         f"peak RSS {o['hwm'] / p['hwm']:.2f}x   (target >= 2x both rates)",
         f"ratio  ours (Pipeline)/peer: put->durable {p['durable_s'] / pl['durable_s']:.2f}x; "
         f"ours at NORMAL/peer: {p['durable_s'] / on['durable_s']:.2f}x",
+        f"target Pipeline put->durable >= 2x peer: {p['durable_s'] / pl['durable_s']:.2f}x "
+        f"{'met' if p['durable_s'] >= 2 * pl['durable_s'] else 'MISSED'}; >= raw executemany: "
+        f"{r['durable_s'] / pl['durable_s']:.2f}x {'met' if r['durable_s'] >= pl['durable_s'] else 'MISSED'}; "
+        f"drain >= 3x peer: {p['drain_s'] / o['drain_s']:.2f}x {'met' if p['drain_s'] >= 3 * o['drain_s'] else 'MISSED'}",
     ]
     return lines
 

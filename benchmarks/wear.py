@@ -28,6 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 INTERVALS = (0.1, 0.5, 1.0, 2.0, 5.0)
 DEVICES = 10
+FS_PAGE = os.sysconf("SC_PAGE_SIZE")  # the unit of /proc/<pid>/io write_bytes (page cache)
 
 
 def io_counters() -> dict[str, int]:
@@ -130,7 +131,7 @@ def report(res: dict[str, Any]) -> list[str]:
              + (f" (sync every {res['sync_interval']:g} s)" if res.get("synchronous") == "NORMAL" else "")
              + ", uplink acking; limit = payload, target <= 2x",
              "commit_interval  readings  per commit  payload B/reading  written B/reading (of which close+ckpt)  ratio"
-             "  fsync points"]
+             "  fsync points  floor B/reading (ratio)"]
     for r in res["rows"]:
         n = max(r["accepted"], 1)
         per = r["write_bytes"] / n
@@ -138,7 +139,11 @@ def report(res: dict[str, Any]) -> list[str]:
         lines.append(f"{r['interval']:>13.1f} s  {r['accepted']:>8}  {r['accepted'] / max(r['commits'], 1):>10.1f}"
                      f"  {pay:>17.0f}  {per:>17.0f} ({r['close_bytes'] / n:>5.0f})"
                      f"{'':>19}{per / pay:>5.1f}x{'  <= 2x' if per <= 2 * pay else '       '}"
-                     f"  {r.get('syncs') or r['commits']:>6} ({'checkpoints' if r.get('syncs') else 'commits'})")
+                     f"  {r.get('syncs') or r['commits']:>6} ({'checkpoints' if r.get('syncs') else 'commits'})"
+                     f"  {FS_PAGE * (r.get('syncs') or r['commits']) / n:>6.0f} "
+                     f"({FS_PAGE * (r.get('syncs') or r['commits']) / n / pay:.1f}x)")
+    lines.append(f"floor: write_bytes counts a {FS_PAGE} B page-cache page each time a write makes a clean page "
+                 "dirty; a fsync cleans them, so every fsync point costs at least one page")
     return lines
 
 
