@@ -7,6 +7,7 @@ first use, so reading the registry never imports a driver, bleak or a decoder.
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,6 +59,45 @@ class Responder(Protocol):
     """A simulated device that is asked: fed what the driver wrote (any split), returns its reply bytes."""
 
     def answer(self, data: bytes) -> bytes: ...
+
+
+class RequestResponder(ABC):
+    """A Responder that takes the master's requests one by one off the bytes written so far."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def answer(self, data: bytes) -> bytes:
+        self._buf += data
+        out = b""
+        while (reply := self.take(self._buf)) is not None:
+            out += reply
+        return out
+
+    @abstractmethod
+    def take(self, buf: bytearray) -> bytes | None:
+        """Remove the next request (or garbage) from the start of `buf` and return the reply to it
+        (b"" for none); None, leaving `buf` as it is, until more bytes are needed."""
+
+
+class PerPoll:
+    """A decoder of whole polls (one poll's requests and replies per chunk): one reading per chunk,
+    the values of its replies merged as a polled driver merges them."""
+
+    def __init__(self, inner: Decoder) -> None:
+        self.inner = inner
+        self.errors: Counter[str] = inner.errors
+        self.frames = 0
+
+    def feed(self, data: Any) -> list[dict[str, Value]]:
+        merged: dict[str, Value] = {}
+        for v in self.inner.feed(data):
+            merged.update(v)
+        self.frames = self.inner.frames
+        return [merged] if merged else []
+
+    def flush(self) -> list[dict[str, Value]]:
+        return list(self.inner.flush())
 
 
 # A simulator factory: (endless wire chunks or adverts, a fresh decoder for them).

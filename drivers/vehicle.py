@@ -20,7 +20,7 @@ from typing import Any
 
 from drivers.can.protocol import SlcanBusProtocol, lines_of
 from drivers.can.simulator import CAPACITY_AH, TICK, VEHICLE_DBC, Ride, RideState, snapshot
-from drivers.family import Decoder
+from drivers.family import Decoder, PerPoll
 
 FAMILIES = ("nmea", "vesc", "jbd_bms", "can")
 
@@ -164,9 +164,8 @@ def source(family: str, vehicle: str, ride: SharedRide | None = None) -> tuple[I
         return _vesc(r), VescProtocol(GEOMETRY)
     if family == "jbd_bms":
         from drivers.jbd_bms.protocol import JbdProtocol
-        from drivers.jbd_bms.simulator import Merged
 
-        return _bms(r), Merged(JbdProtocol())
+        return _bms(r), PerPoll(JbdProtocol())
     if family == "can":
         return _bus(r), SlcanBusProtocol(VEHICLE_DBC, {"rename": {"VehicleSpeed": "speed"}})
     raise ValueError(f"family {family!r} has no vehicle profile (only {', '.join(FAMILIES)})")

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from drivers.family import PerPoll
 from drivers.jbd_bms import simulator as jsim
 from drivers.jbd_bms.protocol import BASIC_INFO_REQUEST, CELL_VOLTAGES_REQUEST, JbdProtocol
 from drivers.vesc import simulator as vsim
@@ -35,7 +36,7 @@ def vesc_expected(n: int) -> list[dict[str, Any]]:
 
 def jbd_expected(n: int) -> list[dict[str, Any]]:
     """The first `n` polls of the simulated pack, both replies merged as the driver merges them."""
-    dec = jsim.Merged(JbdProtocol())
+    dec = PerPoll(JbdProtocol())
     return [dec.feed(c)[0] for c in itertools.islice(jsim.exchanges(0.1), n)]
 
 

@@ -8,11 +8,9 @@ rises after each full charge. Two NTCs follow the current.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
-from drivers.family import SimParams, Simulation
+from drivers.family import PerPoll, RequestResponder, SimParams, Simulation
 from drivers.jbd_bms.protocol import (
     BASIC_INFO,
     BASIC_INFO_REQUEST,
@@ -21,7 +19,6 @@ from drivers.jbd_bms.protocol import (
     JbdProtocol,
     reply,
 )
-from edge_common.model import Value
 
 CELLS = 13
 CAPACITY_AH = 20.0
@@ -92,54 +89,34 @@ def exchanges(dt: float = 1.0) -> Iterator[bytes]:
         yield BASIC_INFO_REQUEST + basic + CELL_VOLTAGES_REQUEST + cells
 
 
-class JbdResponder:
+class JbdResponder(RequestResponder):
     """The BMS's UART: feed what the master wrote, get the replies (one per read request, in order)."""
 
     def __init__(self, dt: float = 1.0) -> None:
+        super().__init__()
         self.pack = Pack(dt)
-        self._buf = bytearray()
         self._pending: bytes | None = None  # the cell reply of the current poll
         self.polls = 0
 
-    def answer(self, data: bytes) -> bytes:
-        self._buf += data
-        out = b""
-        while (i := self._buf.find(0xDD)) >= 0:
-            del self._buf[:i]
-            if len(self._buf) < 7:
-                break
-            frame = bytes(self._buf[:7])
-            del self._buf[:7 if frame in (BASIC_INFO_REQUEST, CELL_VOLTAGES_REQUEST) else 1]
-            if frame == BASIC_INFO_REQUEST:
-                basic, self._pending = self.pack.step()
-                self.polls += 1
-                out += basic
-            elif frame == CELL_VOLTAGES_REQUEST:
-                if self._pending is None:
-                    _, self._pending = self.pack.step()
-                out += self._pending
-        return out
-
-
-class Merged:
-    """One reading per chunk: the values of a poll's replies merged (as the driver does)."""
-
-    def __init__(self, inner: JbdProtocol) -> None:
-        self.inner = inner
-        self.errors: Counter[str] = inner.errors
-        self.frames = 0
-
-    def feed(self, data: Any) -> list[dict[str, Value]]:
-        merged: dict[str, Value] = {}
-        for v in self.inner.feed(data):
-            merged.update(v)
-        self.frames = self.inner.frames
-        return [merged] if merged else []
-
-    def flush(self) -> list[dict[str, Value]]:
-        return list(self.inner.flush())
+    def take(self, buf: bytearray) -> bytes | None:
+        if (i := buf.find(0xDD)) < 0:
+            return None
+        del buf[:i]
+        if len(buf) < 7:
+            return None
+        frame = bytes(buf[:7])
+        del buf[:7 if frame in (BASIC_INFO_REQUEST, CELL_VOLTAGES_REQUEST) else 1]
+        if frame == BASIC_INFO_REQUEST:
+            basic, self._pending = self.pack.step()
+            self.polls += 1
+            return basic
+        if frame == CELL_VOLTAGES_REQUEST:
+            if self._pending is None:
+                _, self._pending = self.pack.step()
+            return self._pending
+        return b""
 
 
 def simulation(p: SimParams) -> Simulation:
     """The `sim` driver's source: one poll (both requests and replies) per chunk, one reading each."""
-    return exchanges(), Merged(JbdProtocol())
+    return exchanges(), PerPoll(JbdProtocol())

@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterator
 
 from drivers.base import StreamProtocol
-from drivers.family import SimParams, Simulation
+from drivers.family import RequestResponder, SimParams, Simulation
 from drivers.modbus.protocol import crc16, exception_reply, read_request, reply, with_crc
 from edge_common.model import Value
 
@@ -104,30 +104,28 @@ class S8Exchanges(StreamProtocol):
         return [decode_block(plan_reads(S8_REGISTERS)[0], words)]
 
 
-class S8Responder:
+class S8Responder(RequestResponder):
     """A Senseair S8 on the bus for a real master: answers its 8-byte requests; the CO2 moves on after
     every reply that carried it (the classroom of `co2_values`)."""
 
     def __init__(self, slave: int = 0x68) -> None:
+        super().__init__()
         self._values = co2_values()
         self.slave = S8Slave(slave, co2=next(self._values))
-        self._buf = bytearray()
 
-    def answer(self, data: bytes) -> bytes:
-        self._buf += data
-        out = b""
-        while len(self._buf) >= 8:  # fc 3, 4 and 6 requests are 8 bytes; garbage is skipped a byte at a time
-            frame = bytes(self._buf[:8])
-            rep = self.slave.respond(frame)
-            if rep is None:
-                del self._buf[:1]
-                continue
-            del self._buf[:8]
-            out += rep
-            start, n = int.from_bytes(frame[2:4], "big"), int.from_bytes(frame[4:6], "big")
-            if frame[1] == 4 and start <= S8_CO2_IR < start + n and rep[1] == 4:
-                self.slave.co2 = next(self._values)
-        return out
+    def take(self, buf: bytearray) -> bytes | None:
+        if len(buf) < 8:  # fc 3, 4 and 6 requests are 8 bytes; garbage is skipped a byte at a time
+            return None
+        frame = bytes(buf[:8])
+        rep = self.slave.respond(frame)
+        if rep is None:
+            del buf[:1]
+            return b""
+        del buf[:8]
+        start, n = int.from_bytes(frame[2:4], "big"), int.from_bytes(frame[4:6], "big")
+        if frame[1] == 4 and start <= S8_CO2_IR < start + n and rep[1] == 4:
+            self.slave.co2 = next(self._values)
+        return rep
 
 
 # The simulated S8 as a generic `modbus` device reads it.

@@ -9,13 +9,10 @@ advanced by `dt` per request.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
-from drivers.family import SimParams, Simulation
+from drivers.family import PerPoll, RequestResponder, SimParams, Simulation
 from drivers.obd2.protocol import BY_NAME, INIT, Elm327Protocol, request
-from edge_common.model import Value
 
 BANNER = "ELM327 v1.5"
 SUPPORTED = (0x05, 0x0C, 0x0D, 0x42, 0x5B)
@@ -47,10 +44,11 @@ class Car:
         return self.kmh / 3.6 / (2 * 3.14159 * 0.25) * 60 * 4  # 0.25 m wheel, 4:1 reduction
 
 
-class Elm327:
+class Elm327(RequestResponder):
     """The adapter: feed what the host wrote, get the reply bytes (each ending in the `>` prompt)."""
 
     def __init__(self, dt: float = 1.0, supported: tuple[int, ...] = SUPPORTED) -> None:
+        super().__init__()
         self.car = Car()
         self.dt = dt
         self.supported = supported
@@ -58,7 +56,6 @@ class Elm327:
         self.headers = False
         self.searching = False
         self.written: list[str] = []
-        self._buf = b""
 
     def payload(self, pid: int) -> bytes:
         c = self.car
@@ -108,16 +105,15 @@ class Elm327:
             return head + self._line(bytes([0x41, pid]) + self.payload(pid)) + "\r\r"
         return "?\r\r"
 
-    def answer(self, data: bytes) -> bytes:
-        self._buf += data
-        out = b""
-        while (i := self._buf.find(b"\r")) >= 0:
-            line, self._buf = self._buf[:i].decode("ascii", "replace"), self._buf[i + 1:]
-            if not line.strip():
-                continue
-            echo = line + "\r" if self.echo else ""
-            out += (echo + self._command(line) + ">").encode()
-        return out
+    def take(self, buf: bytearray) -> bytes | None:
+        if (i := buf.find(b"\r")) < 0:
+            return None
+        line = buf[:i].decode("ascii", "replace")
+        del buf[:i + 1]
+        if not line.strip():
+            return b""
+        echo = line + "\r" if self.echo else ""
+        return (echo + self._command(line) + ">").encode()
 
 
 def exchanges(dt: float = 1.0) -> Iterator[bytes]:
@@ -130,25 +126,6 @@ def exchanges(dt: float = 1.0) -> Iterator[bytes]:
         yield elm.answer(reqs)
 
 
-class PerPoll:
-    """One reading per chunk (a poll): the values of its replies merged, as the driver does."""
-
-    def __init__(self) -> None:
-        self.inner = Elm327Protocol()
-        self.errors: Counter[str] = self.inner.errors
-        self.frames = 0
-
-    def feed(self, data: Any) -> list[dict[str, Value]]:
-        merged: dict[str, Value] = {}
-        for v in self.inner.feed(data):
-            merged.update(v)
-        self.frames = self.inner.frames
-        return [merged] if merged else []
-
-    def flush(self) -> list[dict[str, Value]]:
-        return []
-
-
 def simulation(p: SimParams) -> Simulation:
     """The `sim` driver's source: one poll of the five PIDs per chunk, one reading each."""
-    return exchanges(), PerPoll()
+    return exchanges(), PerPoll(Elm327Protocol())
