@@ -46,13 +46,28 @@ class StreamDriver(Driver):
     async def serve(self, port: ByteTransport, proto: StreamProtocol, seen: Counter[str]) -> None:
         """Decode what the device sends until the port goes away (TransportClosed)."""
         idle = _IdleFlush(self, proto, seen)
+        quiet_before = getattr(port, "quiet_before", None)  # a replay or simulator knows its line's pauses
         try:
             while True:
+                last = self.ctx.now()  # a stamped port: the time of the chunk read last
                 chunk = await port.read()
+                if (quiet_before is not None and self.idle_flush is not None and proto.pending
+                        and quiet_before() >= self.idle_flush):
+                    # The line was quiet that long before this chunk, by its own clock: what the last one
+                    # left held back goes out first, with that chunk's time, as the idle timer does live
+                    # (on a loaded machine the chunk can come before the timer ran).
+                    self._flush_as_of(last, proto, seen)
                 self.ctx.deliver(proto.feed(chunk), proto.errors, seen)
                 idle.data_seen()
         finally:
             idle.cancel()
+
+    def _flush_as_of(self, ts: float, proto: StreamProtocol, seen: Counter[str]) -> None:
+        now, self.ctx.now = self.ctx.now, lambda: ts
+        try:
+            self.ctx.deliver(proto.flush(), proto.errors, seen)
+        finally:
+            self.ctx.now = now
 
     supports_replay: ClassVar[bool] = True
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,41 @@ async def test_sim_is_the_real_driver_over_a_simulator_transport() -> None:
     assert [{k: v for k, v in r.values.items() if k not in skip} for r in got] == [
         {k: v for k, v in w.items() if k not in skip} for w in want]
     assert {r.driver for r in got} == {"sim"}
+
+
+async def test_a_held_back_epoch_keeps_its_chunks_time_when_the_next_chunk_comes_early() -> None:
+    """A loaded machine reads a simulated chunk late, so the next comes before the idle-flush timer ran:
+    the epoch the NMEA driver held back still goes out stamped with its own chunk's time."""
+    from drivers.nmea.driver import NmeaDriver
+    from drivers.nmea.simulator import epoch_bytes, fixes
+    from drivers.transport.simulated import SimulatorTransport
+
+    sent: list[float] = []
+
+    def chunks() -> Iterator[bytes]:
+        for i, f in enumerate(fixes(start=1_790_000_000.0)):
+            sent.append(time.time())  # SimulatorTransport stamps the chunk just before asking for it
+            if i == 1:
+                time.sleep(0.12)  # the loop is blocked: this chunk is fed 120 ms after its slot
+            yield epoch_bytes(f)
+
+    dev = DeviceConfig.model_validate({"id": "g", "driver": "nmea", "port": "sim:nmea"})
+    got: list[Reading] = []
+    ctx = DeviceContext(dev, got.append)
+    transport = SimulatorTransport(chunks(), 0.2, "simulated nmea")
+
+    async def open_transport() -> SimulatorTransport:
+        return transport
+
+    ctx.open_transport = open_transport
+    task = asyncio.create_task(NmeaDriver(dev, ctx).run())
+    try:
+        deadline = time.monotonic() + 30
+        while len(got) < 4:
+            assert time.monotonic() < deadline, len(got)
+            await asyncio.sleep(0.02)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert [round(r.ts - t, 3) for r, t in zip(got, sent, strict=False)] == [0.0] * len(got)

@@ -67,6 +67,7 @@ class ReplayTransport:
             raise TransportClosed(f"cannot read capture {path}: {e.strerror}") from e
         self._first: tuple[float, float] | None = None  # (recorded, monotonic) of the first chunk
         self._ts: float | None = None
+        self._prev: float | None = None  # the recorded time of the chunk before
         self.ended = False
 
     @classmethod
@@ -80,6 +81,10 @@ class ReplayTransport:
     def recorded_time(self) -> float:
         return self._ts if self._ts is not None else time.time()
 
+    def quiet_before(self) -> float:
+        """The recorded pause before the current chunk (0 when the capture has no times)."""
+        return self._ts - self._prev if self._ts is not None and self._prev is not None else 0.0
+
     async def read(self, n: int = 4096) -> bytes:
         try:
             ts, chunk = next(self._records)
@@ -92,7 +97,7 @@ class ReplayTransport:
                 self._first = (ts, time.monotonic())
             due = self._first[1] + (ts - self._first[0])
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-        self._ts = ts
+        self._prev, self._ts = self._ts, ts
         return chunk
 
     async def write(self, data: bytes) -> None:

@@ -47,6 +47,10 @@ class SimulatorTransport:
         """When the current chunk was sent: its readings' time, however long the driver holds them back."""
         return self._ts if self._ts is not None else time.time()
 
+    def quiet_before(self) -> float:
+        """The simulated line's pause before the current chunk: one interval (a chunk is a whole sample)."""
+        return self._interval
+
     async def write(self, data: bytes) -> None:
         return None
 
