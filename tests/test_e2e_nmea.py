@@ -152,7 +152,8 @@ def test_sigterm_delivers_everything_accepted_before_exit(setup) -> None:  # typ
     agent.signal(signal.SIGTERM)  # epochs still in the driver or in flight: flushed, sent, acked
     assert agent.wait(10) == 0
     db = sqlite3.connect(tmp / "buffer.db")
-    assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0, "nothing left to send again"
+    left = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
+    assert left == 0, f"nothing left to send again ({left} left); the agent's log:\n{agent.output()[-3000:]}"
     accepted = int(db.execute("SELECT value FROM meta WHERE key = 'next_seq'").fetchone()[0]) - 1
     sub.wait_for(lambda: len({r["seq"] for r in sub.readings()}) >= accepted, 10, "every accepted reading")
     assert sorted(r["seq"] for r in sub.readings()) == list(range(1, accepted + 1))  # once each
