@@ -213,12 +213,14 @@ def test_config_apply_adding_a_device_is_confirmed_and_its_readings_arrive(gw: G
     new = gw.config.read_text() + EXTRA_DEVICE
     stale = paced(lambda: p.command("config.apply", {"config": new, "base": "0" * 64}))
     assert p.result(stale)["reason"] == "base_mismatch" and gw.sha() == base
-    broken = new + '\n[[devices]]\nid = "x"\ndriver = "warp"\n\n[uplink2]\n'
+    broken = new + ('\n[[devices]]\nid = "x"\ndriver = "warp"\n\n[[devices]]\nid = "y"\ndriver = "sim"\n'
+                    'family = "nmea"\nport = "/dev/ttyUSB9"\n\n[uplink2]\n')  # sim reads no serial port
     bad = paced(lambda: p.command("config.apply", {"config": broken, "base": base}))
     r = p.result(bad)
     assert r["reason"] == "invalid_config" and gw.sha() == base
     assert any("unknown driver 'warp'" in x for x in r["result"]["problems"])
     assert any(x.startswith("uplink2: unknown key") for x in r["result"]["problems"])
+    assert any(re.match(r"devices\[\d+\]\.port: not used by driver 'sim'", x) for x in r["result"]["problems"])
     make_key(gw.dir, "other")
     for text, problem in (
             (new.replace('trusted_keys = ["platform.pub"]', 'trusted_keys = ["other.pub"]'),
