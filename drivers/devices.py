@@ -7,7 +7,6 @@ A model is built on first use, for the drivers a config names only.
 
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -70,6 +69,8 @@ class DeviceModel(DeviceConfig):
 
 
 def _did_you_mean(key: str, keys: tuple[str, ...]) -> str:
+    import difflib  # only for a config with a mistake (the running agent never needs it)
+
     close = difflib.get_close_matches(key, keys, n=1, cutoff=0.8)
     return f" (did you mean `{close[0]}`?)" if close else ""
 
