@@ -56,6 +56,7 @@ class Pipeline:
         self.last_commit = time.monotonic()  # progress marker for the watchdog
         self.last_commit_duration = 0.0
         self.busy_since: float | None = None
+        self._inflight = 0  # readings of the commit under way: still in memory, counted in the bound
         self._closed = False
         # "ok", or the Fault keeping commits from the disk: readings (bounded by queue_size),
         # acks and events then wait in memory and the writer retries every second.
@@ -117,7 +118,7 @@ class Pipeline:
     # -- producers ------------------------------------------------------------------------
     def submit(self, reading: Reading) -> None:
         """Queue one reading (never blocks); refused and counted when the queue is full."""
-        if len(self._queue) >= self.queue_size:
+        if len(self._queue) + self._inflight >= self.queue_size:
             self.overflow += 1
             if self.overflow in (1, 10, 100) or self.overflow % 10_000 == 0:
                 log.error("in-memory queue full (%d): %d readings refused so far", self.queue_size, self.overflow)
@@ -170,7 +171,8 @@ class Pipeline:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Readings in memory, not yet committed (the commit under way included)."""
+        return len(self._queue) + self._inflight
 
     @property
     def disk_full(self) -> bool:
@@ -249,9 +251,11 @@ class Pipeline:
             events, self._events = self._events, []
             t0 = time.monotonic()
             self.busy_since = t0
+            self._inflight = len(batch)
             try:
                 res = await self.call(self._commit_job, batch, acks, events)
             except Exception as e:
+                self._inflight = 0
                 self._queue.extendleft(reversed(batch))
                 self._acks[:0] = acks
                 self._events[:0] = events
@@ -265,6 +269,7 @@ class Pipeline:
                     self._full_batch = max(10, n // 4)  # smaller transactions need less WAL space
                 return total
             self.busy_since = None
+            self._inflight = 0
             self._cleared()
             self._full_batch = 0
             self.last_commit = time.monotonic()
