@@ -51,7 +51,8 @@ class DeviceModel(DeviceConfig):
     def _rules(cls, data: Any, handler: ModelWrapValidatorHandler[DeviceModel]) -> DeviceModel:
         errors: list[InitErrorDetails] = []
         if isinstance(data, dict):  # keys of the wrong transport, a missing port or address (named by key)
-            lenient = DeviceConfig.model_construct(**data)
+            # (keys like `_fields_set` are model_construct's own: the handler names them unknown)
+            lenient = DeviceConfig.model_construct(**{k: v for k, v in data.items() if not str(k).startswith("_")})
             for key, msg in cls.driver_class.transport_problems(lenient):
                 errors.append(line_error("device_key", msg, (key,) if key else (), data.get(key)))
         try:

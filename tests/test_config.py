@@ -277,3 +277,9 @@ def test_a_misspelt_device_key_gets_a_suggestion(tmp_path: Path) -> None:
     assert probs == ["devices[0].intervall: unknown key (did you mean `interval`?) (line 7)",
                      "devices[1].expected_intreval: unknown key (did you mean `expected_interval`?) (line 12)",
                      "devices[1].colour: unknown key (line 13)"]
+
+
+def test_a_device_key_named_like_pydantic_internals_is_just_unknown(tmp_path: Path) -> None:
+    probs = _problems(tmp_path, '[[devices]]\nid = "s"\ndriver = "sim"\nfamily = "nmea"\n_fields_set = 1\n'
+                                'model_fields = 2\n')
+    assert probs == ["devices[0]._fields_set: unknown key (line 7)", "devices[0].model_fields: unknown key (line 8)"]
