@@ -19,6 +19,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def port_taken(port: int) -> bool:
+    """Someone holds `port` on loopback (a bind as mosquitto does it, SO_REUSEADDR, fails EADDRINUSE)."""
+    import errno
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            return e.errno == errno.EADDRINUSE
+    return False
+
+
 def quiet_port() -> int:
     """A free port below the kernel's ephemeral range, for a broker that starts (or restarts)
     later on a port the agent already knows: no outgoing connection can take it meanwhile."""
@@ -93,10 +106,10 @@ class LocalBroker:
         for attempt in range(3):
             try:
                 return self._start(timeout)
-            except RuntimeError as e:
+            except RuntimeError:
                 # Only a first start may move to another port (clients learn the port from us
                 # after it); a restart must keep its port, so it fails instead.
-                if not (self._may_move and "in use" in str(e).lower()) or attempt == 2:
+                if not (self._may_move and port_taken(self.port)) or attempt == 2:
                     raise
                 self.port = free_port()
         raise AssertionError("unreachable")
