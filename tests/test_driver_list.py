@@ -83,3 +83,14 @@ def test_an_unwritable_cache_only_costs_the_listing(env: dict[str, str], tmp_pat
     for _ in range(2):
         text, mods = helped(env)
         assert text.startswith("Drivers: nmea,") and "drivers.registry" in mods
+
+
+def test_only_the_standard_library_goes_unwatched() -> None:
+    from agent.cli.driver_list import _stdlib
+
+    lib = os.path.dirname(os.__file__)
+    assert _stdlib(f"{lib}/json/__init__.py")
+    # an interpreter without a venv keeps site-packages below the stdlib: plugins' files are watched
+    assert not _stdlib(f"{lib}/site-packages/acme_family.py")
+    assert not _stdlib(f"{lib}/dist-packages/acme_family.py")
+    assert not _stdlib(str(ROOT / "drivers" / "nmea" / "__init__.py"))

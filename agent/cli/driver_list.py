@@ -35,6 +35,13 @@ def _mtime(path: str) -> int | None:
         return None
 
 
+def _stdlib(file: str) -> bool:
+    """A standard-library module's file (it changes only with `sys.version`, in the key); a
+    site-packages below the stdlib directory (an interpreter without a venv) is not."""
+    stdlib = os.path.dirname(os.__file__) + os.sep
+    return file.startswith(stdlib) and not file[len(stdlib):].startswith(("site-packages", "dist-packages"))
+
+
 def _key() -> list[Any]:
     return [CACHE_VERSION, __version__, sys.executable, sys.version, [[p, _mtime(p or ".")] for p in sys.path]]
 
@@ -80,9 +87,8 @@ def drivers_epilog() -> str:
     # plugin (its fix may change none of the mtimes recorded).
     if path is None or not complete or "drivers.registry" in before:
         return text
-    stdlib = os.path.dirname(os.__file__) + os.sep  # changes only with sys.version (in the key)
     read: list[str] = [f for m in set(sys.modules) - before
-                       if isinstance(f := getattr(sys.modules[m], "__file__", None), str) and not f.startswith(stdlib)]
+                       if isinstance(f := getattr(sys.modules[m], "__file__", None), str) and not _stdlib(f)]
     read += [str(Path(sys.modules["drivers.registry"].__file__ or "").resolve().parents[1] / "pyproject.toml")]
     files = {f: _mtime(f) for f in read}
     try:
