@@ -2,7 +2,8 @@
 and an agent process, to Mosquitto. Advert families: the simulator's adverts into the real driver,
 exactly what the family's decoder makes of each, in order. Polled families with a BLE variant: the real
 driver polls the family's simulated device (its responder) over GATT; each reading is exactly what the
-simulation's decoder makes of that poll's requests and replies. A family gets these by registering."""
+simulation's decoder makes of that poll's requests and replies. Notification streams (ble_nus): the
+simulator's bytes in 20-byte notifications, exactly the decoder's values. A family gets these by registering."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agent.demo import _toml_value  # the demo writes its simulators' device keys the same way
 from drivers.family import SimParams, resolve
 from drivers.registry import registry
 from tests.support.agentproc import AgentProcess
@@ -25,6 +27,14 @@ ADVERTS = sorted(d for d in REG.simulated() if REG.family_of(d).advert_decoder)
 # polled drivers that also run over GATT (a `ble_notify`/`ble_write` pair) and have a simulated device
 GATT_POLLED = sorted(d for d in REG.simulated() if REG.drivers[d].entry.responder
                      and getattr(REG.family_of(d).driver_class(d), "ble_notify", None))
+# the rest that run over BLE: devices that stream notifications once subscribed (ble_nus)
+GATT_STREAMS = sorted(d for d in REG.simulated() if REG.family_of(d).driver_class(d).transport == "ble"
+                      and d not in ADVERTS and d not in GATT_POLLED)
+
+
+def _sim_keys(driver: str) -> str:
+    ref = REG.drivers[driver].entry.sim_device
+    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in (dict(resolve(ref)) if ref else {}).items())
 ADDRESS = "C7:F5:2A:A1:B2:C3"
 N = 5
 
@@ -61,6 +71,15 @@ def test_simulated_adverts_through_bluez_into_the_real_driver(
     assert agent.terminate() == 0
 
 
+def _connectable(ble_agent: Callable[..., AgentProcess], bz: ScriptedBlueZ, driver: str, service: str,
+                 keys: str) -> AgentProcess:
+    """An agent with one `driver` device at ADDRESS (and the simulator's keys), once its scanner hears it."""
+    agent = ble_agent(f'[[devices]]\nid = "dut"\ndriver = "{driver}"\naddress = "{ADDRESS}"\n{keys}{_sim_keys(driver)}')
+    agent.wait_log("BLE scanner running", timeout=20)
+    wait_until(lambda: bz.advertise(ADDRESS, service_uuids=(service,)), 10, "the scanner hears the device")
+    return agent
+
+
 class _Recorder:
     """The simulated device's answers, logged: every (request, reply) the central's writes got."""
 
@@ -86,12 +105,7 @@ def test_the_real_driver_polls_the_simulated_device_over_gatt(
     rec = _Recorder(fam.responder(driver))
     bz = bluez_factory()
     p = bz.add_peripheral(ADDRESS, "simulated", gatt=True, mtu=23, service=service, responder=rec.answer)
-    keys = dict(resolve(REG.drivers[driver].entry.sim_device)) if REG.drivers[driver].entry.sim_device else {}
-    extra = "".join(f"{k} = {v!r}\n" for k, v in keys.items())
-    agent = ble_agent(f'[[devices]]\nid = "dut"\ndriver = "{driver}"\ntransport = "ble"\naddress = "{ADDRESS}"\n'
-                      f'poll_interval = "200ms"\ntimeout = "5s"\n{extra}')
-    agent.wait_log("BLE scanner running", timeout=20)
-    wait_until(lambda: bz.advertise(ADDRESS, service_uuids=(service,)), 10, "the scanner hears the device")
+    agent = _connectable(ble_agent, bz, driver, service, 'transport = "ble"\npoll_interval = "200ms"\ntimeout = "5s"\n')
     sub.wait_for(lambda: len(sub.readings()) >= N, 30, f"{N} readings over GATT")
     assert agent.terminate() == 0
     got = sub.readings()
@@ -107,3 +121,28 @@ def test_the_real_driver_polls_the_simulated_device_over_gatt(
     assert dict(decoder.errors) == {}
     assert {(r["device"], r["driver"]) for r in got} == {("dut", driver)}
     assert set(p.written) == set(requests), "only the family's read requests are ever written"
+
+
+@pytest.mark.parametrize("driver", GATT_STREAMS)
+def test_simulated_notifications_over_gatt_into_the_real_driver(
+    driver: str, bluez_factory: Callable[..., ScriptedBlueZ], ble_agent: Callable[..., AgentProcess],
+    sub: Subscriber,
+) -> None:
+    """The simulator's stream as 20-byte notifications (ATT MTU 23) into the real driver: exactly the decoder's values."""
+    fam = REG.family_of(driver)
+    service = next(h.service_uuid for h in fam.scan_hints if h.driver == driver)
+    chunks, decoder = fam.simulation(driver, SimParams())
+    stream = b"".join(itertools.islice(chunks, N * 2))
+    want = decoder.feed(stream)  # a CSV header, say, is a chunk without a reading
+    assert len(want) >= N and dict(decoder.errors) == {}, want
+    bz = bluez_factory()
+    bz.add_peripheral(ADDRESS, "simulated", gatt=True, mtu=23, service=service)
+    agent = _connectable(ble_agent, bz, driver, service, 'expected_interval = "60s"\n')
+    wait_until(lambda: bz.notifying(ADDRESS), 20, "the driver subscribed to the notifications")
+    for i in range(0, len(stream), 20):
+        assert bz.notify(ADDRESS, stream[i:i + 20])
+    sub.wait_for(lambda: len(sub.readings()) >= len(want), 20, f"{len(want)} readings over GATT")
+    assert agent.terminate() == 0
+    got = sub.readings()
+    assert [r["values"] for r in got] == want
+    assert {(r["device"], r["driver"]) for r in got} == {("dut", driver)}
