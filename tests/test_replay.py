@@ -152,7 +152,7 @@ async def test_a_held_back_epoch_keeps_its_chunks_time_when_the_next_chunk_comes
 
     def chunks() -> Iterator[bytes]:
         for i, f in enumerate(fixes(start=1_790_000_000.0)):
-            sent.append(time.time())  # SimulatorTransport stamps the chunk just before asking for it
+            sent.append(transport.recorded_time())  # stamped by the transport just before it asks for the chunk
             if i == 1:
                 time.sleep(0.12)  # the loop is blocked: this chunk is fed 120 ms after its slot
             yield epoch_bytes(f)
@@ -176,4 +176,4 @@ async def test_a_held_back_epoch_keeps_its_chunks_time_when_the_next_chunk_comes
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-    assert [round(r.ts - t, 3) for r, t in zip(got, sent, strict=False)] == [0.0] * len(got)
+    assert [r.ts for r in got] == sent[:len(got)]  # before: 96 and 208 ms late for the first two
