@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.buffer import PAGE_SIZE  # the default of a new buffer file
+
 ROOT = Path(__file__).resolve().parent.parent
 INTERVALS = (0.1, 0.5, 1.0, 2.0, 5.0)
 DEVICES = 10
@@ -94,7 +96,7 @@ def child(db: str, port: int, interval: float, accel: float, seconds: float, pag
                 "payload_bytes": payload_bytes, "write_bytes": io1["write_bytes"] - io0["write_bytes"],
                 "close_bytes": io1["write_bytes"] - io_before_close["write_bytes"],
                 "cancelled_write_bytes": io1["cancelled_write_bytes"] - io0["cancelled_write_bytes"],
-                "wchar": io1["wchar"] - io0["wchar"], "page_size": page_size or 4096}
+                "wchar": io1["wchar"] - io0["wchar"], "page_size": page_size or PAGE_SIZE}
 
     print(json.dumps(asyncio.run(run())), flush=True)
 
@@ -121,7 +123,7 @@ def measure(accel: float, seconds: float, page_size: int | None, intervals: tupl
                 rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     finally:
         broker.close()
-    return {"accel": accel, "seconds": seconds, "page_size": page_size or 4096, "rows": rows,
+    return {"accel": accel, "seconds": seconds, "page_size": page_size or PAGE_SIZE, "rows": rows,
             "synchronous": synchronous, "sync_interval": sync_interval}
 
 
