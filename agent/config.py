@@ -72,7 +72,7 @@ class BufferConfig(_Section):
     min_free_disk: Size = 8_000_000
     # SQLite page size of a NEW buffer file (an existing file keeps its own). 1024 writes less
     # per commit on SD cards (BENCHMARKS.md, SD-card wear) at some cost in drain speed.
-    page_size: Literal[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] = 2048
+    page_size: Literal[512, 1024, 2048, 4096, 8192, 16384, 32768, 65536] = 4096
 
 
 class TlsConfig(_Section):
