@@ -30,7 +30,8 @@ VERB_MODULES = [
 RESIDENT = {"run": "agent.cli.run", "demo": "agent.cli.run"}
 
 EPILOG = ("Exit codes: 0 ok, 1 failure, 2 usage, 3/4/5 `status`: degraded / data buffering / "
-          "readings at risk, 69 agent not reachable, 78 configuration error.")
+          "readings at risk, 69 agent not reachable, 73 `run`: buffer cannot be opened, "
+          "78 configuration error.")
 
 
 class _Formatter(argparse.HelpFormatter):
