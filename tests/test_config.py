@@ -283,3 +283,25 @@ def test_a_device_key_named_like_pydantic_internals_is_just_unknown(tmp_path: Pa
     probs = _problems(tmp_path, '[[devices]]\nid = "s"\ndriver = "sim"\nfamily = "nmea"\n_fields_set = 1\n'
                                 'model_fields = 2\n')
     assert probs == ["devices[0]._fields_set: unknown key (line 7)", "devices[0].model_fields: unknown key (line 8)"]
+
+
+@pytest.mark.parametrize("driver", ["bthome", "xiaomi"])
+def test_config_schema_rejects_the_bindkeys_config_check_rejects(driver: str) -> None:
+    """An editor validating against `config schema` flags a bindkey that is not 32 hex digits, as `config check` does."""
+    import jsonschema
+
+    from agent.config import AgentConfig, json_schema
+
+    validator = jsonschema.Draft202012Validator(json_schema())
+
+    def doc(key: str) -> dict[str, object]:
+        return {"gateway": {"id": "gw"}, "devices": [{"id": "t", "driver": driver, "address": "A4:C1:38:12:34:56",
+                                                      "key": key}]}
+
+    for good in ("231d39c1d7cc1ab1aee224cd096db932", "231D39C1 D7CC1AB1 AEE224CD 096DB932"):
+        AgentConfig.model_validate(doc(good))
+        assert not list(validator.iter_errors(doc(good))), good
+    for bad in ("...", "231d39c1d7cc1ab1aee224cd096db9", "231d39c1d7cc1ab1aee224cd096db93g"):
+        with pytest.raises(ValueError):
+            AgentConfig.model_validate(doc(bad))
+        assert list(validator.iter_errors(doc(bad))), bad

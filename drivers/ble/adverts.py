@@ -39,7 +39,9 @@ class AdvertOptions(BaseModel):
 class KeyedAdvertOptions(AdvertOptions):
     """Advert drivers whose devices may encrypt (BTHome v2, Xiaomi MiBeacon)."""
 
-    key: str | None = Field(default=None, description="bindkey: 32 hex digits (16 bytes)")
+    # the pattern puts the validator's rule into `config schema` (editors flag a bad key as config check does)
+    key: str | None = Field(default=None, description="bindkey: 32 hex digits (16 bytes)",
+                            json_schema_extra={"pattern": r"^\s*(?:[0-9A-Fa-f] *){32}\s*$"})
 
     @field_validator("key")
     @classmethod
