@@ -35,6 +35,7 @@ class Pipeline:
         self.commit_interval = commit_interval
         self.sync_interval = sync_interval  # synchronous=NORMAL: WAL syncs at most this often
         self._sync_lock = asyncio.Lock()
+        self._flush_lock = asyncio.Lock()
         self._last_sync = -1e18
         self.hurry = asyncio.Event()  # set at stop: sync at once (the stop waits for the PUBACKs)
         self.queue_size = queue_size
@@ -238,7 +239,13 @@ class Pipeline:
 
         A failure of the disk's (full, locked, read-only, I/O error) keeps them all in memory,
         in order, for the next try (readings bounded by queue_size: `submit` refuses beyond).
+        A commit under way (the writer's) is waited for: once flush() returns, nothing taken from
+        the queue is still uncommitted (the stop's settle compares the acks with next_seq).
         """
+        async with self._flush_lock:
+            return await self._flush()
+
+    async def _flush(self) -> CommitResult | None:
         total: CommitResult | None = None
         while self._queue or self._acks or self._events:
             n = min(len(self._queue), self._full_batch or self.batch_max)

@@ -165,3 +165,92 @@ async def test_buffer_locked_by_another_process_waits_in_memory_and_loses_nothin
     assert (lo, hi) == (1, n), "no hole"
     values = [json.loads(p)["values"]["n"] for (p,) in db.execute("SELECT payload FROM outbox ORDER BY seq")]
     assert values == list(range(n)), "every emitted reading, in order: none lost to the lock"
+
+
+def _gate_commits(monkeypatch, pipe):  # type: ignore[no-untyped-def]
+    """Hold the next commit of readings on the buffer thread until `release` is set."""
+    import threading
+
+    entered, release, committed = threading.Event(), threading.Event(), threading.Event()
+    job = pipe._commit_job
+
+    def gated(batch, acks, events=None):  # type: ignore[no-untyped-def]
+        if batch and not entered.is_set():
+            entered.set()
+            release.wait(30)
+            res = job(batch, acks, events)
+            committed.set()
+            return res
+        return job(batch, acks, events)
+
+    monkeypatch.setattr(pipe, "_commit_job", gated)
+    return entered, release, committed
+
+
+async def test_a_flush_waits_for_the_writers_commit_under_way(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from agent.buffer import Outbox
+    from agent.model import Reading
+    from agent.pipeline import Pipeline
+
+    pipe = await Pipeline.open(Outbox(tmp_path / "b.db"), commit_interval=0.02)
+    entered, release, _ = _gate_commits(monkeypatch, pipe)
+    writer = asyncio.create_task(pipe.run_writer())
+    try:
+        for n in range(10):
+            pipe.submit(Reading(device="d", driver="sim", values={"n": n}))
+        assert await asyncio.to_thread(entered.wait, 30), "the writer's commit is under way"
+        assert pipe.queued == 10 and not pipe._queue, "taken from the queue, not committed"
+        flush = asyncio.create_task(pipe.flush())
+        await asyncio.sleep(0)  # the flush starts while the writer's commit is held
+        release.set()
+        await flush
+        # Without waiting for it, flush() found the queue empty and returned while the ten were
+        # still uncommitted (the stop then settled on a next_seq without them).
+        assert pipe.accepted == 10 and pipe.outbox.next_seq == 11 and pipe.queued == 0
+    finally:
+        release.set()
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await pipe.close()
+
+
+async def test_stop_during_a_commit_delivers_it_before_exiting(tmp_path: Path, broker: Broker, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A SIGTERM while the writer commits: the stop settles on those readings too (none left to resend)."""
+    from agent.model import Reading
+
+    agent = Agent(agent_config(tmp_path, broker.port, []))
+    sub = Subscriber(broker.host, broker.port, "edge/gw-rt/telemetry")
+    await agent.start()
+    pipe = agent.pipeline
+    entered, release, committed = _gate_commits(monkeypatch, pipe)
+    settle = agent.uplink.settle
+    settled: list[tuple[bool, bool]] = []
+
+    async def observed_settle() -> bool:
+        ok = await settle()
+        settled.append((ok, committed.is_set()))
+        return ok
+
+    monkeypatch.setattr(agent.uplink, "settle", observed_settle)
+    stop: asyncio.Task[None] | None = None
+    try:
+        await until(agent.uplink.connected.is_set, 30, "the uplink connected")
+        for n in range(10):
+            pipe.submit(Reading(device="d", driver="sim", values={"n": n}))
+        assert await asyncio.to_thread(entered.wait, 30), "the writer's commit is under way"
+        stop = asyncio.create_task(agent.stop())
+        await until(pipe.hurry.is_set, 30, "the stop's final flush")
+        release.set()
+        await stop
+    finally:
+        release.set()
+        if stop is None:
+            await agent.stop()
+    # Before: the stop's flush found the queue empty, the settle compared the acks with a next_seq
+    # that lacked the ten, said "every accepted reading is acknowledged", and they stayed behind.
+    assert settled == [(True, True)], "the settle waited for the commit under way and its PUBACK"
+    db = sqlite3.connect(tmp_path / "b.db")
+    assert db.execute("SELECT count(*) FROM outbox").fetchone()[0] == 0, "nothing left to send again"
+    await asyncio.to_thread(sub.wait_for, lambda: len(sub.readings()) >= 10, 10, "the ten readings")
+    assert [r["values"]["n"] for r in sub.readings()] == list(range(10))
+    sub.close()
