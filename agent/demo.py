@@ -215,7 +215,7 @@ def _cli_config(cfg: AgentConfig, workdir: Path) -> Path:
 
 
 async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, counts: dict[str, int],
-                 subscribed: asyncio.Event) -> None:
+                 subscribed: asyncio.Event, offline: asyncio.Event) -> None:
     import aiomqtt
 
     from agent.fmt import width
@@ -244,6 +244,8 @@ async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, cou
                         if body["state"] != last_state:  # a retained copy after a reconnect is no news
                             print(f"platform <- status: {body['state']} (gateway {body.get('gateway')})", flush=True)
                         last_state = body["state"]
+                        if last_state == "offline":
+                            offline.set()
                     elif kind == "events":
                         print(f"platform <- event: {_fmt_event(body)}", flush=True)
                     elif kind == "health":
@@ -318,11 +320,13 @@ async def _demo(seconds: float | None, workdir: Path, as_json: bool, user: Agent
     install_signal_handlers(agent)
     stop = asyncio.Event()
     counts: dict[str, int] = {}
+    offline = asyncio.Event()  # the platform view has shown the agent's goodbye
     tasks: list[asyncio.Task[None]] = []
     if broker is not None or broker_port is not None:
         # The platform view subscribes first: it shows every reading from seq 1 on.
         subscribed = asyncio.Event()
-        tasks.append(asyncio.create_task(_watch(port, cfg.topic_prefix, as_json, stop, counts, subscribed)))
+        tasks.append(asyncio.create_task(_watch(port, cfg.topic_prefix, as_json, stop, counts, subscribed,
+                                                offline)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(subscribed.wait(), 10)
     await agent.start()
@@ -342,6 +346,9 @@ async def _demo(seconds: float | None, workdir: Path, as_json: bool, user: Agent
     finally:
         stop.set()
         await agent.stop()
+        if counts.get("status"):  # the view saw the birth: let it show the offline status too
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(offline.wait(), 2.0)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

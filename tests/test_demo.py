@@ -44,6 +44,9 @@ def test_the_cli_finds_a_running_demo(tmp_path: Path) -> None:
         assert hint.split("in another terminal: ")[1].split("   ")[0].endswith("edge-agent status"), hint
         ptr = tmp_path / "edge-agent-demo.json"
         assert json.loads(ptr.read_text())["pid"] == demo.proc.pid
+        # Data flowing (the uplink is connected: else status rightly says 4) and a device event shown.
+        wait_until(lambda: any(line.startswith("platform <- event: ") for line in demo.out), 60,
+                   f"a device event at the platform: {demo.out[-5:]}")
         r = subprocess.run([sys.executable, "-m", "agent", "status"], env=env, capture_output=True, text=True,
                            timeout=60)
         assert r.returncode in (0, 3), r  # 3: this machine's clock may be unsynchronised
