@@ -103,7 +103,7 @@ class UplinkConfig(_Section):
     max_inflight: int = Field(default=16, ge=1, le=1000)
     backoff_initial: Duration = 0.5
     backoff_max: Duration = 60.0
-    health_interval: Duration | None = None  # alias of gateway.health_interval
+    health_interval: Duration | None = Field(default=None, gt=0, exclude=True)  # alias of gateway.health_interval
 
     @field_validator("topic_prefix")
     @classmethod
@@ -205,8 +205,16 @@ class AgentConfig(_Section):
     commands: CommandsConfig | None = None
     devices: list[Device] = Field(default_factory=list)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    health_interval: Duration | None = Field(default=None, gt=0)  # alias of gateway.health_interval
+    health_interval: Duration | None = Field(default=None, gt=0, exclude=True)  # alias of gateway.health_interval
     source_path: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _fold_health_interval(self) -> AgentConfig:
+        """An alias sets gateway.health_interval, the one key the effective config (`config show`) has."""
+        alias = self.uplink.health_interval or self.health_interval
+        if alias is not None and alias != self.gateway.health_interval:
+            object.__setattr__(self, "gateway", self.gateway.model_copy(update={"health_interval": alias}))
+        return self
 
     @property
     def topic_prefix(self) -> str:
@@ -214,8 +222,8 @@ class AgentConfig(_Section):
 
     @property
     def health_every(self) -> float:
-        """Period of P/health: uplink.health_interval, top-level health_interval or gateway's (60 s)."""
-        return self.uplink.health_interval or self.health_interval or self.gateway.health_interval
+        """Period of P/health: gateway.health_interval (60 s), or what an alias of it set."""
+        return self.gateway.health_interval
 
     @property
     def client_id(self) -> str:

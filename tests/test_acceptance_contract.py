@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import pytest
 
 from agent.cli import doctor
 from agent.config import load_config
@@ -230,3 +231,21 @@ def test_config_show_round_trips_through_config_check(tmp_path: Path) -> None:
     assert cli("config", "check", str(again)).returncode == 0
     assert json.loads(cli("config", "show", "--json", str(again)).stdout) == json.loads(
         cli("config", "show", "--json", str(src)).stdout)
+
+
+@pytest.mark.parametrize("where", ["gateway", "uplink", "top"])
+def test_config_show_has_one_health_interval_whichever_key_set_it(tmp_path: Path, where: str) -> None:
+    """The aliases of gateway.health_interval set it: no `health_interval: null` beside it, and the shown file means it."""
+    key = 'health_interval = "20s"\n'
+    src = tmp_path / "agent.toml"
+    src.write_text((key if where == "top" else "") + '[gateway]\nid = "gw-a"\n' + (key if where == "gateway" else "")
+                   + "[uplink]\n" + (key if where == "uplink" else ""))
+    data = json.loads(cli("config", "show", "--json", str(src)).stdout)
+    assert "health_interval" not in data and "health_interval" not in data["uplink"]
+    assert data["gateway"]["health_interval"] == 20.0
+    shown = cli("config", "show", str(src)).stdout
+    assert shown.count("health_interval") == 1 and '\nhealth_interval = "20s"\n' in shown, shown
+    again = tmp_path / "again.toml"
+    again.write_text(shown)
+    assert cli("config", "check", str(again)).returncode == 0
+    assert load_config(again).health_every == load_config(src).health_every == 20.0

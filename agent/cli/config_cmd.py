@@ -133,6 +133,15 @@ def human_size(v: int) -> str:
     return str(v)
 
 
+def _parses_to(kind: str, text: str, v: Any) -> bool:
+    from agent.units import parse_duration, parse_size
+
+    try:
+        return bool((parse_size(text) if kind == "size" else parse_duration(text)) == v)
+    except (TypeError, ValueError):
+        return False
+
+
 def _as_written(cfg: AgentConfig, data: dict[str, Any]) -> dict[str, Any]:
     """Sizes and durations as the file wrote them ("14d"), defaults in the same human form."""
     import tomllib
@@ -149,7 +158,7 @@ def _as_written(cfg: AgentConfig, data: dict[str, Any]) -> dict[str, Any]:
         kind = kinds.get((section, key))
         if kind is None or v is None or isinstance(v, bool):
             return v
-        if isinstance(given, str):
+        if isinstance(given, str) and _parses_to(kind, given, v):  # an alias may have set another value
             return given.strip()
         return human_size(int(v)) if kind == "size" else human_duration(float(v))
 
