@@ -19,7 +19,7 @@ import tty
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agent.mosquitto import LocalBroker, free_port, mosquitto_path
 
@@ -173,6 +173,12 @@ def _fmt_values(values: dict[str, object], limit: int = 200) -> str:
     return values_text({k: values[k] for k in keys[:7]}, max(20, limit))
 
 
+def _fmt_reading(r: dict[str, Any], id_width: int, cols: int) -> str:
+    """`platform <- seq    12  van-3-gnss   07:49:54.480  latitude=...`: columns as wide as the longest id."""
+    head = f"platform <- seq {r['seq']:>5}  {r['device']:<{id_width}} {r['ts'][11:23]}  "
+    return head + _fmt_values(r["values"], cols - len(head))
+
+
 def _fmt_event(body: dict[str, object]) -> str:
     """`device a101-co2 offline (link disconnected)`, `gap seq 1..5 (buffer_full)`: one short line."""
     kind = body.get("type", "event")
@@ -215,7 +221,7 @@ def _cli_config(cfg: AgentConfig, workdir: Path) -> Path:
 
 
 async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, counts: dict[str, int],
-                 subscribed: asyncio.Event, offline: asyncio.Event) -> None:
+                 subscribed: asyncio.Event, offline: asyncio.Event, id_width: int = 12) -> None:
     import aiomqtt
 
     from agent.fmt import width
@@ -238,8 +244,7 @@ async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, cou
                         print(json.dumps({"topic": topic, "payload": body}), flush=True)
                     elif kind == "telemetry":
                         for r in body["readings"]:
-                            head = f"platform <- seq {r['seq']:>5}  {r['device']:<12} {r['ts'][11:23]}  "
-                            print(head + _fmt_values(r["values"], cols - len(head)), flush=True)
+                            print(_fmt_reading(r, id_width, cols), flush=True)
                     elif kind == "status":
                         if body["state"] != last_state:  # a retained copy after a reconnect is no news
                             print(f"platform <- status: {body['state']} (gateway {body.get('gateway')})", flush=True)
@@ -325,8 +330,9 @@ async def _demo(seconds: float | None, workdir: Path, as_json: bool, user: Agent
     if broker is not None or broker_port is not None:
         # The platform view subscribes first: it shows every reading from seq 1 on.
         subscribed = asyncio.Event()
+        id_width = max([12, *(len(d.id) for d in cfg.devices)])
         tasks.append(asyncio.create_task(_watch(port, cfg.topic_prefix, as_json, stop, counts, subscribed,
-                                                offline)))
+                                                offline, id_width)))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(subscribed.wait(), 10)
     await agent.start()

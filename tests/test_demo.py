@@ -61,3 +61,15 @@ def test_the_cli_finds_a_running_demo(tmp_path: Path) -> None:
         demo.close()
     r = subprocess.run([sys.executable, "-m", "agent", "status"], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 78 and "file not found" in r.stderr  # no demo, no config: as before
+
+
+def test_the_live_view_aligns_ids_longer_than_twelve_characters() -> None:
+    from agent.demo import _fmt_reading
+
+    ids = [d.id for d in demo_devices()]
+    assert max(len(i) for i in ids) > 12, "the scene has long ids (cargo-1-battery)"
+    width = max(12, *(len(i) for i in ids))
+    lines = [_fmt_reading({"seq": n, "device": i, "ts": "2026-11-27T07:49:54.480Z", "values": {"x": 1}}, width, 100)
+             for n, i in enumerate(ids, 1)]
+    assert len({line.index("07:49:54.480") for line in lines}) == 1, "\n".join(lines)
+    assert all(f" {i} " in line for i, line in zip(ids, lines, strict=True))
