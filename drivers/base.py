@@ -111,6 +111,8 @@ class Driver(ABC):
     default_expected_interval: ClassVar[float] = 60.0
     # Reads through a byte transport that a capture can stand in for (`replay`).
     supports_replay: ClassVar[bool] = False
+    # Reads the device context's `open_transport` when one is injected (the `sim` driver's simulator).
+    injected_transport: ClassVar[bool] = False
     # Driver keys holding file paths: relative ones resolve against the config file's folder.
     path_options: ClassVar[tuple[str, ...]] = ()
 

@@ -1,11 +1,12 @@
 """PolledDriver: a device that answers read requests, over a serial port or a BLE GATT link.
 
-Every `poll_interval` the driver writes the family's read requests one after the other, waits up
-to `timeout` for each reply (counted "timeout" when none came; a frame cut short is dropped by
-the protocol's `flush`), and emits one reading with the values of all the replies of that poll.
-After `offline_after` polls without any reply the link is reported "disconnected" (and
-"connected" again on the next reply). The serial port is reopened with backoff when it vanishes
-(drivers/stream.py); a BLE link is reconnected (drivers/transport/gatt.py).
+Every `poll_interval` (on the shared timer grid, edge_common/ticks.py) the driver writes the
+family's read requests one after the other, waits up to `timeout` for each reply (counted
+"timeout" when none came; a frame cut short is dropped by the protocol's `flush`), and emits
+one reading with the values of all the replies of that poll. After `offline_after` polls
+without any reply the link is reported "disconnected" (and "connected" again on the next reply).
+The serial port is reopened with backoff when it vanishes (drivers/stream.py); a BLE link is
+reconnected (drivers/transport/gatt.py).
 
 Only the family's fixed `requests` are ever written: the gateway reads and never configures.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from abc import abstractmethod
 from collections import Counter
@@ -24,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from drivers.base import StreamProtocol
 from drivers.stream import StreamDriver
 from edge_common.device import Duration as AnyDuration
+from edge_common.ticks import sleep_until
 
 if TYPE_CHECKING:
     from bleak import BleakClient
@@ -106,7 +109,8 @@ class PolledDriver(StreamDriver):
         """Poll until the link goes away (TransportClosed)."""
         o: PollOptions = self.options
         silent = 0
-        next_t = time.monotonic()
+        loop = asyncio.get_running_loop()
+        k = math.floor(loop.time() / o.poll_interval)  # the first poll at once, then on the shared grid
         while True:
             values: dict[str, Value] = {}
             answered = 0
@@ -125,11 +129,11 @@ class PolledDriver(StreamDriver):
                 silent += 1
                 if silent >= o.offline_after:
                     self.ctx.set_link("disconnected", f"no reply to {silent} polls")
-            next_t += o.poll_interval
-            now = time.monotonic()
-            if next_t < now:  # a slow link: keep the interval between polls, drop the missed slots
-                next_t = now
-            await asyncio.sleep(next_t - now)
+            # Polls on multiples of poll_interval on the loop clock (edge_common/ticks.py): devices with the
+            # same interval poll in one wake-up, and the devices of one simulated vehicle see one instant.
+            # A slow link drops the slots it missed.
+            k = max(k + 1, math.floor(loop.time() / o.poll_interval) + 1)
+            await sleep_until(k * o.poll_interval)
 
     def poll_requests(self) -> tuple[bytes, ...]:
         """Hook: the requests of one poll (the family's fixed `requests`; obd2: the configured PIDs)."""

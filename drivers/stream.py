@@ -70,6 +70,7 @@ class StreamDriver(Driver):
             self.ctx.now = now
 
     supports_replay: ClassVar[bool] = True
+    injected_transport: ClassVar[bool] = True
 
     def opener(self) -> Opener:
         """The device context's transport if it injects one, else the capture to replay, else the port."""

@@ -6,7 +6,9 @@ on the loop clock: the GNSS speed is the ride's speed and its position moves alo
 the distance driven; the VESC's eRPM gives that same speed through its geometry and its input
 current is the pack current; the BMS's current is that current (negative = discharging) and its
 remaining capacity falls by exactly its integral; the CAN bus carries the same state. Each
-family's wire bytes come from its own encoder and are read back by its own decoder.
+family's wire bytes come from its own encoder and are read back by its own decoder; the `sim` driver
+runs each family's real driver on them (`responder`: the VESC and the BMS answer the polling driver's
+requests from the ride; the GNSS and the bus talk, `source`).
 """
 
 from __future__ import annotations
@@ -16,13 +18,18 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.can.protocol import SlcanBusProtocol, lines_of
 from drivers.can.simulator import CAPACITY_AH, TICK, VEHICLE_DBC, Ride, RideState, snapshot
-from drivers.family import Decoder, PerPoll
+from drivers.family import Decoder, PerPoll, Responder
+
+if TYPE_CHECKING:
+    from drivers.jbd_bms.simulator import Pack
 
 FAMILIES = ("nmea", "vesc", "jbd_bms", "can")
+# Device keys under which a family's real driver reads the ride (beyond its DriverEntry.sim_device).
+DEVICE_OPTIONS: dict[str, dict[str, Any]] = {"can": {"rename": {"VehicleSpeed": "speed"}}}
 
 
 class SharedRide:
@@ -116,14 +123,14 @@ def _gnss(ride: SharedRide) -> Iterator[bytes]:
         n += 1
 
 
-def _vesc(ride: SharedRide) -> Iterator[bytes]:
-    from drivers.vesc.protocol import GET_VALUES_REQUEST, encode_values
+def _vesc_replies(ride: SharedRide) -> Iterator[bytes]:
+    from drivers.vesc.protocol import encode_values
 
     while True:
         s = ride.now()
         e = erpm(s.speed)
         duty = max(-1.0, min(1.0, e / (s.pack_voltage * 190)))
-        yield GET_VALUES_REQUEST + encode_values({
+        yield encode_values({
             "temperature_fet": round(s.inverter_temp, 1), "temperature_motor": round(s.motor_temp, 1),
             "motor_current": round(s.motor_current, 2), "input_current": round(s.pack_current, 2),
             "duty": round(duty, 3), "erpm": e, "input_voltage": round(s.pack_voltage, 1),
@@ -133,16 +140,46 @@ def _vesc(ride: SharedRide) -> Iterator[bytes]:
         })
 
 
-def _bms(ride: SharedRide) -> Iterator[bytes]:
-    from drivers.jbd_bms.protocol import BASIC_INFO_REQUEST, CELL_VOLTAGES_REQUEST
+def _vesc(ride: SharedRide) -> Iterator[bytes]:
+    from drivers.vesc.protocol import GET_VALUES_REQUEST
+
+    return (GET_VALUES_REQUEST + reply for reply in _vesc_replies(ride))
+
+
+def _ride_pack(ride: SharedRide) -> Pack:
+    """The BMS's pack on the ride: its charge is the ride's, its current the ride's pack current."""
     from drivers.jbd_bms.simulator import Pack
 
-    pack = Pack()
+    class RidePack(Pack):
+        def step(self, current: float | None = None) -> tuple[bytes, bytes]:
+            s = ride.now()
+            self.remaining = s.soc / 100 * CAPACITY_AH
+            return super().step(current=-s.pack_current)  # the BMS counts discharge negative
+
+    return RidePack()
+
+
+def _bms(ride: SharedRide) -> Iterator[bytes]:
+    from drivers.jbd_bms.protocol import BASIC_INFO_REQUEST, CELL_VOLTAGES_REQUEST
+
+    pack = _ride_pack(ride)
     while True:
-        s = ride.now()
-        pack.remaining = s.soc / 100 * CAPACITY_AH
-        basic, cells = pack.step(current=-s.pack_current)  # the BMS counts discharge negative
+        basic, cells = pack.step()
         yield BASIC_INFO_REQUEST + basic + CELL_VOLTAGES_REQUEST + cells
+
+
+def responder(family: str, vehicle: str, ride: SharedRide | None = None) -> Responder | None:
+    """The vehicle's device of `family` answering its polling driver from the shared ride (None: it talks)."""
+    r = ride or shared_ride(vehicle)
+    if family == "vesc":
+        from drivers.vesc.simulator import VescResponder
+
+        return VescResponder(reply_frames=_vesc_replies(r))
+    if family == "jbd_bms":
+        from drivers.jbd_bms.simulator import JbdResponder
+
+        return JbdResponder(pack=_ride_pack(r))
+    return None
 
 
 def _bus(ride: SharedRide) -> Iterator[bytes]:
@@ -167,5 +204,5 @@ def source(family: str, vehicle: str, ride: SharedRide | None = None) -> tuple[I
 
         return _bms(r), PerPoll(JbdProtocol())
     if family == "can":
-        return _bus(r), SlcanBusProtocol(VEHICLE_DBC, {"rename": {"VehicleSpeed": "speed"}})
+        return _bus(r), SlcanBusProtocol(VEHICLE_DBC, DEVICE_OPTIONS["can"])
     raise ValueError(f"family {family!r} has no vehicle profile (only {', '.join(FAMILIES)})")

@@ -1,6 +1,7 @@
 """Advert drivers (ruuvi, bthome, xiaomi, aranet4): scanner subscription -> decoder -> emit.
 
-Each driver subscribes to the shared scanner (``ctx.services["ble"]``) by its configured address,
+Each driver subscribes to its advert source (``ctx.services["ble"]``: the shared scanner, or the `sim`
+driver's simulated adverts; drivers/ble/hub.py `AdvertSource`) by its configured address,
 decodes with its family's pure decoder from ``drivers.ble.decoders`` and emits the values.
 Malformed adverts are counted (``decode``), never raised. The link state mirrors the scanner:
 ``connected`` while it scans, ``disconnected`` (with the scanner's state) otherwise.
@@ -23,7 +24,7 @@ from edge_common.errors import DriverError
 
 if TYPE_CHECKING:
     from drivers.ble.decoders import Advert
-    from drivers.ble.scanner import BleScanner
+    from drivers.ble.hub import AdvertSource
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class KeyedAdvertOptions(AdvertOptions):
         return v.lower()
 
 
-def scanner_of(driver: Driver) -> BleScanner:
+def scanner_of(driver: Driver) -> AdvertSource:
     svc = driver.ctx.services.get("ble")
     if svc is None:
         raise DriverError("no BLE scanner service (the agent creates it for BLE devices)")

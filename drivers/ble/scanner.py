@@ -24,13 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from drivers.ble.hub import AdvertHub, ScannerState, Subscription
 from edge_common.backoff import Backoff
 
 if TYPE_CHECKING:
@@ -111,17 +110,6 @@ class ScannerConfig(Protocol):
 ScanMode = Literal["auto", "active", "passive"]
 
 
-class ScannerState(StrEnum):
-    """The shared scanner's state, as `status` and `edge-agent scan` show it."""
-
-    STOPPED = "stopped"
-    STARTING = "starting"
-    SCANNING = "scanning"
-    STOPPING = "stopping"
-    RECOVERING = "recovering"  # a fault was seen; restarting discovery
-    WAITING_FOR_BLUETOOTHD = "waiting for bluetoothd"
-
-
 @dataclass(frozen=True, slots=True)
 class ScannerSettings:
     """Scanner knobs (the `[ble]` config section)."""
@@ -131,77 +119,6 @@ class ScannerSettings:
     restart_delay: float = 2.0  # pause before a scanner restart (first ladder step)
     bluez_timeout: float = 60.0  # org.bluez gone longer than this -> unhealthy
     check_interval: float = 1.0  # how often silence is checked
-
-
-class Subscription:
-    """One consumer of adverts, with its own de-duplication and rate limit."""
-
-    __slots__ = (
-        "address",
-        "callback",
-        "callback_errors",
-        "dispatched",
-        "duplicates",
-        "expected_interval",
-        "family",
-        "last_dispatch",
-        "last_heard",
-        "last_payload",
-        "min_interval",
-        "rate_limited",
-        "repeat_interval",
-        "seen",
-    )
-
-    def __init__(
-        self,
-        address: str | None,
-        family: str | None,
-        callback: Callable[[Advert], None],
-        min_interval: float,
-        expected_interval: float | None,
-        repeat_interval: float,
-    ) -> None:
-        self.address = address
-        self.family = family
-        self.callback = callback
-        self.min_interval = min_interval
-        self.expected_interval = expected_interval
-        self.repeat_interval = repeat_interval
-        self.last_payload: object = None
-        self.last_dispatch: float | None = None
-        self.last_heard: float | None = None
-        self.seen = self.dispatched = self.duplicates = self.rate_limited = self.callback_errors = 0
-
-    def offer(self, adv: Advert, payload: object, now: float) -> None:
-        """Dispatch unless it repeats the last payload or comes sooner than min_interval."""
-        self.last_heard = now
-        self.seen += 1
-        since = math.inf if self.last_dispatch is None else now - self.last_dispatch
-        if payload == self.last_payload and since < self.repeat_interval:
-            self.duplicates += 1
-            return
-        if since < self.min_interval:
-            self.rate_limited += 1
-            return
-        self.last_payload = payload
-        self.last_dispatch = now
-        self.dispatched += 1
-        try:
-            self.callback(adv)
-        except Exception:
-            self.callback_errors += 1
-            log.exception("BLE advert consumer for %s failed", self.address or self.family)
-
-    def view(self, now: float) -> dict[str, Any]:
-        return {
-            "family": self.family,
-            "seen": self.seen,
-            "dispatched": self.dispatched,
-            "duplicates": self.duplicates,
-            "rate_limited": self.rate_limited,
-            "last_heard_age": None if self.last_heard is None else round(now - self.last_heard, 1),
-        }
 
 
 def _dbus_error(e: BaseException) -> str:
@@ -228,7 +145,7 @@ def describe_error(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
-class BleScanner:
+class BleScanner(AdvertHub):
     """The shared scanner service (see module docstring)."""
 
     def __init__(
@@ -236,8 +153,7 @@ class BleScanner:
     ) -> None:
         self.settings = settings or ScannerSettings()
         self.families: set[str] = set(families)
-        self._subs: dict[str, list[Subscription]] = {}
-        self._family_subs: list[Subscription] = []
+        super().__init__()
         self._listeners: list[Callable[[Advert], None]] = []
         self._bluez_listeners: list[Callable[[bool], None]] = []
         self._devices: dict[str, BLEDevice] = {}
@@ -285,48 +201,15 @@ class BleScanner:
         return cls(settings, fams)
 
     # -- consumers ------------------------------------------------------------------------
-    def subscribe(
-        self,
-        address: str | None,
-        callback: Callable[[Advert], None],
-        *,
-        family: str | None = None,
-        min_interval: float = 0.0,
-        expected_interval: float | None = None,
-        repeat_interval: float = 60.0,
-    ) -> Subscription:
-        """Adverts from `address` (or, with address None, every advert of `family`)."""
-        if address is None and family is None:
-            raise ValueError("subscribe needs an address or a family")
-        sub = Subscription(
-            address.upper() if address else None,
-            family,
-            callback,
-            min_interval,
-            expected_interval,
-            repeat_interval,
-        )
-        if sub.address:
-            self._subs.setdefault(sub.address, []).append(sub)
-        else:
-            self._family_subs.append(sub)
+    def subscribed(self, sub: Subscription) -> None:
+        """A new subscription starts scanning (and widens the passive monitor to its family)."""
+        family = sub.family
         if family and family not in self.families:
             self.families.add(family)
             if self.mode == "passive":  # the running monitor does not match this family yet
                 self._reconfigure = True
                 self._fault.set()
         self.start()
-        return sub
-
-    def unsubscribe(self, sub: Subscription) -> None:
-        if sub.address:
-            lst = self._subs.get(sub.address, [])
-            if sub in lst:
-                lst.remove(sub)
-            if not lst:
-                self._subs.pop(sub.address, None)
-        elif sub in self._family_subs:
-            self._family_subs.remove(sub)
 
     def add_listener(self, fn: Callable[[Advert], None]) -> Callable[[], None]:
         """Every advert, undeduplicated (the `scan ble` verb); returns the remover."""
@@ -398,7 +281,7 @@ class BleScanner:
 
     # -- adverts --------------------------------------------------------------------------
     def _on_detect(self, device: BLEDevice, data: AdvertisementData) -> None:
-        from drivers.ble.decoders import Advert, identify
+        from drivers.ble.decoders import Advert
 
         addr = device.address.upper()
         now = time.monotonic()
@@ -420,18 +303,7 @@ class BleScanner:
                 fn(adv)
             except Exception:
                 log.exception("BLE advert listener failed")
-        subs = self._subs.get(addr, [])
-        if self._family_subs:
-            fam = identify(adv)
-            subs = subs + [s for s in self._family_subs if s.family == fam]
-        if not subs:
-            return
-        payload = (
-            tuple(sorted(adv.manufacturer_data.items())),
-            tuple(sorted(adv.service_data.items())),
-        )
-        for sub in subs:
-            sub.offer(adv, payload, now)
+        self.dispatch(adv, now)
         if self._healing and addr in self._subs:
             self._recovered()
 

@@ -1,21 +1,31 @@
 """Simulated BLE devices: real adverts built by each family's encoder, a NUS stream in MTU-sized notifications.
 
-Used by the `sim` driver (scanner bypassed) and the conformance tests; no bleak import.
+Used by the `sim` driver and the conformance tests; no bleak import. `SimulatedAdverts` is the advert
+source the `sim` driver gives the real advert driver in place of the scanner (drivers/ble/hub.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import time
 from collections import Counter
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.base import StreamProtocol
+from drivers.ble.hub import AdvertHub, ScannerState, Subscription
 from drivers.family import SimParams, Simulation
+from drivers.transport.gatt import NOTIFY_PAYLOAD
 from edge_common.model import Value
+from edge_common.ticks import sleep_until
 
-NUS_MTU_PAYLOAD = 20  # bytes per notification at the default ATT MTU of 23
+if TYPE_CHECKING:
+    from drivers.ble.decoders import Advert
+
+NUS_MTU_PAYLOAD = NOTIFY_PAYLOAD  # bytes per notification at the default ATT MTU of 23
 
 
 def classroom(seed: int = 0) -> Iterator[dict[str, float | int]]:
@@ -52,6 +62,46 @@ class AdvertDecoder:
 
     def flush(self) -> list[dict[str, Value]]:
         return []
+
+
+class SimulatedAdverts(AdvertHub):
+    """An advert source fed by a simulator: from the first subscription on, the first advert at once, then one
+    every `interval` on the shared grid, each through the subscriptions' de-duplication and rate limit."""
+
+    mode = "simulated"
+
+    def __init__(self, adverts: Iterator[Advert], interval: float) -> None:
+        super().__init__()
+        self._adverts, self._interval = adverts, interval
+        self._task: asyncio.Task[None] | None = None
+        self.state = ScannerState.STOPPED
+        self.adverts = 0
+
+    @property
+    def scanning(self) -> bool:
+        return self.state == ScannerState.SCANNING
+
+    def subscribed(self, sub: Subscription) -> None:
+        if self._task is None:
+            self.state = ScannerState.SCANNING
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="sim-adverts")
+
+    async def _run(self) -> None:
+        k = math.floor(asyncio.get_running_loop().time() / self._interval)
+        try:
+            for adv in self._adverts:
+                self.adverts += 1
+                self.dispatch(adv, time.monotonic())
+                k += 1
+                await sleep_until(k * self._interval)
+        finally:
+            self.state = ScannerState.STOPPED
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 def ruuvi(p: SimParams) -> Simulation:

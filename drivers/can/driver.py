@@ -6,8 +6,10 @@ by drivers/can/protocol.py. python-can's own slcan reader works over the same po
 the agent's CPU at 500 frames/s (a read syscall and a Python loop per frame; BENCHMARKS.md) and
 wedges on line noise, so it is only the reference the parser is tested against.
 socketcan: python-can's bus; its blocking `recv` runs in a reader thread that hands frames to the
-loop in batches. Either way the loop takes frames at most every COALESCE seconds (one wake-up per
-batch, not per frame), then decodes and rate-limits them.
+loop in batches. A byte transport the device context injects (`open_transport`: the `sim` driver's
+simulated bus) carries slcan lines read by the same parser, without the adapter set-up. Either way
+the loop takes frames at most every COALESCE seconds (one wake-up per batch, not per frame), then
+decodes and rate-limits them.
 
 The gateway only reads: no frame is ever sent. A vanished adapter, a bus that went down or a
 failed open is retried with backoff; a bus that falls silent after traffic is reopened once
@@ -39,11 +41,13 @@ from drivers.can.protocol import (
     load_dbc,
 )
 from edge_common.backoff import Backoff
+from edge_common.errors import TransportClosed
 
 if TYPE_CHECKING:
     import can
     import serial
 
+    from drivers.transport import ByteTransport
     from edge_common.device import DeviceConfig
 
 log = logging.getLogger(__name__)
@@ -148,6 +152,29 @@ class _Slcan:
             self.port.close()
 
 
+class _SlcanStream:
+    """slcan lines on an injected byte transport (a simulated bus): the adapter's stream, no set-up."""
+
+    def __init__(self, transport: ByteTransport) -> None:
+        self.transport = transport
+        self.reader = SlcanReader()
+        self.errors = self.reader.errors
+        self.where = transport.name
+
+    async def batch(self) -> list[Frame]:
+        try:
+            data = await self.transport.read(65536)
+        except TransportClosed as e:
+            raise _Lost(str(e)) from None
+        return list(self.reader.feed(data))
+
+    def close(self) -> None:
+        """Nothing to undo on the line; the transport is closed by `aclose`."""
+
+    async def aclose(self) -> None:
+        await self.transport.close()
+
+
 class _Socketcan:
     """An open python-can bus; a reader thread receives, the loop takes batches."""
 
@@ -222,6 +249,7 @@ class CanDriver(Driver):
     default_baud: ClassVar[int] = 115200  # the adapter's tty; USB CDC adapters (CANable) ignore it
     default_expected_interval = 120.0  # every signal is re-sent at least every max_interval (60 s)
     reopen_backoff_max: ClassVar[float] = 2.0
+    injected_transport: ClassVar[bool] = True
 
     def __init__(self, device: DeviceConfig, ctx: DeviceContext) -> None:
         super().__init__(device, ctx)
@@ -261,8 +289,13 @@ class CanDriver(Driver):
             problems.append((e.key, str(e)))
         return problems
 
-    async def _open(self) -> _Slcan | _Socketcan:
+    async def _open(self) -> _Slcan | _Socketcan | _SlcanStream:
         o: CanOptions = self.options
+        if self.ctx.open_transport is not None:
+            try:
+                return _SlcanStream(await self.ctx.open_transport())
+            except TransportClosed as e:
+                raise _Lost(str(e)) from None
         if o.interface == "socketcan":
             assert o.channel is not None
             return await _Socketcan.open(o.channel)
@@ -301,10 +334,13 @@ class CanDriver(Driver):
                 log.warning("%s: bus lost: %s; reopening", self.device.id, e)
                 self.ctx.set_link("disconnected", str(e))
             finally:
-                await asyncio.to_thread(link.close)
+                if isinstance(link, _SlcanStream):
+                    await link.aclose()
+                else:
+                    await asyncio.to_thread(link.close)
             await asyncio.sleep(backoff.next())
 
-    async def _pump(self, link: _Slcan | _Socketcan, decoder: CanDecoder) -> None:
+    async def _pump(self, link: _Slcan | _Socketcan | _SlcanStream, decoder: CanDecoder) -> None:
         """Decode batches until the link is lost (raises _Lost) or the task is cancelled."""
         opened = time.monotonic()
         warned = False

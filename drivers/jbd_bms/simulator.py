@@ -92,9 +92,9 @@ def exchanges(dt: float = 1.0) -> Iterator[bytes]:
 class JbdResponder(RequestResponder):
     """The BMS's UART: feed what the master wrote, get the replies (one per read request, in order)."""
 
-    def __init__(self, dt: float = 1.0) -> None:
+    def __init__(self, dt: float = 1.0, pack: Pack | None = None) -> None:
         super().__init__()
-        self.pack = Pack(dt)
+        self.pack = pack or Pack(dt)
         self._pending: bytes | None = None  # the cell reply of the current poll
         self.polls = 0
 

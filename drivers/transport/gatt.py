@@ -31,6 +31,7 @@ NUS_SERVICE = "6e400001-b5a3-f393-e0a9-e50e24dcca9e"  # Nordic UART Service
 NUS_RX = "6e400002-b5a3-f393-e0a9-e50e24dcca9e"  # central -> peripheral (write)
 NUS_TX = "6e400003-b5a3-f393-e0a9-e50e24dcca9e"  # peripheral -> central (notify)
 
+NOTIFY_PAYLOAD = 20  # bytes per notification at the default ATT MTU of 23
 FIND_TIMEOUT = 10.0
 CONNECT_ATTEMPTS = 2
 

@@ -20,36 +20,45 @@ if TYPE_CHECKING:
 
 
 class SimulatorTransport:
-    """Reads return the simulator's next chunk when its time comes; writes (init commands) are dropped."""
+    """Reads return the simulator's next chunk when its time comes (at most `n` bytes a read: the rest of a
+    chunk comes at once on the next reads, as a burst does); writes (init commands) are dropped."""
 
     def __init__(self, chunks: Iterator[bytes], interval: float, name: str) -> None:
         self._chunks, self._interval, self._name = chunks, interval, name
         self._k: int | None = None
         self._ts: float | None = None
+        self._rest = b""
+        self._quiet = 0.0
 
     @property
     def name(self) -> str:
         return self._name
 
     async def read(self, n: int = 4096) -> bytes:
-        if self._k is None:
-            self._k = math.floor(asyncio.get_running_loop().time() / self._interval)
+        if self._rest:
+            self._quiet = 0.0
         else:
-            self._k += 1
-            await sleep_until(self._k * self._interval)
-        self._ts = time.time()
-        try:
-            return next(self._chunks)
-        except StopIteration:
-            raise TransportClosed(f"{self._name}: simulation ended") from None
+            if self._k is None:
+                self._k = math.floor(asyncio.get_running_loop().time() / self._interval)
+            else:
+                self._k += 1
+                await sleep_until(self._k * self._interval)
+            self._ts = time.time()
+            self._quiet = self._interval
+            try:
+                self._rest = next(self._chunks)
+            except StopIteration:
+                raise TransportClosed(f"{self._name}: simulation ended") from None
+        out, self._rest = self._rest[:n], self._rest[n:]
+        return out
 
     def recorded_time(self) -> float:
         """When the current chunk was sent: its readings' time, however long the driver holds them back."""
         return self._ts if self._ts is not None else time.time()
 
     def quiet_before(self) -> float:
-        """The simulated line's pause before the current chunk: one interval (a chunk is a whole sample)."""
-        return self._interval
+        """The simulated line's pause before the current read: one interval before a chunk, none inside one."""
+        return self._quiet
 
     async def write(self, data: bytes) -> None:
         return None

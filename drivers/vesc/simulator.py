@@ -95,9 +95,9 @@ def exchange_bytes(dt: float = 1.0) -> Iterator[bytes]:
 class VescResponder:
     """The controller's UART: feed what the master wrote, get the reply bytes (one per GET_VALUES request)."""
 
-    def __init__(self, dt: float = 1.0) -> None:
+    def __init__(self, dt: float = 1.0, reply_frames: Iterator[bytes] | None = None) -> None:
         self._requests = VescProtocol()
-        self._replies = replies(dt)
+        self._replies = reply_frames or replies(dt)
         self.polls = 0
 
     def answer(self, data: bytes) -> bytes:
