@@ -44,7 +44,7 @@ class _Run:
         self.task = asyncio.create_task(SimDriver(self.dev, self.ctx).run())
         return self
 
-    async def until(self, done: Callable[[], bool], what: str, timeout: float = 20.0) -> None:  # noqa: ASYNC109
+    async def until(self, done: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
         deadline = time.monotonic() + timeout
         while not done():
             assert self.task is not None and not self.task.done(), (what, self.task and self.task.exception())
