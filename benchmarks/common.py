@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -109,13 +110,16 @@ class CountingSubscriber:
         self.c.disconnect()
 
 
-def start_agent(folder: Path, gateway: str, broker_port: int, devices: str, opened: str) -> tuple[subprocess.Popen[bytes], IO[str]]:
-    """The agent as a subprocess with `devices` (TOML) in `folder`, once its log says `opened`; (process, log file)."""
+def start_agent(folder: Path, gateway: str, broker_port: int, devices: str, opened: str,
+                wrapper: Sequence[str] = (), cwd: Path | None = None) -> tuple[subprocess.Popen[bytes], IO[str]]:
+    """The agent as a subprocess with `devices` (TOML) in `folder`, once its log says `opened`; (process, log file).
+    `wrapper`: arguments put before `-m agent` (e.g. benchmarks.wakeups'); `cwd`: another checkout's agent."""
     cfg = folder / "agent.toml"
     cfg.write_text(f'[gateway]\nid = "{gateway}"\n[buffer]\npath = "b.db"\n[uplink]\nport = {broker_port}\n'
                    f'[control]\nsocket = "c.sock"\n' + devices)
     log = open(folder / "agent.log", "w")
-    p = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(cfg)], stdout=log, stderr=log)
+    p = subprocess.Popen([sys.executable, *wrapper, "-m", "agent", "run", "--config", str(cfg)], stdout=log, stderr=log,
+                         cwd=cwd)
     deadline = time.monotonic() + 30
     while opened not in (folder / "agent.log").read_text():
         if time.monotonic() > deadline or p.poll() is not None:

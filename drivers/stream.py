@@ -47,6 +47,7 @@ class StreamDriver(Driver):
         """Decode what the device sends until the port goes away (TransportClosed)."""
         idle = _IdleFlush(self, proto, seen)
         quiet_before = getattr(port, "quiet_before", None)  # a replay or simulator knows its line's pauses
+        quiet_after = getattr(port, "quiet_after", None)  # a simulator knows the next one too
         try:
             while True:
                 last = self.ctx.now()  # a stamped port: the time of the chunk read last
@@ -58,6 +59,11 @@ class StreamDriver(Driver):
                     # (on a loaded machine the chunk can come before the timer ran).
                     self._flush_as_of(last, proto, seen)
                 self.ctx.deliver(proto.feed(chunk), proto.errors, seen)
+                if (quiet_after is not None and self.idle_flush is not None and proto.pending
+                        and quiet_after() >= self.idle_flush):
+                    # The line stays quiet that long after this chunk: what it left held back goes out
+                    # now, as the idle timer would send it then, without the timer's wake-up.
+                    self.ctx.deliver(proto.flush(), proto.errors, seen)
                 idle.data_seen()
         finally:
             idle.cancel()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,6 +18,7 @@ from agent.runtime import Agent
 from agent.ticks import next_tick, sleep_to_tick
 from tests.support.broker import Broker
 from tests.support.mqtt import Subscriber
+from tests.support.ticks import record_grid_deadlines
 from tests.support.wait import until
 
 
@@ -31,22 +31,14 @@ def test_next_tick_is_a_shared_grid() -> None:
 
 async def test_sleep_to_tick_wakes_on_the_grid(monkeypatch: pytest.MonkeyPatch) -> None:
     loop = asyncio.get_running_loop()
-    timers: list[float] = []
-    call_at = loop.call_at
-
-    def recording_call_at(when: float, callback: Any, *args: object, **kw: Any) -> asyncio.TimerHandle:
-        if callback is ticks._wake:
-            timers.append(when)
-        return call_at(when, callback, *args, **kw)
-
     # The timer's deadline is what lies on the grid; when the loop gets to run after it is up to
     # the machine (a loaded one wakes us late), so the wake-up time is only checked for "not early".
-    monkeypatch.setattr(loop, "call_at", recording_call_at)
+    timers = record_grid_deadlines(monkeypatch)
     before = loop.time()
     await sleep_to_tick(0.05)
     woke = loop.time()
     monkeypatch.undo()
-    [when] = timers
+    [when] = [w for ws in timers.values() for w in ws]
     assert round(when / 0.05, 6).is_integer(), f"deadline {when} is on the 50 ms grid"
     assert before < when <= before + 0.05, "the next grid point, at most one period away"
     assert woke >= when - time.get_clock_info("monotonic").resolution  # never early (asyncio's tolerance)
@@ -212,19 +204,8 @@ async def test_sim_devices_sample_on_the_shared_grid(monkeypatch: pytest.MonkeyP
     from agent.config import DeviceConfig
     from drivers import driver_class
     from drivers.base import DeviceContext
-    from edge_common import ticks as grid
 
-    loop = asyncio.get_running_loop()
-    deadlines: dict[str, list[float]] = {"a": [], "b": []}
-    call_at = loop.call_at
-
-    def recording_call_at(when: float, callback: Any, *args: object, **kw: Any) -> asyncio.TimerHandle:
-        if callback is grid._wake:
-            task = asyncio.current_task()
-            deadlines[task.get_name() if task else "?"].append(when)
-        return call_at(when, callback, *args, **kw)
-
-    monkeypatch.setattr(loop, "call_at", recording_call_at)
+    deadlines = record_grid_deadlines(monkeypatch)
     got: dict[str, list[Reading]] = {"a": [], "b": []}
     tasks = []
     for name in ("a", "b"):

@@ -1,45 +1,51 @@
-"""`modbus` and `senseair_s8` drivers: a Modbus RTU master polling a register map (pymodbus).
+"""`modbus` and `senseair_s8` drivers: a Modbus RTU master polling a register map.
 
 Every poll reads the planned blocks (drivers/modbus/protocol.py) and emits one reading with the
 values that arrived. A timeout counts "timeout", a garbled or bad-CRC reply "crc", an exception
 reply "exception"; after `offline_after` consecutive polls without any reply the link is reported
 "disconnected" (and "connected" again on the next reply). A vanished port is reopened with backoff.
+
+The master is the project's own (`RtuMaster`: the frames of drivers/modbus/protocol.py over the
+serial transport every serial driver uses), not pymodbus' client: a request is one write and its
+reply one or two reads of the expected length, where pymodbus' serial transport waited for a
+write-ready event before every write and ran each request as a task under `wait_for` (8 event-loop
+iterations per poll against 3; benchmarks.load, BENCHMARKS.md "CPU at 10 x 1 Hz"). It also reads
+through any injected transport: a `sim` device answers without a pseudo-terminal.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-import time
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from pymodbus.client import AsyncModbusSerialClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 
-from drivers.base import DeviceContext, Driver
+from drivers.base import Driver
 from drivers.modbus.protocol import (
     S8_REGISTERS,
     Block,
     Duration,
     ModbusOptions,
+    ModbusReplyError,
     Register,
+    crc16,
     decode_block,
+    parse_reply,
     plan_reads,
+    read_request,
+    with_crc,
 )
+from drivers.transport.serialport import SerialPort, SerialSettings
 from edge_common.backoff import Backoff
+from edge_common.errors import TransportClosed
+from edge_common.ticks import next_tick, sleep_until
 
 if TYPE_CHECKING:
+    from drivers.transport import ByteTransport, Opener
     from edge_common.device import DeviceConfig
 
 log = logging.getLogger(__name__)
-# pymodbus logs every timeout at ERROR; the driver counts them instead.
-logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-
-_CLIENT_PARAMS = inspect.signature(AsyncModbusSerialClient.__init__).parameters
-_ID_KW = "device_id" if "device_id" in inspect.signature(
-    AsyncModbusSerialClient.read_input_registers).parameters else "slave"
 
 SCD30_REGISTERS = (
     Register(quantity="co2", address=0x28, function=3, type="float32", unit="ppm"),
@@ -47,6 +53,7 @@ SCD30_REGISTERS = (
     Register(quantity="humidity", address=0x2C, function=3, type="float32", unit="%RH"),
 )
 SCD30_START_CONTINUOUS = 0x0036  # write the ambient pressure in mbar, 0 = no compensation
+STRAY_QUIET = 0.05  # after a failed exchange: bytes of a late reply are read and dropped until this quiet
 
 
 class _Failed(Exception):
@@ -66,6 +73,74 @@ def _split(block: Block) -> list[Block]:
     return plan_reads(block.members, max_gap=0)
 
 
+def _reply_length(request: bytes, rx: bytes | bytearray) -> int | None:
+    """How long the reply that starts `rx` is, once its first bytes tell (None: not yet)."""
+    if len(rx) < 3:
+        return None
+    if rx[1] == request[1] | 0x80:
+        return 5  # slave, function | 0x80, exception code, CRC
+    if request[1] in (3, 4):
+        return 5 + rx[2]  # slave, function, byte count, data, CRC
+    return len(request)  # a write (function 6) is answered by its echo
+
+
+def check_reply(request: bytes, reply: bytes) -> list[int]:
+    """The words of a whole reply to `request` (a write's echo: []); _Failed crc|exception|malformed."""
+    if len(reply) < 5 or crc16(reply[:-2]) != int.from_bytes(reply[-2:], "little"):
+        raise _Failed("crc", f"bad CRC or cut short: {reply[:8].hex()}")
+    if reply[1] == request[1] | 0x80:
+        raise _Failed("exception", f"exception reply {reply[2]}", reply[2])
+    if request[1] not in (3, 4):
+        if reply != request:
+            raise _Failed("malformed", f"unexpected reply {reply[:8].hex()}")
+        return []
+    try:
+        return parse_reply(request, reply)
+    except ModbusReplyError as e:
+        raise _Failed(e.kind, str(e)) from None
+
+
+class RtuMaster:
+    """Modbus RTU requests over a byte transport: one write, then reads until the reply is whole or
+    `timeout` passes. TransportClosed when the port goes away."""
+
+    def __init__(self, port: ByteTransport, timeout: float) -> None:
+        self._port, self._timeout = port, timeout
+        self._rx = bytearray()
+        self._stray = False  # a failed exchange may leave a late reply on the line
+
+    async def exchange(self, request: bytes) -> list[int]:
+        """Send `request`, return the words of its reply; _Failed timeout|crc|exception|malformed."""
+        if self._stray:
+            await self._drop_stray()
+        rx = self._rx
+        rx.clear()
+        await self._port.write(request)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        try:
+            while (n := _reply_length(request, rx)) is None or len(rx) < n:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        rx += await self._port.read()
+                except TimeoutError:
+                    raise _Failed("crc" if rx else "timeout",
+                                  f"reply cut short: {rx[:8].hex()}" if rx else "no reply") from None
+            return check_reply(request, bytes(rx[:n]))
+        except _Failed:
+            self._stray = True
+            raise
+
+    async def _drop_stray(self) -> None:
+        self._stray = False
+        while True:
+            try:
+                async with asyncio.timeout(STRAY_QUIET):
+                    await self._port.read()
+            except TimeoutError:
+                return
+
+
 class ModbusDriver(Driver):
     """Generic Modbus RTU slave; the register map comes from the device config."""
 
@@ -74,10 +149,7 @@ class ModbusDriver(Driver):
     Options: ClassVar[type[BaseModel]] = ModbusOptions
     default_baud: ClassVar[int] = 9600
     reopen_backoff_max: ClassVar[float] = 2.0
-
-    def __init__(self, device: DeviceConfig, ctx: DeviceContext) -> None:
-        super().__init__(device, ctx)
-        self._rx = bytearray()
+    takes_transport: ClassVar[bool] = True  # reads through DeviceContext.open_transport when it is set
 
     @classmethod
     def check_device(cls, device: DeviceConfig) -> list[tuple[str, str]]:
@@ -106,101 +178,71 @@ class ModbusDriver(Driver):
             return 0x61
         return int(o.slave)
 
-    def _id_kw(self) -> dict[str, Any]:
-        return {_ID_KW: self.slave()}  # pymodbus < 3.10 calls it `slave`, later `device_id`
-
     def baud(self) -> int:
         if self.device.baud:
             return self.device.baud
         return 19200 if getattr(self.options, "preset", None) == "scd30" else self.default_baud
 
-    async def on_connect(self, client: AsyncModbusSerialClient) -> None:
+    async def on_connect(self, master: RtuMaster) -> None:
         """Hook after the port opened (SCD30: start continuous measurement)."""
         if getattr(self.options, "preset", None) == "scd30":
+            request = with_crc(bytes([self.slave(), 6]) + SCD30_START_CONTINUOUS.to_bytes(2, "big") + bytes(2))
             try:
-                await client.write_register(SCD30_START_CONTINUOUS, 0, **self._id_kw())
-            except ModbusIOException:
-                self.ctx.count_error("timeout")
+                await master.exchange(request)
+            except _Failed as f:
+                self.ctx.count_error(f.kind)
 
     # -- I/O ----------------------------------------------------------------------------------
-    def _trace(self, sending: bool, data: bytes) -> bytes:
-        if sending:
-            self._rx.clear()
-        else:
-            self._rx += data
-        return data
-
-    def _client(self) -> AsyncModbusSerialClient:
+    def opener(self) -> Opener:
+        """The device context's transport if it injects one (a `sim` device), else the serial port."""
+        if self.ctx.open_transport is not None:
+            return self.ctx.open_transport
         d = self.device
         assert d.port is not None
-        kw: dict[str, Any] = {
-            "baudrate": self.baud(), "bytesize": d.bytesize, "parity": d.parity, "stopbits": d.stopbits,
-            "timeout": self.options.timeout, "retries": 0,
-        }
-        if "reconnect_delay" in _CLIENT_PARAMS:
-            kw["reconnect_delay"] = 0  # reopening is ours (with backoff and link state)
-        if "trace_packet" in _CLIENT_PARAMS:
-            kw["trace_packet"] = self._trace
-        return AsyncModbusSerialClient(d.port, **kw)
+        settings = SerialSettings(port=d.port, baud=self.baud(), parity=d.parity, stopbits=d.stopbits,
+                                  bytesize=d.bytesize)
+        return lambda: SerialPort.open(settings)
 
-    async def _read(self, client: AsyncModbusSerialClient, block: Block) -> list[int]:
-        fn = client.read_holding_registers if block.function == 3 else client.read_input_registers
-        self._rx.clear()
-        try:
-            rr = await fn(block.address, count=block.count, **self._id_kw())
-        except ConnectionException:
-            raise
-        except ModbusIOException as e:
-            if not client.connected:
-                raise ConnectionException(str(e)) from e
-            raise _Failed("crc" if self._rx else "timeout", str(e)) from None
-        except ModbusException as e:
-            raise _Failed("crc" if self._rx else "timeout", str(e)) from None
-        if rr.isError():
-            code = getattr(rr, "exception_code", None)
-            raise _Failed("exception", f"exception reply {code if code is not None else '?'}", code)
-        regs = list(rr.registers)
-        if len(regs) < block.count:
-            raise _Failed("malformed", f"{len(regs)} of {block.count} registers")
-        return regs
+    async def _read(self, master: RtuMaster, block: Block) -> list[int]:
+        words = await master.exchange(read_request(self.slave(), block.function, block.address, block.count))
+        if len(words) < block.count:
+            raise _Failed("malformed", f"{len(words)} of {block.count} registers")
+        return words
 
     async def run(self) -> None:
         blocks = plan_reads(self.registers())
         if not blocks:
             raise ValueError("no registers to poll")
         o = self.options
-        port = self.device.port
         backoff = Backoff(0.1, self.reopen_backoff_max)
+        open_transport = self.opener()
         while True:
-            client = self._client()
             try:
-                opened = await client.connect()
-            except Exception as e:  # pyserial raises on absent ports in some versions
+                port = await open_transport()
+            except TransportClosed as e:
                 log.debug("%s: open failed: %s", self.device.id, e)
-                opened = False
-            if not opened:
-                client.close()
-                self.ctx.set_link("disconnected", f"cannot open {port}")
+                self.ctx.set_link("disconnected", f"cannot open {self.device.port}")
                 await asyncio.sleep(backoff.next())
                 continue
-            log.info("%s: opened %s at %d baud (slave %d)", self.device.id, port, self.baud(), self.slave())
-            self.ctx.set_link("connected", str(port))
+            log.info("%s: opened %s at %d baud (slave %d)", self.device.id, port.name, self.baud(), self.slave())
+            self.ctx.set_link("connected", port.name)
             backoff.reset()
             try:
-                await self._poll_loop(client, blocks, o.poll_interval, o.offline_after)
-            except ConnectionException as e:
+                await self._poll_loop(RtuMaster(port, o.timeout), port.name, blocks, o.poll_interval,
+                                      o.offline_after)
+            except TransportClosed as e:
                 log.warning("%s: port lost: %s; reopening", self.device.id, e)
-                self.ctx.set_link("disconnected", f"{port}: {e}")
+                self.ctx.set_link("disconnected", str(e))
             finally:
-                client.close()
+                await port.close()
             await asyncio.sleep(backoff.next())
 
-    async def _poll_loop(self, client: AsyncModbusSerialClient, blocks: list[Block],
+    async def _poll_loop(self, master: RtuMaster, where: str, blocks: list[Block],
                          interval: float, offline_after: int) -> None:
-        await self.on_connect(client)
+        await self.on_connect(master)
         failures = 0
         while True:
-            t0 = time.monotonic()
+            t0 = asyncio.get_running_loop().time()
             values: dict[str, float | int | str | bool] = {}
             answered = False
             last = ""
@@ -208,10 +250,8 @@ class ModbusDriver(Driver):
             while i < len(blocks):
                 block = blocks[i]
                 i += 1
-                if not client.connected:
-                    raise ConnectionException("port closed")
                 try:
-                    words = await self._read(client, block)
+                    words = await self._read(master, block)
                 except _Failed as f:
                     self.ctx.count_error(f.kind)
                     last = f"{f.kind}: {f}"
@@ -232,12 +272,15 @@ class ModbusDriver(Driver):
                 self.ctx.emit(values)
             if answered:
                 failures = 0
-                self.ctx.set_link("connected", str(self.device.port))
+                self.ctx.set_link("connected", where)
             else:
                 failures += 1
                 if failures >= offline_after:
                     self.ctx.set_link("disconnected", f"slave {self.slave()} silent for {failures} polls ({last})")
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - t0)))
+            # The next poll on the shared grid (a multiple of `interval` on the loop clock): it wakes
+            # with the agent's other periodic work instead of on a phase of its own.
+            # A poll that overran its interval is followed by the next one at once, as before.
+            await sleep_until(next_tick(interval, t0))
 
 
 class SenseairS8Options(BaseModel):

@@ -1,10 +1,10 @@
 """Modbus RTU: register-map config, read planning, value decoding and RTU framing. Pure, no I/O.
 
-The agent polls through pymodbus' async serial client (drivers/modbus/driver.py). This module
+The agent polls through its own RTU master (drivers/modbus/driver.py). This module
 holds what must not depend on I/O: the register map (`Register`, validated pydantic models),
 grouping registers into as few read requests as possible (`plan_reads`), turning the returned
 16-bit words into values (`decode_block`), CRC-16/MODBUS framing (`read_request`, `reply`,
-`parse_reply`) used by the simulator, the `sim` driver and the probe, and `RtuSniffer`, a
+`parse_reply`) used by the master, the simulator and the probe, and `RtuSniffer`, a
 resynchronising decoder of requests and replies seen on a bus.
 """
 
@@ -71,7 +71,7 @@ class Block:
     members: tuple[Register, ...]
 
 
-# Senseair S8: CO2 in input register 3 (here so the `sim` driver needs no pymodbus).
+# Senseair S8: CO2 in input register 3 (here so the `sim` driver needs no driver module).
 S8_REGISTERS = (Register(quantity="co2", address=3, function=4, type="int16", unit="ppm"),)
 
 

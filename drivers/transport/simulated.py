@@ -60,6 +60,10 @@ class SimulatorTransport:
         """The simulated line's pause before the current read: one interval before a chunk, none inside one."""
         return self._quiet
 
+    def quiet_after(self) -> float:
+        """The pause after the current chunk: one interval (the driver need not wait to know it)."""
+        return self._interval
+
     async def write(self, data: bytes) -> None:
         return None
 
@@ -102,9 +106,9 @@ class RespondingTransport:
 
 
 class PtyResponder:
-    """A responder behind a pseudo-terminal: for drivers that open their serial port by path (pymodbus,
-    slcan), the real port code runs against the simulated device. Serve with `run()`; the slave side's
-    path is `port`."""
+    """A responder behind a pseudo-terminal: for drivers that open their serial port by path (slcan),
+    the real port code runs against the simulated device. Serve with `run()`; the slave side's path
+    is `port`."""
 
     def __init__(self, responder: Responder) -> None:
         import tty
