@@ -113,11 +113,13 @@ def start_world() -> tuple[subprocess.Popen[bytes], list[str]]:
     return w, ports
 
 
-def light_load(setup: str, port: int, master: int, slave: int, seconds: float, tree: Path, wakeups: bool,
-               burst: bool) -> dict[str, Any]:
+def light_load(setup: str, port: int, seconds: float, tree: Path, wakeups: bool, burst: bool) -> dict[str, Any]:
     """One agent (from checkout `tree`) with the ten devices of `setup` ("sim" or "pty") and the idle
     `burst` NMEA port: CPU and RSS over `seconds` after a 10 s warm-up; with `burst`, then 10 k fixes."""
     world, ports = start_world() if setup == "pty" else (None, [])
+    master, slave = os.openpty()  # the idle `burst` port: a fresh one for every agent
+    tty.setraw(master)
+    tty.setraw(slave)
     serial = iter(ports)
     devs = "".join(sim_device(i, f) if setup == "sim" or f in BLE else pty_device(i, f, next(serial))
                    for i, f in enumerate(FAMILIES))
@@ -160,6 +162,8 @@ def light_load(setup: str, port: int, master: int, slave: int, seconds: float, t
             if world:
                 world.kill()
                 world.wait()
+            os.close(master)
+            os.close(slave)
     return res
 
 
@@ -179,15 +183,12 @@ def main() -> None:
     for _, tree in trees:
         subprocess.run([sys.executable, "-m", "compileall", "-q", "agent", "drivers", "edge_common"], cwd=tree, check=False)
     broker = LocalBroker().start()
-    master, slave = os.openpty()
-    tty.setraw(master)
-    tty.setraw(slave)
     burst_done = False
     try:
         for rnd in range(a.rounds):
             for setup in a.setups.split(","):
                 for label, tree in trees:
-                    r = light_load(setup, broker.port, master, slave, a.seconds, tree, a.wakeups,
+                    r = light_load(setup, broker.port, a.seconds, tree, a.wakeups,
                                    burst=not burst_done and label == "after" and setup == "sim")
                     burst_done = burst_done or "burst" in r
                     r.update(round=rnd, setup=setup, tree=label)
@@ -200,8 +201,6 @@ def main() -> None:
             res.setdefault("baseline_10_timers", []).append(baseline(a.seconds, 10)["cpu_percent"])
     finally:
         broker.close()
-        os.close(master)
-        os.close(slave)
     res["baseline_idle_python"] = baseline(a.seconds)
     if a.json:
         print(json.dumps(res, indent=2))
