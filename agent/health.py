@@ -13,11 +13,11 @@ import resource
 import shutil
 import sqlite3
 import time
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
 from agent.model import format_ts
+from edge_common import installed
 
 if TYPE_CHECKING:
     from agent.ports import AgentView
@@ -56,23 +56,17 @@ class CpuMeter:
         return max(0.0, pct)
 
 
-def _dist_version(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 @functools.cache
 def versions() -> dict[str, str | None]:
     """Versions of the agent and of what it runs on (for the platform and bug reports)."""
+    dist = installed.versions(["aiomqtt", "paho-mqtt", "bleak", "pydantic"])  # no importlib.metadata
     return {
         "agent": __version__,
         "python": platform.python_version(),
-        "aiomqtt": _dist_version("aiomqtt"),
-        "paho_mqtt": _dist_version("paho-mqtt"),
-        "bleak": _dist_version("bleak"),
-        "pydantic": _dist_version("pydantic"),
+        "aiomqtt": dist["aiomqtt"],
+        "paho_mqtt": dist["paho-mqtt"],
+        "bleak": dist["bleak"],
+        "pydantic": dist["pydantic"],
         "sqlite": sqlite3.sqlite_version,
     }
 

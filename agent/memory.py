@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import os
+import sys
+import types
 from typing import Any
 
+PYDANTIC_LOADER = "pydantic.plugin._loader"
 _trim: Any = None  # glibc's malloc_trim; None: not looked up yet; False: unavailable
 
 
@@ -33,3 +37,20 @@ def release_startup_memory() -> None:
     gc.collect()
     gc.freeze()
     malloc_trim()
+
+
+def skip_pydantic_plugins() -> bool:
+    """No pydantic plugin scan in the resident agent (it uses none): whether the stand-in was installed.
+
+    pydantic's plugin loader imports importlib.metadata at its top, even with
+    PYDANTIC_DISABLE_PLUGINS=__all__, at the first model class: with the zipfile and email
+    helpers it brings, ~1.3 MiB the agent would keep for months. The stand-in answers what the
+    loader answers under PYDANTIC_DISABLE_PLUGINS=__all__: no plugins. Left alone when that
+    variable is set (whoever sets it chooses) or the loader is already imported.
+    """
+    if "PYDANTIC_DISABLE_PLUGINS" in os.environ or PYDANTIC_LOADER in sys.modules:
+        return False
+    stub = types.ModuleType(PYDANTIC_LOADER, "edge-agent run: no pydantic plugins (agent/memory.py)")
+    setattr(stub, "get_plugins", lambda: ())  # noqa: B010 (a module built at run time)
+    sys.modules[PYDANTIC_LOADER] = stub
+    return True

@@ -9,16 +9,17 @@ device naming such a driver gets a config error that names the plugin.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from drivers.family import BlePattern, DriverEntry, DriverFamily, resolve
+from edge_common import installed
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,24 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _source_tree_entry_points() -> list[metadata.EntryPoint] | None:
+@dataclass(frozen=True, slots=True)
+class EntryPoint:
+    """An entry point `module:attr` of GROUP (read from the cache in edge_common/installed.py, not
+    importlib.metadata, whose modules the resident agent would keep: ~1.3 MiB)."""
+
+    name: str
+    value: str
+
+    def load(self) -> object:
+        """The object named, as importlib.metadata.EntryPoint.load does (extras ignored)."""
+        module, _, attr = self.value.partition("[")[0].partition(":")
+        obj: object = importlib.import_module(module.strip())
+        for part in filter(None, attr.strip().split(".")):
+            obj = getattr(obj, part)
+        return obj
+
+
+def _source_tree_entry_points() -> list[EntryPoint] | None:
     """The own entry points from pyproject.toml when running from a checkout (editable install).
 
     An editable install's metadata is a snapshot of the pyproject.toml it was installed from; the
@@ -147,16 +165,15 @@ def _source_tree_entry_points() -> list[metadata.EntryPoint] | None:
     if _canonical(str(project.get("name", ""))) != DISTRIBUTION:
         return None
     table = project.get("entry-points", {}).get(GROUP, {})
-    return [metadata.EntryPoint(name, value, GROUP) for name, value in table.items()]
+    return [EntryPoint(name, value) for name, value in table.items()]
 
 
-def _discover() -> Iterable[tuple[str, str, metadata.EntryPoint]]:
+def _discover() -> Iterable[tuple[str, str, EntryPoint]]:
     own = _source_tree_entry_points()
-    found = list(metadata.entry_points(group=GROUP))
-    others: list[tuple[str, str, metadata.EntryPoint]] = []
-    installed_own: list[metadata.EntryPoint] = []
-    for ep in found:
-        dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+    others: list[tuple[str, str, EntryPoint]] = []
+    installed_own: list[EntryPoint] = []
+    for name, value, dist_name in installed.entry_points(GROUP):
+        ep, dist = EntryPoint(name, value), dist_name or "unknown distribution"
         if _canonical(dist) == DISTRIBUTION:
             installed_own.append(ep)
         else:

@@ -1,38 +1,25 @@
 """The driver list of `edge-agent --help`, cached: reading the entry points costs `--help` about a
 third of its start-up (importlib.metadata, every family's descriptor; benchmarks/cli_startup.py).
 
-The cache holds the text with what it was read from: the interpreter, `sys.path` with each
-entry's mtime (installing, upgrading or removing a distribution changes its directory's), and
-every file the listing imported with its mtime (the families' descriptors, the checkout's
-pyproject.toml). Any difference, or a plugin that failed to load, reads the entry points again.
-A cache that cannot be read or written is skipped: the listing is then read every time.
+The cache holds the text with what it was read from: what is installed (the interpreter,
+`sys.path` and the distributions' metadata in it, edge_common/installed.py), and every file the
+listing imported with its mtime (the families' descriptors, the checkout's pyproject.toml). Any
+difference, or a plugin that failed to load, reads the entry points again. A cache that cannot
+be read or written is skipped: the listing is then read every time.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from agent import __version__
+from edge_common import installed
 
 CACHE_VERSION = 1
-
-
-def cache_path() -> Path | None:
-    """$XDG_CACHE_HOME/edge-agent/drivers-help.json (~/.cache by default); None without a home."""
-    home = os.environ.get("HOME")
-    base = os.environ.get("XDG_CACHE_HOME") or (os.path.join(home, ".cache") if home else "")
-    return Path(base) / "edge-agent" / "drivers-help.json" if base else None
-
-
-def _mtime(path: str) -> int | None:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return None
+CACHE = "drivers-help.json"  # in $XDG_CACHE_HOME/edge-agent (edge_common/installed.py)
 
 
 def _stdlib(file: str) -> bool:
@@ -43,7 +30,7 @@ def _stdlib(file: str) -> bool:
 
 
 def _key() -> list[Any]:
-    return [CACHE_VERSION, __version__, sys.executable, sys.version, [[p, _mtime(p or ".")] for p in sys.path]]
+    return [CACHE_VERSION, __version__, *installed.install_key()]
 
 
 def _listing() -> tuple[str, bool]:
@@ -65,7 +52,7 @@ def _fresh(entry: Any, key: list[Any]) -> str | None:
     if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("text"), str):
         return None
     files = entry.get("files")
-    if not isinstance(files, dict) or any(_mtime(f) != m for f, m in files.items()):
+    if not isinstance(files, dict) or any(installed.mtime(f) != m for f, m in files.items()):
         return None
     text: str = entry["text"]
     return text
@@ -73,29 +60,17 @@ def _fresh(entry: Any, key: list[Any]) -> str | None:
 
 def drivers_epilog() -> str:
     """The registered drivers, plugins named with their distribution (entry points `edge_agent.drivers`)."""
-    path, key = cache_path(), _key()
-    if path is not None:
-        try:
-            cached = _fresh(json.loads(path.read_text(encoding="utf-8")), key)
-        except (OSError, ValueError):
-            cached = None
-        if cached is not None:
-            return cached
+    key = _key()
+    if (cached := _fresh(installed.read_cache(CACHE), key)) is not None:
+        return cached
     before = set(sys.modules)
     text, complete = _listing()
     # Written only when this call imported the families (the files it records), never with a broken
     # plugin (its fix may change none of the mtimes recorded).
-    if path is None or not complete or "drivers.registry" in before:
+    if not complete or "drivers.registry" in before:
         return text
     read: list[str] = [f for m in set(sys.modules) - before
                        if isinstance(f := getattr(sys.modules[m], "__file__", None), str) and not _stdlib(f)]
     read += [str(Path(sys.modules["drivers.registry"].__file__ or "").resolve().parents[1] / "pyproject.toml")]
-    files = {f: _mtime(f) for f in read}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"key": key, "files": files, "text": text}), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    installed.write_cache(CACHE, {"key": key, "files": {f: installed.mtime(f) for f in read}, "text": text})
     return text

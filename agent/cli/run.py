@@ -9,6 +9,9 @@ from agent.cli.common import EXIT_BUFFER, EXIT_CONFIG, CliExit, add_config_arg, 
 
 if TYPE_CHECKING:
     from pathlib import Path
+    from typing import Any
+
+    from agent.config import AgentConfig
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,6 +35,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from agent.memory import skip_pydantic_plugins
+
+    skip_pydantic_plugins()  # before the first model class (the config's)
     _recover_config(args)
     from agent.auth import check_uplink_files
     from agent.logs import setup_logging
@@ -51,11 +57,15 @@ def run(args: argparse.Namespace) -> int:
         """Once connected and settled: start-up garbage back to the OS (agent/memory.py)."""
         asyncio.get_running_loop().call_later(5.0, release_startup_memory)
 
-    async def main() -> int:
+    def buffer_stats(cfg: AgentConfig) -> dict[str, Any]:
+        """The same JSON as `buffer stats --json` (its module imported only when a command asks)."""
         from agent.cli.buffer_cmd import buffer_stats
 
+        return buffer_stats(cfg)
+
+    async def main() -> int:
         agent = Agent(cfg)
-        agent.command_readers["buffer.stats"] = buffer_stats  # the same JSON as `buffer stats --json`
+        agent.command_readers["buffer.stats"] = buffer_stats
         install_signal_handlers(agent)
         agent.when_ready(agent.reloader.remember_uplink_files)
         agent.when_ready(release_later)
