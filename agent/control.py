@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from agent import __version__
 from agent.errors import ControlError
 from agent.model import Reading, encode_reading, format_ts
+from agent.states import LINK_DISABLED, DeviceState, UplinkState
 
 if TYPE_CHECKING:
     from agent.ports import ControlPort
@@ -315,11 +316,11 @@ class ControlServer:
         u = self.agent.uplink_snapshot()
         assert u is not None  # the agent is ready
         was = u.state
-        if was != "connected":
+        if was != UplinkState.CONNECTED:
             log.info("uplink: reconnect asked for on the control socket (was %s)", was)
             self.agent.reconnect_uplink()
         up_cfg = self.agent.cfg.uplink
-        return {"was": was, "reconnecting": was != "connected", "broker": f"{up_cfg.host}:{up_cfg.port}"}
+        return {"was": was, "reconnecting": was != UplinkState.CONNECTED, "broker": f"{up_cfg.host}:{up_cfg.port}"}
 
     # -- views --------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
@@ -339,10 +340,10 @@ class ControlServer:
                 d["driver"],
                 {
                     "devices": 0,
-                    "online": 0,
-                    "offline": 0,
-                    "starting": 0,
-                    "disabled": 0,
+                    DeviceState.ONLINE: 0,
+                    DeviceState.OFFLINE: 0,
+                    DeviceState.STARTING: 0,
+                    DeviceState.DISABLED: 0,
                     "readings": 0,
                     "errors": 0,
                 },
@@ -374,9 +375,9 @@ class ControlServer:
                     {
                         "id": dev.id,
                         "driver": dev.driver,
-                        "state": "disabled",
+                        "state": DeviceState.DISABLED,
                         "online": False,
-                        "link": "disabled",
+                        "link": LINK_DISABLED,
                         "link_detail": "",
                         "readings": 0,
                         "last_reading_age": None,
@@ -485,13 +486,13 @@ class ControlServer:
         d = self.agent.device_snapshot(device)
         ev: dict[str, Any] = {"event": "device", "device": device}
         if d is None:
-            ev.update(state="disabled", link="disabled", detail="", since=None, last_reading=None)
-            return ("disabled", "disabled"), ev
+            ev.update(state=DeviceState.DISABLED, link=LINK_DISABLED, detail="", since=None, last_reading=None)
+            return (DeviceState.DISABLED, LINK_DISABLED), ev
         state = d.state
-        key = (state, "" if state == "online" else d.link)  # a dead device's link changing is news
+        key = (state, "" if state == DeviceState.ONLINE else d.link)  # a dead device's link changing is news
         last = d.last_reading
         since = None
-        if state == "offline":  # it went offline `expected_interval` after its last reading
+        if state == DeviceState.OFFLINE:  # it went offline `expected_interval` after its last reading
             since = (last if last is not None else self.agent.started) + d.expected_interval
         ev.update(state=state, link=d.link, detail=d.link_detail[:200],
                   since=since and format_ts(since), last_reading=last and format_ts(last))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.mosquitto import LocalBroker, free_port, mosquitto_path
+from agent.states import DeviceState
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -249,7 +250,7 @@ async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, cou
                         if body["state"] != last_state:  # a retained copy after a reconnect is no news
                             print(f"platform <- status: {body['state']} (gateway {body.get('gateway')})", flush=True)
                         last_state = body["state"]
-                        if last_state == "offline":
+                        if last_state == DeviceState.OFFLINE:
                             offline.set()
                     elif kind == "events":
                         print(f"platform <- event: {_fmt_event(body)}", flush=True)

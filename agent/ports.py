@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from agent.states import DeviceState
+
 if TYPE_CHECKING:
     from agent.buffer import BufferStats, Fault
     from agent.config import AgentConfig, BufferConfig, DeviceConfig
@@ -19,7 +21,6 @@ if TYPE_CHECKING:
     from agent.pipeline import AcceptListener
     from agent.uplink import Uplink, UplinkStats
 
-DeviceState = Literal["starting", "online", "offline"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +44,8 @@ class DeviceSnapshot:
 
     @property
     def state(self) -> DeviceState:
-        return "starting" if self.online is None else "online" if self.online else "offline"
+        return DeviceState.STARTING if self.online is None else DeviceState.ONLINE if self.online \
+            else DeviceState.OFFLINE
 
 
 @dataclass(frozen=True, slots=True)

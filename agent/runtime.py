@@ -23,6 +23,7 @@ from agent.model import ClockState
 from agent.pipeline import AcceptListener, Pipeline
 from agent.ports import DeviceSnapshot, PipelineSnapshot, ServiceSnapshot
 from agent.reload import Reloader
+from agent.states import DeviceState
 from agent.ticks import next_tick
 from agent.uplink import Uplink, UplinkStats
 from drivers import driver_class
@@ -311,7 +312,7 @@ class Agent:
             return  # still starting
         if alive != runner.online:
             runner.online = alive
-            state = "online" if alive else "offline"
+            state = DeviceState.ONLINE if alive else DeviceState.OFFLINE
             log.log(logging.INFO if alive else logging.WARNING, "device %s is %s", runner.device.id, state,
                     extra={"device": runner.device.id, "driver": runner.device.driver})
             await self.pipeline.add_event("device", {

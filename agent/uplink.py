@@ -14,7 +14,6 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import aiomqtt
@@ -27,6 +26,7 @@ from agent.errors import ConfigError, UplinkError
 from agent.model import format_ts
 from agent.mqttcodes import CREDENTIALS, Failure, classify
 from agent.pipeline import Pipeline
+from agent.states import UplinkState
 from agent.ticks import raise_if_cancelling, sleep_to_tick
 
 log = logging.getLogger(__name__)
@@ -34,15 +34,6 @@ log = logging.getLogger(__name__)
 # paho's keepalive check (PINGREQ due, PINGRESP overdue) runs on this grid; a ping goes out at
 # most this late, well inside the broker's 1.5 x keepalive grace (keepalive < 20 s: every 1 s).
 MISC_PERIOD = 5.0
-
-
-class UplinkState(StrEnum):
-    """The uplink's state as health, status and the control socket show it (docs/PROTOCOL.md)."""
-
-    STARTING = "starting"
-    CONNECTING = "connecting"
-    CONNECTED = "connected"
-    BACKOFF = "backoff"
 
 
 @dataclass(slots=True)

@@ -26,3 +26,13 @@ def test_states_keep_their_strings_on_the_wire_and_in_text() -> None:
         assert f"{state}" == str(state) == "%s" % state == state.value  # log lines use %s
         assert state == state.value
     assert ScannerState.WAITING_FOR_BLUETOOTHD == "waiting for bluetoothd"
+
+
+def test_device_states_are_the_contracts_and_keep_their_strings() -> None:
+    from agent.contract import DeviceEvent
+    from agent.states import LINK_DISABLED, DeviceState
+
+    assert set(get_args(DeviceEvent.model_fields["state"].annotation)) < set(DeviceState)
+    assert [s.value for s in DeviceState] == ["starting", "online", "offline", "disabled"]
+    assert LINK_DISABLED == "disabled" and LINK_DISABLED not in get_args(LinkState)
+    assert json.dumps({DeviceState.DISABLED: DeviceState.OFFLINE}) == '{"disabled": "offline"}'
