@@ -229,6 +229,7 @@ async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, cou
 
     cols = width()
     last_state = None
+    online = False
     while not stop.is_set():
         try:
             async with aiomqtt.Client("127.0.0.1", port, identifier="edge-agent-demo-platform") as c:
@@ -241,6 +242,9 @@ async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, cou
                     counts[kind] = counts.get(kind, 0) + 1
                     if kind == "telemetry":
                         counts["readings"] = counts.get("readings", 0) + len(body["readings"])
+                    if kind == "status" and body["state"] == DeviceState.OFFLINE and online:
+                        offline.set()  # this run's goodbye (not a retained one from before)
+                    online = online or (kind == "status" and body["state"] == DeviceState.ONLINE)
                     if as_json:
                         print(json.dumps({"topic": topic, "payload": body}), flush=True)
                     elif kind == "telemetry":
@@ -250,8 +254,6 @@ async def _watch(port: int, prefix: str, as_json: bool, stop: asyncio.Event, cou
                         if body["state"] != last_state:  # a retained copy after a reconnect is no news
                             print(f"platform <- status: {body['state']} (gateway {body.get('gateway')})", flush=True)
                         last_state = body["state"]
-                        if last_state == DeviceState.OFFLINE:
-                            offline.set()
                     elif kind == "events":
                         print(f"platform <- event: {_fmt_event(body)}", flush=True)
                     elif kind == "health":
@@ -353,7 +355,7 @@ async def _demo(seconds: float | None, workdir: Path, as_json: bool, user: Agent
     finally:
         stop.set()
         await agent.stop()
-        if counts.get("status"):  # the view saw the birth: let it show the offline status too
+        if counts.get("status"):  # the view saw the birth: let it show (or print) the offline status too
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(offline.wait(), 2.0)
         for t in tasks:
