@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.cli.common import EXIT_FAILURE, EXIT_UNREACHABLE, CliExit, config_exit, config_path, load
+from agent.cli.common import EXIT_FAILURE, EXIT_UNREACHABLE, CliExit, config_path, load
 from agent.errors import AgentNotReachable, AgentRefused, AgentWentAway, ControlError
 
 TIMEOUT = 10.0
@@ -164,20 +164,11 @@ def socket_access(path: Path) -> str:
 
 
 def unreachable_exit(t: Target, e: AgentNotReachable) -> CliExit:
-    """Exit 69 with the one hint that fits: not running, or not allowed; 78 when the file is why."""
+    """Exit 69 with the one hint that fits: not running, or not allowed."""
     denied = socket_access(t.socket)
     if denied:
         return CliExit(EXIT_UNREACHABLE,
                        f"edge-agent: agent not reachable: permission denied\n  {denied}")
-    from agent.config import load_config
-    from agent.errors import ConfigError
-
-    try:
-        load_config(t.config)  # the fast path read two keys; an agent cannot start with a bad file
-    except ConfigError as ce:
-        err = config_exit(ce)
-        return CliExit(err.code, f"{err.message}\n(no agent answers on {t.socket}: it cannot start with this file)",
-                       problems=err.problems, path=err.path)
     return CliExit(
         EXIT_UNREACHABLE,
         (
