@@ -122,14 +122,13 @@ class SimDriver(Driver):
     async def _run_asked(self, cls: type[Driver], responder: Responder, sim_device: str | None,
                          extra: dict[str, Any]) -> None:
         """The real driver polling a simulated device every `interval`: over a responding transport
-        (stream drivers, and drivers that say `takes_transport`, e.g. Modbus) or a pseudo-terminal
+        (a driver with `injected_transport`: stream drivers, Modbus) or a pseudo-terminal
         (drivers that open their port themselves)."""
-        from drivers.stream import StreamDriver
         from drivers.transport.simulated import PtyResponder, RespondingTransport
 
         o: SimOptions = self.options
         poll = {"poll_interval": o.interval} if "poll_interval" in cls.Options.model_fields else {}
-        if issubclass(cls, StreamDriver) or getattr(cls, "takes_transport", False):
+        if cls.injected_transport:
             transport = RespondingTransport(responder, f"simulated {o.family}")
 
             async def open_transport() -> RespondingTransport:

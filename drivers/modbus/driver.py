@@ -149,7 +149,7 @@ class ModbusDriver(Driver):
     Options: ClassVar[type[BaseModel]] = ModbusOptions
     default_baud: ClassVar[int] = 9600
     reopen_backoff_max: ClassVar[float] = 2.0
-    takes_transport: ClassVar[bool] = True  # reads through DeviceContext.open_transport when it is set
+    injected_transport: ClassVar[bool] = True
 
     @classmethod
     def check_device(cls, device: DeviceConfig) -> list[tuple[str, str]]:
